@@ -1,0 +1,40 @@
+"""lmforge: raw text to a trained, evaluated language model in one command.
+
+The API mirrors the command line: `prepare(cfg)`, `train(cfg)`, `evaluate(run_dir)`,
+`generate(run_dir, prompt)`. Importing lmforge is cheap: each is loaded on first use.
+"""
+
+from __future__ import annotations
+
+from lmforge.config import Config, load_config
+
+__all__ = ["Config", "load_config", "prepare", "train", "evaluate", "generate"]
+__version__ = "0.1.0"
+
+
+def prepare(cfg: Config):
+    """Clean the text, train the tokenizer and write token files into cfg.out/data."""
+    from lmforge.data.prepare import prepare as _prepare
+
+    return _prepare(cfg)
+
+
+def train(cfg: Config | None = None, resume=None, progress: bool = True):
+    """Train a GPT as configured (or resume a run folder); returns a TrainResult."""
+    from lmforge.pretrain import train as _train
+
+    return _train(cfg, resume=resume, progress=progress)
+
+
+def evaluate(run_dir, data=None, max_tokens: int = 0, device: str = "cpu"):
+    """Validation loss, perplexity and bits per byte of a trained run."""
+    from lmforge.eval.lm import evaluate as _evaluate
+
+    return _evaluate(run_dir, data, max_tokens, device)
+
+
+def generate(run_dir, prompt=None, cfg=None, seed: int = 0, stream: bool = True, device: str = "cpu"):
+    """Sample text from a trained run."""
+    from lmforge.sample import generate as _generate
+
+    return _generate(run_dir, prompt, cfg, seed=seed, stream=stream, device=device)

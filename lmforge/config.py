@@ -1,0 +1,381 @@
+"""Typed configuration: one dataclass per component, YAML files, dotted overrides, validation.
+
+Each field's docstring (the string literal under it) is its documentation: the CLI shows it as
+`--section.field` help, and `describe()` prints it. Components receive only their own section.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmforge.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None
+    """File, folder or glob of training text (.txt .md .jsonl .json .csv .tsv .parquet, optionally .gz). Empty: the embedded Shakespeare corpus."""
+    valid_path: str | None = None
+    """Optional separate validation text; when empty, val_fraction of the documents is held out."""
+    text_field: str = "text"
+    """Field (jsonl/json) or column (csv/tsv/parquet) holding the text."""
+    doc_split: Literal["auto", "paragraph", "file"] = "auto"
+    """How plain-text files become documents: 'paragraph' splits on blank lines, 'file' keeps each file whole."""
+    val_fraction: float = 0.1
+    """Share of documents held out for validation (by document, seeded)."""
+    nfkc: bool = False
+    """Apply Unicode NFKC normalization (folds full-width forms and compatibility characters)."""
+    strip_control: bool = True
+    """Remove control characters other than newline and tab."""
+    normalize_whitespace: bool = True
+    """Unify line endings, drop trailing spaces, collapse runs of blank lines."""
+    dedup: bool = True
+    """Remove exact duplicate documents."""
+    min_chars: int = 1
+    """Drop documents shorter than this many characters after cleaning."""
+    num_workers: int = 0
+    """Processes for encoding tokens; 0 chooses automatically."""
+
+    def validate(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        _check(self.min_chars >= 0, "data.min_chars", "must be >= 0")
+        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+
+
+@dataclass
+class TokenizerConfig:
+    kind: Literal["bpe", "char"] = "bpe"
+    """'bpe' (byte-level BPE trained on your data) or 'char' (one token per character, byte fallback)."""
+    vocab_size: int = 4096
+    """BPE vocabulary size including special tokens."""
+    cjk_split: Literal["char", "jieba", "none"] = "char"
+    """BPE only: pre-split runs of Chinese/Japanese/Korean characters per character or per jieba word, so CJK text trains as fast as English."""
+    min_frequency: int = 2
+    """BPE only: a pair must occur this often to be merged."""
+
+    def validate(self) -> None:
+        _check(self.vocab_size >= 260, "tokenizer.vocab_size", "must be at least 260 (256 bytes + specials)")
+        _check(self.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
+
+
+@dataclass
+class ModelConfig:
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block."""
+    n_kv_head: int = 0
+    """Key/value heads for grouped-query attention; 0 means n_head (plain multi-head attention)."""
+    d_model: int = 128
+    """Width of the residual stream."""
+    d_ff: int = 0
+    """Hidden width of the SwiGLU MLP; 0 means about 8/3 * d_model."""
+    context_len: int = 64
+    """Tokens of context the model sees."""
+    dropout: float = 0.0
+    """Dropout probability (useful when making many passes over a small corpus)."""
+    tied_embeddings: bool = True
+    """Share the input embedding with the output projection."""
+
+    def validate(self) -> None:
+        for name in ("n_layer", "n_head", "d_model", "context_len"):
+            _check(getattr(self, name) > 0, f"model.{name}", "must be > 0")
+        _check(self.d_model % self.n_head == 0, "model.d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        _check((self.d_model // self.n_head) % 2 == 0, "model.n_head", "head size d_model/n_head must be even for rotary embeddings")
+        kv = self.n_kv_head or self.n_head
+        _check(self.n_head % kv == 0, "model.n_kv_head", f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    global_batch_tokens: int = 8192
+    """Tokens per optimizer step, summed over all processes and accumulation steps."""
+    micro_batch_size: int = 0
+    """Sequences per forward pass per process; 0 picks the whole per-process batch (no accumulation). Accumulation steps are derived."""
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps from 0 to lr."""
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    """After warm-up: 'cosine' decay to min_lr, 'wsd' (warmup-stable-decay: constant, then linear decay over decay_fraction), or 'constant'."""
+    decay_fraction: float = 0.2
+    """wsd only: share of the steps spent in the final decay."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, applied to matrices only (not norms, biases or embeddings)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.99
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 disables clipping."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """'auto' uses bf16 autocast where the hardware runs it fast (GPUs with bf16, CPUs with AMX/AVX512-BF16 at widths where it pays)."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the model; 'auto' compiles runs long enough to repay the compile time."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; 'auto' picks CUDA when available (the local GPU under torchrun)."""
+    log_interval: int = 10
+    """Steps between training-loss log lines in metrics.jsonl."""
+    save_interval: int = 0
+    """Steps between checkpoints; 0 means at every evaluation."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep for resuming."""
+    time_budget_s: float = 0.0
+    """Stop (evaluate and save) once training has used this many seconds; 0 means no limit."""
+
+    def validate(self) -> None:
+        _check(self.max_steps > 0, "train.max_steps", "must be > 0")
+        _check(self.global_batch_tokens > 0, "train.global_batch_tokens", "must be > 0")
+        _check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
+        _check(self.lr > 0, "train.lr", "must be > 0")
+        _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be between 0 and train.lr={self.lr}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
+        _check(0 < self.decay_fraction <= 1, "train.decay_fraction", "must be in (0, 1]")
+        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
+        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        _check(self.log_interval >= 1, "train.log_interval", "must be >= 1")
+
+
+@dataclass
+class EvalConfig:
+    interval: int = 250
+    """Steps between validation evaluations (and checkpoints)."""
+    max_tokens: int = 262144
+    """Validation tokens scored per evaluation (the whole split when it is smaller)."""
+    patience: int = 0
+    """Stop early after this many evaluations without a better validation loss; 0 disables early stopping."""
+
+    def validate(self) -> None:
+        _check(self.interval > 0, "eval.interval", "must be > 0")
+        _check(self.max_tokens > 0, "eval.max_tokens", "must be > 0")
+        _check(self.patience >= 0, "eval.patience", "must be >= 0")
+
+
+@dataclass
+class SampleConfig:
+    prompt: str = "\n"
+    """Text the samples printed after training start from."""
+    num_samples: int = 2
+    """Samples printed after training."""
+    max_new_tokens: int = 200
+    """Tokens generated per sample."""
+    temperature: float = 0.8
+    """Softmax temperature; lower is more conservative, 0 is greedy."""
+    top_k: int = 0
+    """Sample only among the k most likely tokens; 0 disables."""
+    top_p: float = 0.95
+    """Nucleus sampling: the smallest set of tokens whose probability reaches top_p; 1 disables."""
+
+    def validate(self) -> None:
+        _check(self.num_samples >= 0, "sample.num_samples", "must be >= 0")
+        _check(self.max_new_tokens >= 0, "sample.max_new_tokens", "must be >= 0")
+        _check(self.temperature >= 0, "sample.temperature", "must be >= 0")
+        _check(self.top_k >= 0, "sample.top_k", "must be >= 0")
+        _check(0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+
+
+@dataclass
+class Config:
+    out: str = "runs/latest"
+    """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here."""
+    seed: int = 1337
+    """Seed for the data split, initialization, batch order and dropout."""
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def validate(self) -> Config:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+        return self
+
+
+def _check(ok: bool, name: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{name}': {reason}")
+
+
+# --- docstrings ------------------------------------------------------------------------------
+
+
+@cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each annotated field of a dataclass, read from its source."""
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+def iter_fields(cls: type = Config, prefix: str = ""):
+    """Yield (dotted name, type, default, doc) for every leaf field."""
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", tp, getattr(defaults, f.name), docs.get(f.name, "")
+
+
+# --- building from dicts, YAML and overrides -------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], name)
+    if origin is Literal:
+        text = str(value).lower() if isinstance(value, bool) else value
+        if isinstance(value, bool):
+            text = "on" if value else "off"
+        if text not in args:
+            close = difflib.get_close_matches(str(text), [str(a) for a in args], n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"config field '{name}': {value!r} is not one of {', '.join(map(str, args))}.{hint}")
+        return text
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"config field '{name}': expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"config field '{name}': expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field '{name}': expected an integer, got {value!r}") from None
+        if not as_float.is_integer():
+            raise ConfigError(f"config field '{name}': expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config field '{name}': expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config field '{name}': expected text, got {value!r}")
+        return str(value)
+    return value
+
+
+def _unknown(name: str, valid: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else f" Valid keys: {', '.join(valid)}."
+    return ConfigError(f"unknown config key '{name}'{where}.{hint}")
+
+
+def from_dict(cls: type, data: dict, prefix: str = "", source: str = ""):
+    """Build a dataclass from a nested dict, coercing types and rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    where = f" in {source}" if source else ""
+    for key, value in data.items():
+        if key not in names:
+            raise _unknown(prefix + key, [prefix + n for n in names], where)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value or {}, f"{prefix}{key}.", source)
+        else:
+            kwargs[key] = _coerce(value, tp, prefix + key)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    valid = [name for name, *_ in iter_fields()]
+    if dotted not in valid:
+        raise _unknown(dotted, valid, " on the command line")
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[leaf] = value
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read a YAML preset (optional), apply dotted overrides ({'train.lr': '3e-4'}), validate."""
+    tree: dict = {}
+    source = ""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        source = str(p)
+    for dotted, value in (overrides or {}).items():
+        set_dotted(tree, dotted, value)
+    return from_dict(Config, tree, source=source).validate()
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from lmforge.trainer.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
+
+
+def describe(cls: type = Config) -> str:
+    """Every field with its type, default and docstring: the reference for presets."""
+    lines = []
+    for name, tp, default, doc in iter_fields(cls):
+        lines.append(f"{name} = {default!r}\n    {doc}")
+    return "\n".join(lines)

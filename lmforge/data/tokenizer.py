@@ -1,0 +1,501 @@
+"""Tokenizers: byte-level BPE (HF `tokenizers`) and character level with byte fallback.
+
+Both kinds round-trip any Unicode string exactly: decode(encode(s)) == s.  A trained
+tokenizer is saved as ONE JSON file, {"lmforge": {...metadata...}, ...payload...}, so a run
+directory needs nothing else to rebuild it, and its fingerprint (a hash of that content) can
+key caches of encoded data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import ConfigError, DataError
+
+EOT_TOKEN = "<|endoftext|>"
+FORMAT_VERSION = 1
+KINDS = ("bpe", "char")
+CJK_SPLITS = ("char", "jieba", "none")
+MIN_BPE_VOCAB = 257  # the 256 byte symbols plus the end-of-text token
+
+# Pieces longer than this are cut (at a space when possible).  HF encodes one piece on one
+# thread and keeps offsets for all of it, so a huge unbroken "line" is both slow and memory
+# hungry; the cut changes tokenization only at that point and round trips stay exact.
+MAX_PIECE_CHARS = 16_384
+
+# Blocks of Han ideographs, kana, hangul, bopomofo, CJK punctuation and fullwidth forms.
+# Ranges are written as literal characters so the same class works in Python `re` (jieba
+# mode) and in the Oniguruma regex that HF serializes into the tokenizer file ("char" mode).
+_CJK_RANGES = (
+    (0x1100, 0x11FF),  # hangul jamo
+    (0x2E80, 0x2FFF),  # radicals, kangxi, ideographic description
+    (0x3000, 0x9FFF),  # CJK punctuation, kana, bopomofo, compatibility, ext. A, unified
+    (0xA960, 0xA97F),  # hangul jamo ext. A
+    (0xAC00, 0xD7FF),  # hangul syllables, jamo ext. B (stops before the surrogates)
+    (0xF900, 0xFAFF),  # compatibility ideographs
+    (0xFE30, 0xFE4F),  # CJK compatibility forms
+    (0xFF00, 0xFFEF),  # halfwidth and fullwidth forms
+    (0x20000, 0x323AF),  # ideograph extensions B to H and compatibility supplement
+)
+CJK_CLASS = "[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _CJK_RANGES) + "]"
+_CJK_RUN_RE = re.compile(CJK_CLASS + "+")
+# A piece is a line with the run of newlines that ends it, so "\n\n" can be learned as a token.
+_PIECE_RE = re.compile(r"[^\n]*\n+|[^\n]+")
+_SPACE_RE = re.compile(r"\s")
+_TRAIN_BATCH = 1000  # pieces per batch handed to the HF trainer
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # "bpe" (byte-level BPE, HF tokenizers) or "char"
+    vocab_size: int = 4096  # bpe only: target vocabulary size incl. special tokens
+    cjk_split: str = "char"  # bpe only: pre-split CJK runs: "char", "jieba" or "none"
+    min_frequency: int = 2  # bpe only
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"tokenizer field 'kind' must be one of {KINDS}, got {self.kind!r}")
+        if self.cjk_split not in CJK_SPLITS:
+            raise ConfigError(
+                f"tokenizer field 'cjk_split' must be one of {CJK_SPLITS}, got {self.cjk_split!r}"
+            )
+        if not _is_int(self.vocab_size) or self.vocab_size < MIN_BPE_VOCAB:
+            raise ConfigError(
+                f"tokenizer field 'vocab_size' must be an integer >= {MIN_BPE_VOCAB} "
+                f"(256 byte symbols + {EOT_TOKEN}), got {self.vocab_size!r}"
+            )
+        if not _is_int(self.min_frequency) or self.min_frequency < 0:
+            raise ConfigError(
+                f"tokenizer field 'min_frequency' must be an integer >= 0, got {self.min_frequency!r}"
+            )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class Tokenizer:
+    """Common interface; `train_tokenizer` and `Tokenizer.load` return a concrete kind."""
+
+    kind: str
+    vocab_size: int  # size of the id space (embedding rows needed)
+    eot_id: int  # end-of-text id placed between documents
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        # The payload is exactly what save() writes; keeping it (rather than re-serializing the
+        # live objects) makes fingerprint() identical before and after a save/load cycle.
+        self._payload = payload
+        self._blob = _canonical_json(payload)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw UTF-8 bytes a single id stands for (b"" for end-of-text); may be a partial character."""
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        write_atomic(Path(path), self._blob)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        try:
+            blob = path.read_bytes()
+        except FileNotFoundError:
+            raise DataError(
+                f"tokenizer file {path} does not exist; train one first (re-run prepare)"
+            ) from None
+        except OSError as exc:
+            raise DataError(f"cannot read tokenizer file {path}: {exc}") from None
+        return _from_blob(blob, str(path))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self._blob).hexdigest()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Worker processes rebuild the tokenizer from its saved form (HF objects stay local).
+        return (_from_blob, (self._blob, "<pickled tokenizer>"))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` so that `path` is either the old file or the complete new one, never partial."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; some filesystems refuse to open directories, which is fine.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _canonical_json(payload: dict[str, Any]) -> bytes:
+    # Key order is kept as built/loaded (HF vocab stays in id order for readers); json.loads
+    # preserves it, so load -> save reproduces the same bytes.
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def _from_blob(blob: bytes, source: str) -> Tokenizer:
+    try:
+        payload = json.loads(blob.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"tokenizer file {source} is corrupt ({exc}); delete it and re-run prepare"
+        ) from None
+    meta = payload.get("lmforge") if isinstance(payload, dict) else None
+    if not isinstance(meta, dict):
+        raise DataError(
+            f"tokenizer file {source} has no 'lmforge' section, so it was not written by lmforge; "
+            "delete it and re-run prepare"
+        )
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(
+            f"tokenizer file {source} has format_version {meta.get('format_version')!r}, this lmforge "
+            f"reads {FORMAT_VERSION}; re-run prepare to rebuild it"
+        )
+    try:
+        if meta.get("kind") == "char":
+            return CharTokenizer(payload)
+        if meta.get("kind") == "bpe":
+            return BpeTokenizer(payload)
+    except Exception as exc:  # missing keys, bad types, and HF's own parse errors (plain Exception)
+        raise DataError(
+            f"tokenizer file {source} is corrupt ({type(exc).__name__}: {exc}); "
+            "delete it and re-run prepare"
+        ) from None
+    raise DataError(f"tokenizer file {source} has unknown kind {meta.get('kind')!r}; re-run prepare")
+
+
+def _meta(kind: str, cfg: TokenizerConfig | None, **extra: Any) -> dict[str, Any]:
+    meta: dict[str, Any] = {"format_version": FORMAT_VERSION, "kind": kind, "eot_token": EOT_TOKEN}
+    meta.update(extra)
+    if cfg is not None:
+        meta["trained_with"] = asdict(cfg)
+    return meta
+
+
+def _surrogate_error(text: str) -> DataError | None:
+    for i, ch in enumerate(text):
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            return DataError(
+                f"text contains a lone surrogate U+{ord(ch):04X} at character {i}, which is not valid "
+                "Unicode; read the input as UTF-8 with errors='replace' or fix its encoding"
+            )
+    return None
+
+
+def _check_str(text: object, index: int) -> str:
+    if not isinstance(text, str):
+        raise DataError(f"text #{index} is a {type(text).__name__}, expected str")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# char
+
+
+class CharTokenizer(Tokenizer):
+    """ids: [EOT] + sorted training characters + 256 byte-fallback ids for unseen characters."""
+
+    kind = "char"
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload)
+        chars = payload["chars"]
+        if not isinstance(chars, list) or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError("'chars' must be a list of single characters")
+        self.eot_id = 0
+        self._char_to_id = {c: i + 1 for i, c in enumerate(chars)}
+        if len(self._char_to_id) != len(chars):
+            raise ValueError("'chars' has duplicates")
+        self._byte_base = 1 + len(chars)
+        self.vocab_size = self._byte_base + 256
+        self._id_bytes = [b""] + [c.encode("utf-8") for c in chars] + [bytes([b]) for b in range(256)]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self._encode_one(_check_str(t, i)) for i, t in enumerate(texts)]
+
+    def _encode_one(self, text: str) -> list[int]:
+        table = self._char_to_id
+        try:
+            return [table[c] for c in text]  # fast path: every character was seen in training
+        except KeyError:
+            pass
+        ids: list[int] = []
+        for c in text:
+            i = table.get(c)
+            if i is not None:
+                ids.append(i)
+                continue
+            try:
+                ids.extend(self._byte_base + b for b in c.encode("utf-8"))
+            except UnicodeEncodeError:
+                raise _surrogate_error(text) from None
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        table = self._id_bytes
+        try:
+            raw = b"".join([table[i] for i in ids])
+        except (IndexError, TypeError):
+            raise ValueError(f"ids must be integers in [0, {self.vocab_size})") from None
+        # Arbitrary id sequences (model samples) may hold broken UTF-8; encoded text never does.
+        return raw.decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._id_bytes[token_id]
+
+
+def _train_char(texts: Iterable[str], cfg: TokenizerConfig) -> CharTokenizer:
+    seen: set[str] = set()
+    for i, text in enumerate(texts):
+        seen.update(_check_str(text, i))
+    surrogates = [c for c in seen if 0xD800 <= ord(c) <= 0xDFFF]
+    if surrogates:
+        raise DataError(
+            f"training text contains lone surrogate U+{ord(surrogates[0]):04X}, which is not valid "
+            "Unicode; read the input as UTF-8 with errors='replace' or fix its encoding"
+        )
+    payload = {"lmforge": _meta("char", cfg), "chars": sorted(seen)}
+    return CharTokenizer(payload)
+
+
+# ---------------------------------------------------------------------------------------------
+# bpe
+
+
+def _byte_symbols() -> dict[str, int]:
+    """Map each byte-level symbol back to its byte (the GPT-2 byte-to-printable-char scheme).
+
+    Printable Latin-1 bytes stand for themselves; the rest are shifted to 256 + n in byte order.
+    """
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    symbol_to_byte = {chr(b): b for b in printable}
+    shifted = 0
+    for b in range(256):
+        if chr(b) not in symbol_to_byte:
+            symbol_to_byte[chr(256 + shifted)] = b
+            shifted += 1
+    return symbol_to_byte
+
+
+def split_pieces(text: str) -> list[str]:
+    """Cut text into line pieces (newlines kept) that concatenate back to `text` exactly."""
+    pieces: list[str] = []
+    for piece in _PIECE_RE.findall(text):
+        if len(piece) <= MAX_PIECE_CHARS:
+            pieces.append(piece)
+        else:
+            pieces.extend(_cut_long(piece))
+    return pieces
+
+
+def _cut_long(piece: str) -> Iterator[str]:
+    start = 0
+    while len(piece) - start > MAX_PIECE_CHARS:
+        end = start + MAX_PIECE_CHARS
+        # Cut just before the last whitespace so the next piece starts with " word" as usual.
+        cut = max((m.start() for m in _SPACE_RE.finditer(piece, start + 1, end)), default=end)
+        yield piece[start:cut]
+        start = cut
+    yield piece[start:]
+
+
+_jieba_ready = False
+
+
+def _jieba() -> Any:
+    global _jieba_ready
+    import jieba  # imported lazily: loading its dictionary takes about a second
+
+    if not _jieba_ready:
+        jieba.setLogLevel(logging.WARNING)  # silence "Building prefix dict..." on stderr
+        jieba.initialize()
+        _jieba_ready = True
+    return jieba
+
+
+def jieba_words(piece: str) -> list[str]:
+    """Split CJK runs into jieba words; other text stays whole (ByteLevel splits it later)."""
+    jieba = _jieba()
+    words: list[str] = []
+    pos = 0
+    for m in _CJK_RUN_RE.finditer(piece):
+        if m.start() > pos:
+            words.append(piece[pos : m.start()])
+        run = m.group()
+        # HMM off: new-word discovery is slow pure Python and BPE learns frequent pairs anyway.
+        cut = list(jieba.cut(run, HMM=False))
+        words.extend(cut if "".join(cut) == run else list(run))  # never lose or add characters
+        pos = m.end()
+    if pos < len(piece):
+        words.append(piece[pos:])
+    return words
+
+
+class BpeTokenizer(Tokenizer):
+    kind = "bpe"
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        super().__init__(payload)
+        meta = payload["lmforge"]
+        self.cjk_split = meta["cjk_split"]
+        if self.cjk_split not in CJK_SPLITS:
+            raise ValueError(f"unknown cjk_split {self.cjk_split!r}")
+        self._hf = HFTokenizer.from_str(json.dumps(payload["hf"]))
+        # Text that happens to contain "<|endoftext|>" must stay text, not become the separator.
+        self._hf.encode_special_tokens = True
+        eot = self._hf.token_to_id(EOT_TOKEN)
+        if eot is None:
+            raise ValueError(f"vocabulary lacks {EOT_TOKEN}")
+        self.eot_id = eot
+        self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        self._symbol_to_byte = _byte_symbols()
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        counts: list[int] = []
+        flat: list[Any] = []
+        for i, text in enumerate(texts):
+            pieces = split_pieces(_check_str(text, i))
+            if self.cjk_split == "jieba":
+                pieces = [jieba_words(p) for p in pieces]
+            counts.append(len(pieces))
+            flat.extend(pieces)
+        try:
+            encodings = self._hf.encode_batch_fast(
+                flat, add_special_tokens=False, is_pretokenized=self.cjk_split == "jieba"
+            )
+        except TypeError:
+            for text in texts:
+                if (err := _surrogate_error(text)) is not None:
+                    raise err from None
+            raise
+        out: list[list[int]] = []
+        pos = 0
+        for n in counts:
+            ids: list[int] = []
+            for enc in encodings[pos : pos + n]:
+                ids.extend(enc.ids)
+            out.append(ids)
+            pos += n
+        return out
+
+    def decode(self, ids: list[int]) -> str:
+        eot = self.eot_id
+        return self._hf.decode([i for i in ids if i != eot], skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if token_id == self.eot_id:
+            return b""
+        token = self._hf.id_to_token(token_id)
+        if token is None:
+            raise ValueError(f"id {token_id} is outside [0, {self.vocab_size})")
+        return bytes(self._symbol_to_byte[c] for c in token)
+
+
+def _bpe_pipeline(cjk_split: str) -> Any:
+    from tokenizers import Regex, pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if cjk_split != "char":
+        return byte_level  # "jieba" pre-splits in Python; "none" is plain GPT-2 behaviour
+    # Each CJK character becomes its own pre-token, so a clause of Chinese between two
+    # punctuation marks is no longer one huge unique "word" for the trainer to count.
+    isolate = pre_tokenizers.Split(Regex(CJK_CLASS), behavior="isolated")
+    return pre_tokenizers.Sequence([isolate, byte_level])
+
+
+def _train_batches(texts: Iterable[str], cjk_split: str) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for i, text in enumerate(texts):
+        for piece in split_pieces(_check_str(text, i)):
+            if cjk_split == "jieba":
+                # Training on each word as its own sequence is what is_pretokenized encoding does.
+                batch.extend(jieba_words(piece))
+            else:
+                batch.append(piece)
+        if len(batch) >= _TRAIN_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _train_bpe(texts: Iterable[str], cfg: TokenizerConfig) -> BpeTokenizer:
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = _bpe_pipeline(cfg.cjk_split)
+    hf.decoder = decoders.ByteLevel()
+    hf.encode_special_tokens = True
+    trainer = trainers.BpeTrainer(
+        vocab_size=cfg.vocab_size,
+        min_frequency=cfg.min_frequency,
+        special_tokens=[EOT_TOKEN],
+        # All 256 byte symbols up front: any text, seen or not, stays encodable.
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    try:
+        hf.train_from_iterator(_train_batches(texts, cfg.cjk_split), trainer=trainer)
+    except TypeError:
+        raise DataError(
+            "training text contains a lone surrogate or non-text value; "
+            "read the input as UTF-8 with errors='replace' or fix its encoding"
+        ) from None
+    meta = _meta("bpe", cfg, cjk_split=cfg.cjk_split)
+    if cfg.cjk_split == "jieba":
+        # Segmentation lives in jieba's dictionary, outside this file; record which one was used.
+        meta["jieba_version"] = str(getattr(_jieba(), "__version__", "unknown"))
+    return BpeTokenizer({"lmforge": meta, "hf": json.loads(hf.to_str())})
+
+
+def train_tokenizer(texts: Iterable[str] | list[str], cfg: TokenizerConfig) -> Tokenizer:
+    """Train a tokenizer on `texts` (streamed once; an iterator is fine)."""
+    cfg.validate()
+    if cfg.kind == "char":
+        return _train_char(texts, cfg)
+    return _train_bpe(texts, cfg)

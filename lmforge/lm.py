@@ -1,0 +1,134 @@
+"""The language-modelling task: batches from token files, loss, evaluation, model construction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lmforge.config import ModelConfig
+from lmforge.data.tokenizer import Tokenizer
+from lmforge.data.tokens import TokenFile
+from lmforge.errors import DataError
+from lmforge.models.gpt import GPT, GPTShape, swiglu_hidden
+from lmforge.trainer.distributed import Runtime
+
+
+def model_shape(cfg: ModelConfig, vocab_size: int) -> GPTShape:
+    return GPTShape(
+        vocab_size=vocab_size,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        n_kv_head=cfg.n_kv_head or cfg.n_head,
+        d_model=cfg.d_model,
+        d_ff=cfg.d_ff or swiglu_hidden(cfg.d_model),
+        context_len=cfg.context_len,
+        dropout=cfg.dropout,
+        tied_embeddings=cfg.tied_embeddings,
+    )
+
+
+def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for; special tokens count 0. Used for bits per byte."""
+    return np.array([len(tok.token_bytes(i)) for i in range(tok.vocab_size)], dtype=np.float64)
+
+
+def window_batch(tokens: np.ndarray, starts: np.ndarray, context_len: int, device: torch.device):
+    """(B, T) inputs and next-token targets for windows beginning at `starts`."""
+    idx = starts[:, None] + np.arange(context_len + 1)[None, :]
+    chunk = torch.from_numpy(tokens[idx].astype(np.int64))  # (B, T+1)
+    x, y = chunk[:, :-1], chunk[:, 1:]
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x.contiguous(), y.contiguous()
+
+
+class LMTask:
+    """Random windows of the training stream; windows are a pure function of (seed, step)."""
+
+    def __init__(
+        self,
+        model: GPT,
+        train: TokenFile,
+        val: TokenFile,
+        byte_lengths: np.ndarray,
+        examples_per_step: int,
+        seed: int,
+        eval_max_tokens: int,
+    ):
+        self.model = model
+        self.context_len = model.shape.context_len
+        self.train_tokens = train.tokens
+        self.val_tokens = val.tokens
+        self.byte_lengths = byte_lengths
+        self.examples_per_step = examples_per_step
+        self.tokens_per_example = self.context_len
+        self.seed = seed
+        self.eval_max_tokens = eval_max_tokens
+        T = self.context_len
+        if len(self.train_tokens) < T + 2:
+            raise DataError(
+                f"the training split has {len(self.train_tokens)} tokens, fewer than one context of {T}; "
+                "give more text or lower model.context_len"
+            )
+        if len(self.val_tokens) < T + 2:
+            raise DataError(
+                f"the validation split has {len(self.val_tokens)} tokens, fewer than one context of {T}; "
+                "raise data.val_fraction or lower model.context_len"
+            )
+
+    def step_starts(self, step: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        return rng.integers(0, len(self.train_tokens) - self.context_len - 1, size=self.examples_per_step)
+
+    def micro_batch(self, step: int, micro: int, micro_batch_size: int, rt: Runtime):
+        per_rank = self.examples_per_step // rt.world_size
+        lo = rt.rank * per_rank + micro * micro_batch_size
+        starts = self.step_starts(step)[lo : lo + micro_batch_size]
+        return window_batch(self.train_tokens, starts, self.context_len, rt.device)
+
+    def loss(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return model(x, y)
+
+    def evaluate(self, model: torch.nn.Module, rt: Runtime, batch_size: int = 32) -> dict[str, float]:
+        from lmforge.eval.lm import evaluate_stream
+
+        return evaluate_stream(model, self.val_tokens, self.byte_lengths, self.context_len,
+                               self.eval_max_tokens, rt, batch_size)
+
+
+def build_model(cfg: ModelConfig, vocab_size: int, seed: int) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(model_shape(cfg, vocab_size))
+
+
+def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
+    """The trained model of a run folder (best validation weights), its tokenizer and config."""
+    import json
+
+    from lmforge.config import Config, from_dict
+    from lmforge.trainer.checkpoint import load_weights
+    import yaml
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise DataError(f"{run_dir} is not an lmforge run folder (no config.yaml); pass the folder given as --out")
+    cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text(encoding="utf-8")), source=str(cfg_path))
+    tok = Tokenizer.load(run_dir / "data" / "tokenizer.json")
+    shape_path = run_dir / "model.json"
+    shape = GPTShape(**json.loads(shape_path.read_text(encoding="utf-8")))
+    model = GPT(shape)
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
+        from lmforge.trainer.checkpoint import latest_checkpoint
+
+        last = latest_checkpoint(run_dir)
+        if last is None:
+            raise DataError(f"{run_dir} has no trained weights yet (no model.safetensors, no checkpoint)")
+        weights = last / "model.safetensors"
+    load_weights(model, weights)
+    model.to(device).eval()
+    return model, tok, {"config": cfg, "weights": str(weights)}

@@ -1,0 +1,142 @@
+"""Sampling with a KV cache, streamed token by token."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from lmforge.config import SampleConfig
+from lmforge.data.tokenizer import Tokenizer
+from lmforge.models.gpt import GPT, KVCache
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
+    """Probabilities (V,) after temperature, top-k and nucleus filtering."""
+    logits = logits.float() / max(temperature, 1e-6)
+    if top_k and top_k < logits.numel():
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_p, dim=-1)
+        # Keep the smallest prefix whose mass reaches top_p (the first token always stays).
+        drop = cumulative - sorted_p >= top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
+        probs = probs / probs.sum()
+    return probs
+
+
+@torch.no_grad()
+def generate_ids(
+    model: GPT,
+    prompt_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 0.8,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    stop_id: int | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> list[int]:
+    T = model.shape.context_len
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    ids = list(prompt_ids) or [stop_id if stop_id is not None else 0]
+    cache = KVCache(model.shape.n_layer)
+    pending = ids[-T:]
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        if cache.length + len(pending) > T:
+            # Out of context: restart the cache from the most recent half-window of tokens, so
+            # the re-encoding cost is paid once per T/2 tokens rather than every token.
+            cache = KVCache(model.shape.n_layer)
+            pending = ids[-(T // 2) :]
+        x = torch.tensor([pending], dtype=torch.long, device=device)
+        logits = model(x, cache=cache)[0, -1]
+        if temperature == 0:
+            nxt = int(torch.argmax(logits))
+        else:
+            probs = filter_logits(logits, temperature, top_k, top_p).cpu()
+            nxt = int(torch.multinomial(probs, 1, generator=gen))
+        if stop_id is not None and nxt == stop_id:
+            break
+        ids.append(nxt)
+        out.append(nxt)
+        pending = [nxt]
+        if on_token is not None:
+            on_token(nxt)
+    return out
+
+
+class StreamDecoder:
+    """Turns a growing list of ids into text deltas without splitting multi-byte characters."""
+
+    def __init__(self, tok: Tokenizer, write: Callable[[str], None]):
+        self.tok, self.write = tok, write
+        self.ids: list[int] = []
+        self.emitted = 0
+
+    def __call__(self, token_id: int) -> None:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
+            return
+        self.write(text[self.emitted :])
+        self.emitted = len(text)
+
+
+def sample_text(
+    model: GPT,
+    tok: Tokenizer,
+    prompt: str,
+    cfg: SampleConfig,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    stream: Callable[[str], None] | None = None,
+) -> str:
+    prompt_ids = tok.encode(prompt) if prompt else []
+    on_token = StreamDecoder(tok, stream) if stream is not None else None
+    ids = generate_ids(model, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                       seed=seed, device=device, stop_id=tok.eot_id, on_token=on_token)
+    return prompt + tok.decode(ids)
+
+
+def generate(
+    run_dir: str | Path,
+    prompt: str | None = None,
+    cfg: SampleConfig | None = None,
+    seed: int = 0,
+    stream: bool = True,
+    device: str = "cpu",
+) -> list[str]:
+    """Generate from a trained run folder. With `prompt=None` the prompt is read from stdin."""
+    from lmforge.lm import load_run_model
+
+    cfg = cfg or SampleConfig()
+    if prompt is None:
+        prompt = sys.stdin.read()
+    model, tok, _ = load_run_model(Path(run_dir), device)
+    texts = []
+    for i in range(max(1, cfg.num_samples)):
+        if stream:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+
+            def write(s: str) -> None:
+                sys.stdout.write(s)
+                sys.stdout.flush()
+
+            text = sample_text(model, tok, prompt, cfg, seed=seed + i, device=device, stream=write)
+            sys.stdout.write("\n")
+            if i + 1 < max(1, cfg.num_samples):
+                sys.stdout.write("-" * 40 + "\n")
+            sys.stdout.flush()
+        else:
+            text = sample_text(model, tok, prompt, cfg, seed=seed + i, device=device)
+        texts.append(text)
+    return texts
