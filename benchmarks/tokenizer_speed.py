@@ -18,14 +18,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _zipf_choices(rng: random.Random, items: list[str], k: int) -> list[str]:
-    weights = [1.0 / (rank + 1) for rank in range(len(items))]
-    return rng.choices(items, weights=weights, k=k)
+def _zipf_sampler(rng: random.Random, items: list[str]) -> Callable[[int], list[str]]:
+    cum, total = [], 0.0
+    for rank in range(len(items)):
+        total += 1.0 / (rank + 1)
+        cum.append(total)  # cumulative once: rng.choices with weights= redoes this per call
+    return lambda k: rng.choices(items, cum_weights=cum, k=k)
 
 
 def generate_english(n_bytes: int, seed: int = 0) -> str:
@@ -33,11 +37,12 @@ def generate_english(n_bytes: int, seed: int = 0) -> str:
     syllables = [a + b for a in "bcdfghklmnprstvw" for b in ["a", "e", "i", "o", "u", "ou", "ea", "an", "er"]]
     words = sorted({"".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(20_000)})
     rng.shuffle(words)
+    pick = _zipf_sampler(rng, words)
     lines, size = [], 0
     while size < n_bytes:
         sentences = []
         for _ in range(rng.randint(2, 6)):
-            ws = _zipf_choices(rng, words, rng.randint(4, 18))
+            ws = pick(rng.randint(4, 18))
             ws[0] = ws[0].capitalize()
             sentences.append(" ".join(ws) + rng.choice([".", ".", ".", "?", "!"]))
         line = " ".join(sentences) + "\n"
@@ -49,13 +54,15 @@ def generate_english(n_bytes: int, seed: int = 0) -> str:
 def generate_chinese(n_bytes: int, seed: int = 0) -> str:
     rng = random.Random(seed)
     chars = [chr(c) for c in rng.sample(range(0x4E00, 0x9FA6), 3500)]
-    lexicon = sorted({"".join(_zipf_choices(rng, chars, rng.choice([1, 2, 2, 2, 3, 4]))) for _ in range(30_000)})
+    pick_char = _zipf_sampler(rng, chars)
+    lexicon = sorted({"".join(pick_char(rng.choice([1, 2, 2, 2, 3, 4]))) for _ in range(30_000)})
     rng.shuffle(lexicon)
+    pick = _zipf_sampler(rng, lexicon)
     lines, size = [], 0
     while size < n_bytes:
         sentences = []
         for _ in range(rng.randint(2, 6)):
-            clauses = ["".join(_zipf_choices(rng, lexicon, rng.randint(2, 8))) for _ in range(rng.randint(1, 4))]
+            clauses = ["".join(pick(rng.randint(2, 8))) for _ in range(rng.randint(1, 4))]
             sentences.append("，".join(clauses) + rng.choice(["。", "。", "！", "？", "；"]))
         line = "".join(sentences) + "\n"
         lines.append(line)
@@ -63,8 +70,8 @@ def generate_chinese(n_bytes: int, seed: int = 0) -> str:
     return "".join(lines)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _peak_rss_mb(who: int = resource.RUSAGE_SELF) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
 
 
 def _read_lines(path: str) -> tuple[list[str], int]:
@@ -93,7 +100,8 @@ def child(case: dict) -> dict:
         extra = {"tokens": tf.num_tokens, "bytes_per_token": round(n_bytes / max(1, tf.num_tokens), 3)}
     secs = time.perf_counter() - t0
     return {"mb": round(n_bytes / 1e6, 2), "secs": round(secs, 2), "mb_per_s": round(n_bytes / 1e6 / secs, 2),
-            "peak_rss_mb": round(_peak_rss_mb(), 1), **extra}
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "workers_peak_rss_mb": round(_peak_rss_mb(resource.RUSAGE_CHILDREN), 1), **extra}
 
 
 def run_case(case: dict) -> dict:
@@ -119,11 +127,10 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        en, zh = Path(tmp, "en.txt"), Path(tmp, "zh.txt")
+        en = Path(tmp, "en.txt")
         en.write_text(generate_english(int(args.mb * 1e6)), encoding="utf-8")
-        if args.data:
-            zh.write_text(Path(args.data).read_text(encoding="utf-8"), encoding="utf-8")
-        else:
+        zh = Path(args.data) if args.data else Path(tmp, "zh.txt")
+        if not args.data:
             zh.write_text(generate_chinese(int(args.mb * 1e6)), encoding="utf-8")
 
         def report(name: str, case: dict) -> None:

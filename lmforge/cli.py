@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from lmforge.config import Config, iter_fields, load_config
@@ -24,10 +25,10 @@ def _type_name(tp) -> str:
     return name.replace(" | None", "").replace("NoneType", "")
 
 
-def add_config_options(p: argparse.ArgumentParser) -> None:
+def add_config_options(p: argparse.ArgumentParser, cls: type = Config) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML preset (see configs/); options below override it")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for name, tp, default, doc in iter_fields(Config):
+    for name, tp, default, doc in iter_fields(cls):
         if f"--{name}" in p._option_string_actions:  # e.g. --out, declared by the subcommand itself
             continue
         section = name.split(".")[0] if "." in name else "run"
@@ -44,6 +45,8 @@ def overrides_from(args: argparse.Namespace) -> dict[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lmforge.auto import commands as auto_commands
+
     parser = argparse.ArgumentParser(
         prog="lmforge",
         description="Raw text to a trained, evaluated language model in one command.",
@@ -56,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (same as --out on the config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    auto_commands.add_train_options(p)
     add_config_options(p)
 
     p = sub.add_parser("prepare", help="clean text, train the tokenizer and write token files (no training)")
@@ -85,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="show every config field with its default and meaning, or a resolved config")
     p.add_argument("--show", metavar="FILE", help="print this preset resolved with defaults and overrides")
     add_config_options(p)
+    auto_commands.add_commands(sub, add_config_options)  # plan, lr-find, tune
+    from lmforge.classify.cli import add_classify_parser
+
+    add_classify_parser(sub)  # classify train|eval|predict
     return parser
 
 
@@ -99,7 +107,9 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()  # a --time budget counts from here
     args = build_parser().parse_args(argv)
+    args.t_start = t_start
     try:
         return _dispatch(args)
     except LmforgeError as e:
@@ -111,9 +121,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from lmforge.auto import commands as auto_commands
+
+    if args.command in auto_commands.COMMANDS:
+        return auto_commands.dispatch(args, _config, overrides_from(args))
+    if args.command == "classify":
+        from lmforge.classify.cli import dispatch as classify_dispatch
+
+        return classify_dispatch(args)
     if args.command == "train":
         from lmforge.pretrain import result_json, train
 
+        if args.auto or args.time:
+            return auto_commands.train_auto(args, _config, overrides_from(args))
         if args.resume:
             result = train(resume=args.resume)
         else:

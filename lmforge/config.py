@@ -336,8 +336,8 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    valid = [name for name, *_ in iter_fields()]
+def set_dotted(tree: dict, dotted: str, value: Any, cls: type = None) -> None:
+    valid = [name for name, *_ in iter_fields(cls or Config)]
     if dotted not in valid:
         raise _unknown(dotted, valid, " on the command line")
     node = tree
@@ -349,8 +349,12 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
-def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Read a YAML preset (optional), apply dotted overrides ({'train.lr': '3e-4'}), validate."""
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None, cls: type = None):
+    """Read a YAML preset (optional), apply dotted overrides ({'train.lr': '3e-4'}), validate.
+
+    `cls` is the top-level config class (default: the language-model `Config`).
+    """
+    cls = cls or Config
     tree: dict = {}
     source = ""
     if path is not None:
@@ -363,11 +367,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         source = str(p)
     for dotted, value in (overrides or {}).items():
-        set_dotted(tree, dotted, value)
-    return from_dict(Config, tree, source=source).validate()
+        set_dotted(tree, dotted, value, cls)
+    return from_dict(cls, tree, source=source).validate()
 
 
-def save_config(cfg: Config, path: str | Path) -> None:
+def save_config(cfg, path: str | Path) -> None:
     from lmforge.trainer.checkpoint import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

@@ -94,11 +94,13 @@ def load_run_config(run_dir: Path) -> Config:
     return from_dict(Config, yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path)).validate()
 
 
-def train(cfg: Config | None = None, resume: str | Path | None = None, progress: bool = True) -> TrainResult:
+def train(cfg: Config | None = None, resume: str | Path | None = None, progress: bool = True,
+          on_eval=None) -> TrainResult:
     """Prepare data (or reuse it), build the model, train, evaluate, save, print samples.
 
     With `resume=RUN_DIR` the run's saved config is used and training continues from its latest
-    checkpoint, reaching the same weights an uninterrupted run would have.
+    checkpoint, reaching the same weights an uninterrupted run would have. `on_eval(step, record)`
+    is passed to the training loop (called after every evaluation; used by `lmforge tune`).
     """
     if resume is not None:
         cfg = load_run_config(Path(resume))
@@ -109,12 +111,12 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     run_dir = Path(cfg.out)
     rt = init_runtime(cfg.train.device)
     try:
-        return _train(cfg, rt, run_dir, resume is not None, progress)
+        return _train(cfg, rt, run_dir, resume is not None, progress, on_eval)
     finally:
         shutdown(rt)
 
 
-def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool) -> TrainResult:
+def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool, on_eval=None) -> TrainResult:
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume and ckpt.latest_checkpoint(run_dir) is None:
@@ -167,7 +169,7 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
 
     meta = {"task": "lm", "tokens_per_step": cfg.train.global_batch_tokens}
     result: FitResult = fit(task, cfg.train, cfg.eval, rt, run_dir, compile_model=compile_model,
-                            resume=resume, meta=meta, on_best=save_best, progress=progress)
+                            resume=resume, meta=meta, on_best=save_best, progress=progress, on_eval=on_eval)
     samples: list[str] = []
     if rt.is_main:
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{run_dir.name}: loss")

@@ -96,7 +96,6 @@ class Tokenizer:
     def __init__(self, payload: dict[str, Any]) -> None:
         # The payload is exactly what save() writes; keeping it (rather than re-serializing the
         # live objects) makes fingerprint() identical before and after a save/load cycle.
-        self._payload = payload
         self._blob = _canonical_json(payload)
 
     def encode(self, text: str) -> list[int]:
@@ -224,6 +223,11 @@ def _surrogate_error(text: str) -> DataError | None:
     return None
 
 
+def _id_list(ids: Any) -> list[int]:
+    # Accept numpy arrays and torch tensors (model outputs) as well as plain lists.
+    return ids.tolist() if hasattr(ids, "tolist") else list(ids)
+
+
 def _check_str(text: object, index: int) -> str:
     if not isinstance(text, str):
         raise DataError(f"text #{index} is a {type(text).__name__}, expected str")
@@ -276,7 +280,7 @@ class CharTokenizer(Tokenizer):
     def decode(self, ids: list[int]) -> str:
         table = self._id_bytes
         try:
-            raw = b"".join([table[i] for i in ids])
+            raw = b"".join([table[i] for i in _id_list(ids)])
         except (IndexError, TypeError):
             raise ValueError(f"ids must be integers in [0, {self.vocab_size})") from None
         # Arbitrary id sequences (model samples) may hold broken UTF-8; encoded text never does.
@@ -393,6 +397,8 @@ class BpeTokenizer(Tokenizer):
         self.eot_id = eot
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         self._symbol_to_byte = _byte_symbols()
+        # encode_batch_fast (tokenizers >= 0.20) skips offset tracking we never use.
+        self._encode_hf = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         counts: list[int] = []
@@ -404,7 +410,7 @@ class BpeTokenizer(Tokenizer):
             counts.append(len(pieces))
             flat.extend(pieces)
         try:
-            encodings = self._hf.encode_batch_fast(
+            encodings = self._encode_hf(
                 flat, add_special_tokens=False, is_pretokenized=self.cjk_split == "jieba"
             )
         except TypeError:
@@ -424,7 +430,7 @@ class BpeTokenizer(Tokenizer):
 
     def decode(self, ids: list[int]) -> str:
         eot = self.eot_id
-        return self._hf.decode([i for i in ids if i != eot], skip_special_tokens=False)
+        return self._hf.decode([i for i in _id_list(ids) if i != eot], skip_special_tokens=False)
 
     def token_bytes(self, token_id: int) -> bytes:
         if token_id == self.eot_id:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import multiprocessing as mp
 import os
 import pickle
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import islice
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +27,11 @@ import numpy as np
 from lmforge.data.tokenizer import Tokenizer, fsync_dir, write_atomic
 from lmforge.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+
 HEADER_VERSION = 1
 DTYPES = ("uint16", "uint32")
+CHUNK_MAX_CHARS = 4_000_000  # per encode_batch call, whatever chunk_docs says
 _REQUIRED_INT_FIELDS = ("num_tokens", "num_documents", "num_bytes_utf8")
 
 
@@ -150,13 +157,18 @@ def _encode_chunk(tokenizer: Tokenizer, docs: list[str], dtype: str) -> tuple[np
 
 
 def _chunks(texts: Iterable[str], chunk_docs: int) -> Iterator[list[str]]:
-    it = iter(texts)
-    index = 0
-    while chunk := list(islice(it, chunk_docs)):
-        for doc in chunk:
-            if not isinstance(doc, str):
-                raise DataError(f"document #{index} is a {type(doc).__name__}, expected str")
-            index += 1
+    chunk: list[str] = []
+    chars = 0
+    for index, doc in enumerate(texts):
+        if not isinstance(doc, str):
+            raise DataError(f"document #{index} is a {type(doc).__name__}, expected str")
+        chunk.append(doc)
+        chars += len(doc)
+        # The character cap bounds memory when documents are whole books, not lines.
+        if len(chunk) >= chunk_docs or chars >= CHUNK_MAX_CHARS:
+            yield chunk
+            chunk, chars = [], 0
+    if chunk:
         yield chunk
 
 
@@ -185,30 +197,77 @@ def _worker_encode(docs: list[str]) -> tuple[np.ndarray, int, int]:
 def _parallel(
     chunks: Iterator[list[str]], tokenizer: Tokenizer, dtype: str, workers: int
 ) -> Iterator[tuple[np.ndarray, int, int]]:
-    # spawn, not fork: forking after HF tokenizers started its thread pool can deadlock.
-    # A bounded window of in-flight chunks (Pool.imap would read the whole input ahead)
-    # keeps memory flat while results still come back in input order.
-    ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(pickle.dumps(tokenizer), dtype)) as pool:
-        pending: deque[Any] = deque()
-        for docs in chunks:
-            pending.append(pool.apply_async(_worker_encode, (docs,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    # spawn, not fork: forking after HF tokenizers (or torch) started threads can deadlock.
+    # A bounded window of in-flight chunks (Pool.imap would read the whole input ahead) keeps
+    # memory flat while results still come back in input order.
+    pending: deque[tuple[list[str], Future]] = deque()
+    try:
+        with ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_worker_init,
+            initargs=(pickle.dumps(tokenizer), dtype),
+        ) as pool:
+            for docs in chunks:
+                pending.append((docs, pool.submit(_worker_encode, docs)))
+                if len(pending) >= 2 * workers:
+                    result = pending[0][1].result()
+                    pending.popleft()
+                    yield result
+            while pending:
+                result = pending[0][1].result()
+                pending.popleft()
+                yield result
+    except BrokenProcessPool:
+        # Workers can fail to start (e.g. the main script cannot be re-imported under spawn,
+        # or memory ran out); the chunks still pending are redone here rather than lost.
+        log.warning("encoding worker processes died; continuing in this process (slower)")
+        redo = [docs for docs, _ in pending]
+        yield from _serial(chain(redo, chunks), tokenizer, dtype)
 
 
-def resolve_workers(num_workers: int, tokenizer: Tokenizer) -> int:
-    """0 = auto.  See benchmarks/tokenizer_speed.py for the measurements behind the choice."""
-    if num_workers < 0:
-        raise ConfigError(f"num_workers must be >= 0 (0 = auto), got {num_workers}")
-    if num_workers:
-        return num_workers
-    if tokenizer.kind == "bpe" and getattr(tokenizer, "cjk_split", "") != "jieba":
-        return 1  # HF already encodes a batch on all cores; extra processes only add pickling
-    # char and jieba encoding are pure Python and hold the GIL: processes do help.
-    return max(1, min(os.cpu_count() or 1, 8))
+# Below this much text, starting worker processes (about 1-2 s each, jieba's dictionary
+# included) costs more than it saves; see benchmarks/tokenizer_speed.py.
+AUTO_PARALLEL_MIN_BYTES = 4_000_000
+# Measured on 2 shared cores, worker processes were slower for every kind (jieba too: the
+# serial path already overlaps jieba with HF's own encoding threads), so auto only uses them
+# where there are clearly spare cores.
+AUTO_PARALLEL_MIN_CPUS = 4
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))  # honours container / taskset limits
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _python_bound(tokenizer: Tokenizer) -> bool:
+    # jieba segmentation is pure Python holding the GIL (~1-2 MB/s), so processes can help.
+    # HF BPE already encodes a batch on all cores and char encoding runs at ~30 MB/s, so for
+    # those pickling chunks between processes only slows things down (measured).
+    return tokenizer.kind == "bpe" and getattr(tokenizer, "cjk_split", "") == "jieba"
+
+
+def _auto_workers(
+    chunks: Iterator[list[str]], tokenizer: Tokenizer
+) -> tuple[int, Iterator[list[str]]]:
+    cpus = _usable_cpus()
+    if not _python_bound(tokenizer) or cpus < AUTO_PARALLEL_MIN_CPUS:
+        return 1, chunks
+    # The input may be a stream of unknown size: buffer text until it is clearly big enough.
+    head: list[list[str]] = []
+    size = 0
+    for docs in chunks:
+        head.append(docs)
+        size += sum(_utf8_len(d) for d in docs)
+        if size >= AUTO_PARALLEL_MIN_BYTES:
+            return min(cpus, 8), chain(head, chunks)
+    return 1, iter(head)
+
+
+def check_workers(num_workers: int) -> int:
+    if not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0:
+        raise ConfigError(f"num_workers must be an integer >= 0 (0 = auto), got {num_workers!r}")
+    return num_workers
 
 
 def encode_corpus(
@@ -218,23 +277,31 @@ def encode_corpus(
     num_workers: int = 0,
     chunk_docs: int = 256,
 ) -> TokenFile:
-    """Encode `texts` as doc, EOT, doc, EOT, ... into `out_path` (.bin) plus its .json header."""
+    """Encode `texts` as doc, EOT, doc, EOT, ... into `out_path` (.bin) plus its .json header.
+
+    Texts are consumed `chunk_docs` at a time, so memory stays bounded for any corpus size.
+    num_workers: 1 = encode in this process (HF still uses its own threads), N > 1 = N worker
+    processes, 0 = auto (in-process except for jieba-split BPE on big corpora with >= 4 cores).
+    """
     if not isinstance(chunk_docs, int) or chunk_docs < 1:
         raise ConfigError(f"chunk_docs must be an integer >= 1, got {chunk_docs!r}")
     out = Path(out_path)
     hdr = header_path(out)
     if hdr == out:
         raise ConfigError(f"token file {out} must not end in .json: its header is written as {hdr}")
-    workers = resolve_workers(num_workers, tokenizer)
+    check_workers(num_workers)
     dtype = dtype_for(tokenizer.vocab_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Drop the old header first: a run killed after replacing the .bin must not leave a stale
     # header that happens to describe it.
     hdr.unlink(missing_ok=True)
     chunks = _chunks(texts, chunk_docs)
+    workers = num_workers
+    if workers == 0:
+        workers, chunks = _auto_workers(chunks, tokenizer)
     encoded = _serial(chunks, tokenizer, dtype) if workers <= 1 else _parallel(chunks, tokenizer, dtype, workers)
     num_tokens = num_docs = num_bytes = 0
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             for arr, nbytes, ndocs in encoded:
@@ -248,6 +315,8 @@ def encode_corpus(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        encoded.close()  # stops worker processes now, not whenever the generator is collected
     fsync_dir(out.parent)
     header = {
         "version": HEADER_VERSION,

@@ -53,6 +53,9 @@ class FitResult:
     stopped_early: bool = False
     stop_reason: str = "max_steps"
     history: list[dict] = field(default_factory=list)
+    micro_batch_size: int = 0  # per process, at the end (smaller than planned after an out-of-memory back-off)
+    accumulation: int = 1
+    oom_backoffs: int = 0
 
 
 def plan_batches(examples_per_step: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
@@ -70,6 +73,28 @@ def plan_batches(examples_per_step: int, micro_batch_size: int, world_size: int)
             f"{per_rank} examples ({examples_per_step} global / {world_size} processes)"
         )
     return micro, per_rank // micro
+
+
+def is_oom_error(exc: BaseException) -> bool:
+    """True for an out-of-memory error from any device's allocator."""
+    if isinstance(exc, MemoryError):
+        return True
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(exc, oom_type):
+        return True
+    if isinstance(exc, RuntimeError):
+        msg = str(exc).lower()
+        return "out of memory" in msg or "can't allocate memory" in msg or "failed to allocate" in msg
+    return False
+
+
+def backoff_micro_batch(micro_batch_size: int, per_rank: int) -> int:
+    """The next smaller micro-batch after an out-of-memory error: half, or the largest divisor of the
+    per-process batch below half; 0 when it cannot shrink further."""
+    for size in range(micro_batch_size // 2, 0, -1):
+        if per_rank % size == 0:
+            return size
+    return 0
 
 
 def seed_everything(seed: int) -> None:
@@ -102,8 +127,18 @@ def fit(
     meta: dict[str, Any] | None = None,
     on_best: Any = None,
     progress: bool = True,
+    on_eval: Any = None,
 ) -> FitResult:
-    """Train task.model in place. `on_best(model)` is called on rank 0 when validation improves."""
+    """Train task.model in place. `on_best(model)` is called on rank 0 when validation improves.
+
+    `on_eval(step, record)` is called on every rank after each evaluation, once the step's log line
+    and checkpoint are written; an exception raised from it (e.g. optuna.TrialPruned) ends training
+    and propagates, leaving the run folder consistent.
+
+    An out-of-memory error in a micro-step (single process) halves the micro-batch, doubles the
+    accumulation and redoes the step from its start: batches are a pure function of the step, so the
+    global batch and the results stay the same.
+    """
     run_dir = Path(run_dir)
     model = task.model
     micro_bs, accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.world_size)
@@ -159,6 +194,7 @@ def fit(
     history: list[dict] = []
     last_metrics: dict[str, float] = {}
     stop_reason = "max_steps"
+    oom_backoffs = 0
     step = start_step
     t0 = time.perf_counter()
     window_t, window_tokens = time.perf_counter(), 0
@@ -169,9 +205,8 @@ def fit(
         task_id = bar.add_task("train", total=cfg.max_steps, completed=start_step, info="")
         sched_total = cfg.max_steps
         first: tuple[int, float] | None = None
-        while step < cfg.max_steps:
-            lr = lr_at(step, cfg, sched_total)
-            set_lr(optimizer, lr)
+
+        def micro_steps() -> torch.Tensor | float:
             loss_sum = 0.0
             for micro in range(accum):
                 batch = task.micro_batch(step, micro, micro_bs, rt)
@@ -183,6 +218,39 @@ def fit(
                     else:
                         loss.backward()
                 loss_sum += loss.detach()
+            return loss_sum
+
+        while step < cfg.max_steps:
+            lr = lr_at(step, cfg, sched_total)
+            set_lr(optimizer, lr)
+            rng_at_step = _rng_state()
+            while True:
+                try:
+                    loss_sum = micro_steps()
+                    break
+                except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled
+                    if not is_oom_error(e):
+                        raise
+                    failed_with = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                # Outside the except block, so the failed step's tensors (held by the traceback) are freed.
+                optimizer.zero_grad(set_to_none=True)
+                if rt.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                per_rank = micro_bs * accum
+                smaller = backoff_micro_batch(micro_bs, per_rank)
+                if rt.distributed or smaller == 0:
+                    why = ("other processes cannot follow a back-off in a distributed run" if rt.distributed
+                           else "the micro-batch is already 1")
+                    raise TrainingError(
+                        f"out of memory at step {step} with micro-batch {micro_bs} ({failed_with}); {why}. "
+                        "Set a smaller train.micro_batch_size, a smaller model or a shorter model.context_len."
+                    )
+                if rt.is_main and progress:
+                    bar.console.print(f"out of memory at step {step} with micro-batch {micro_bs}: retrying the "
+                                      f"step with micro-batch {smaller} x {per_rank // smaller} accumulation")
+                micro_bs, accum = smaller, per_rank // smaller
+                oom_backoffs += 1
+                _set_rng_state(rng_at_step)
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = (
@@ -260,6 +328,8 @@ def fit(
                 history.append(record)
             if step % save_every == 0 or last_step:
                 save(step)
+            if on_eval is not None and "val_loss" in record:
+                on_eval(step, dict(record))
             bar.update(task_id, completed=step,
                        info=f"loss {train_loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s")
             if last_step:
@@ -275,4 +345,7 @@ def fit(
         stopped_early=stop_reason != "max_steps",
         stop_reason=stop_reason,
         history=history,
+        micro_batch_size=micro_bs,
+        accumulation=accum,
+        oom_backoffs=oom_backoffs,
     )

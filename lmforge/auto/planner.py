@@ -1,0 +1,822 @@
+"""Fit the model and its training to the hardware and a time budget.
+
+Given the prepared data, the hardware and a wall-clock budget, `make_plan` chooses the model shape
+(width, depth, heads, context), the batch (micro-batch, accumulation, global batch), the optimizer
+schedule (learning rate, warm-up, decay, steps), dropout, precision, compilation and evaluation, so
+that the run ends within the budget at the best expected validation loss. Every choice comes with
+its reason, printed as a table and saved in the run folder.
+
+How the choice is made:
+
+* Time. The budget is split into what was already spent (start-up, data preparation), planning
+  (probes and step timings, at most about 8%), compilation (when chosen), evaluations during
+  training (about 5%), the final evaluation, save and samples, and the rest: training time.
+* Speed is measured, not assumed: the real training step (forward, backward, optimizer) of
+  candidate shapes is timed on this machine, the minimum of a few repeats so that noise from other
+  programs does not count. Shapes not measured are estimated from the nearest measured one,
+  scaled by FLOPs; the search measures the best-ranked shapes until the top ones are all measured.
+* Quality is predicted with a compute-optimal scaling rule: loss ~ A/N^a + B/D^a (N parameters,
+  D training tokens), with B/A set so that, when step time grows with N, the optimum lies at about
+  `tokens_per_param` tokens per parameter (Chinchilla's 20 by default). Because speed is measured,
+  a small model that runs no faster than a larger one (common on CPUs, where small matrices waste
+  the cores) is not chosen just for its size.
+* The corpus caps the data: repeated tokens are worth less than fresh ones (the effective data
+  saturates after about 15 passes, after Muennighoff et al. 2023), and parameters beyond what the
+  unique tokens can feed saturate likewise. So many passes over a small corpus call for a smaller
+  model, and the plan adds dropout.
+
+The decision logic takes the step-time measurer and the hardware as arguments, so it can be tested
+with fakes; `LMStepTimer` is the real measurer.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from lmforge.auto.hardware import Hardware
+from lmforge.config import Config, from_dict, to_dict
+from lmforge.errors import ConfigError
+
+# --- durations --------------------------------------------------------------------------------
+
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """'90', '90s', '2m', '1h30m', '1.5h' -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        try:
+            seconds = float(s)
+        except ValueError:
+            parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", s)
+            if not parts or "".join(a + b for a, b in parts) != s or any(u not in _UNITS for _, u in parts):
+                raise ConfigError(f"cannot read the duration {text!r}; write it like 90s, 10m, 1h30m") from None
+            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
+    if not seconds > 0:
+        raise ConfigError(f"the duration {text!r} must be positive")
+    return seconds
+
+
+def fmt_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    n_layer: int
+    d_model: int
+    n_head: int
+    context_len: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.n_layer}L x {self.d_model} ({self.n_head} heads), context {self.context_len}"
+
+
+@dataclass
+class DataFacts:
+    """What the planner needs to know about the prepared corpus."""
+
+    train_tokens: int
+    val_tokens: int
+    vocab_size: int
+    bytes_per_token: float = 1.0
+
+    @classmethod
+    def from_prepared(cls, data) -> DataFacts:
+        s = data.summary
+        return cls(train_tokens=int(s.get("train_tokens") or len(data.train)),
+                   val_tokens=int(s.get("val_tokens") or len(data.val)),
+                   vocab_size=int(data.tokenizer.vocab_size),
+                   bytes_per_token=float(s.get("bytes_per_token") or 1.0))
+
+
+class StepMeasurer(Protocol):
+    def __call__(self, cand: Candidate, micro_batch: int, precision: str) -> float:
+        """Seconds per training micro-step (forward, backward, optimizer) at this shape and size."""
+
+
+@dataclass
+class PlanOptions:
+    tokens_per_param: float = 20.0
+    """Compute-optimal training tokens per parameter (the optimum of the scaling rule)."""
+    exponent: float = 0.34
+    """Exponent of both terms of the scaling rule."""
+    repeat_saturation: float = 15.0
+    """Passes over the corpus after which repeated data is nearly worthless (R_D* of Muennighoff et al.)."""
+    param_saturation: float = 5.0
+    """Same for parameters beyond what the unique data can feed (R_N*)."""
+    planning_fraction: float = 0.08
+    """Largest share of the budget spent on probes and step timings."""
+    eval_fraction: float = 0.05
+    """Share of the training time spent on evaluations during training."""
+    max_measured: int = 8
+    target_steps: int = 2000
+    """Optimizer steps the batch size aims for; fewer, larger steps waste tokens, more waste time."""
+    min_steps: int = 300
+    measure_tokens: int = 0
+    """Tokens per micro-step when timing candidates; 0: 4096 on CPU, 32768 on GPU."""
+    compile_cost_s: float = 0.0
+    """Expected one-off compile time; 0: 45 s on CPU, 60 s on GPU."""
+    compile_speedup: float = 0.0
+    """Expected speed-up of a compiled step; 0: 1.3 on CPU, 1.5 on GPU."""
+    lr_method: str = "rule"
+    """'rule' (a width- and batch-scaled rule) or 'find' (the LR range test; see lr_finder)."""
+    safety_fraction: float = 0.02
+    """Share of the budget kept free for what is not estimated."""
+
+
+@dataclass
+class Plan:
+    config: Config
+    rows: list[tuple[str, str, str]]  # (setting, value, reason)
+    budget_s: float
+    time: dict[str, float]  # where the budget goes
+    estimates: dict[str, Any]
+    candidates: list[dict]
+    hardware: dict
+    final_reserve_s: float  # kept after training for the final evaluation, save and samples
+
+    def table(self):
+        from rich.table import Table
+
+        t = Table(title=f"lmforge plan for a budget of {fmt_duration(self.budget_s)}", show_lines=False)
+        t.add_column("setting", style="bold")
+        t.add_column("value")
+        t.add_column("why")
+        for k, v, why in self.rows:
+            t.add_row(k, v, why)
+        return t
+
+    def candidates_table(self):
+        from rich.table import Table
+
+        t = Table(title="measured shapes (best first)")
+        for col in ("shape", "parameters", "tokens/s", "tokens in budget", "tokens/param", "predicted loss"):
+            t.add_column(col, justify="right" if col != "shape" else "left")
+        for c in self.candidates:
+            if c.get("measured"):
+                t.add_row(c["name"], f"{c['params']:,}", f"{c['tokens_per_s']:,.0f}", f"{c['tokens']:,.0f}",
+                          f"{c['tokens'] / c['params']:.1f}", f"{c['score']:.4f}")
+        return t
+
+    def to_dict(self) -> dict:
+        return {"budget_s": self.budget_s, "time": self.time, "estimates": self.estimates,
+                "rows": [list(r) for r in self.rows], "candidates": self.candidates, "hardware": self.hardware,
+                "final_reserve_s": self.final_reserve_s, "config": to_dict(self.config)}
+
+    def save(self, run_dir: str | Path) -> Path:
+        from lmforge.config import save_config
+        from lmforge.trainer.checkpoint import atomic_write_json
+
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / "plan.json", self.to_dict())
+        save_config(self.config, run_dir / "plan.yaml")
+        return run_dir / "plan.json"
+
+
+# --- model arithmetic -------------------------------------------------------------------------
+
+LOOP_EFFICIENCY = 0.85  # measured throughput of the training loop relative to the timed step
+WIDTHS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+DEPTHS = (2, 3, 4, 6, 8, 12, 16, 24, 32)
+CONTEXTS = (64, 128, 256, 512, 1024, 2048)
+
+
+def _ff(d: int) -> int:
+    from lmforge.models.gpt import swiglu_hidden
+
+    return swiglu_hidden(d)
+
+
+def block_params(c: Candidate) -> int:
+    """Parameters in the transformer blocks (attention, MLP, norms): the 'N' of scaling laws."""
+    d = c.d_model
+    return c.n_layer * (4 * d * d + 3 * d * _ff(d) + 2 * d)
+
+
+def total_params(c: Candidate, vocab: int, tied: bool = True) -> int:
+    return block_params(c) + vocab * c.d_model * (1 if tied else 2) + c.d_model
+
+
+def flops_per_token(c: Candidate, vocab: int) -> float:
+    """Training FLOPs per token: 6 per weight used (including the output layer) plus attention."""
+    return 6 * (block_params(c) + vocab * c.d_model) + 6 * c.n_layer * c.d_model * c.context_len
+
+
+def head_count(d_model: int) -> int:
+    head_dim = 32 if d_model <= 256 else 64
+    return max(1, d_model // head_dim)
+
+
+def default_context(d_model: int, n_layer: int, vocab: int, cap: int) -> int:
+    """Longest power-of-two context whose attention costs at most a quarter of the weight FLOPs.
+
+    A longer context lowers the loss (more to condition on) and costs little until attention,
+    whose cost per token grows with the context, dominates the step.
+    """
+    c = Candidate(n_layer, d_model, head_count(d_model), 64)
+    weights = 6 * (block_params(c) + vocab * d_model)
+    best = CONTEXTS[0]
+    for T in CONTEXTS:
+        if T <= cap and 6 * n_layer * d_model * T <= 0.25 * weights:
+            best = T
+    return best
+
+
+def activation_bytes(c: Candidate, micro_batch: int) -> float:
+    # Roughly what a block keeps for the backward pass per token (fp32): ~34 values of width d.
+    return micro_batch * c.context_len * c.n_layer * c.d_model * 34 * 4
+
+
+def memory_needed(c: Candidate, vocab: int, micro_batch: int) -> float:
+    # Weights, gradients and two Adam moments in fp32, plus activations and the logits.
+    p = total_params(c, vocab)
+    return 16 * p + activation_bytes(c, micro_batch) + 3 * 4 * micro_batch * c.context_len * vocab
+
+
+# --- the quality rule -------------------------------------------------------------------------
+
+
+def effective_data(tokens: float, unique: float, saturation: float) -> float:
+    """Tokens seen, discounted for repetition: fresh tokens count fully, repeats less and less."""
+    if unique <= 0 or tokens <= unique:
+        return tokens
+    repeats = tokens / unique - 1
+    return unique * (1 + saturation * (1 - math.exp(-repeats / saturation)))
+
+
+def predicted_loss(params: float, tokens: float, unique_tokens: float, opt: PlanOptions) -> float:
+    """Reducible loss A/N^a + B/D^a (A = 1), with repetition-discounted D and N; only its order matters."""
+    a = opt.exponent
+    r = opt.tokens_per_param
+    d_eff = effective_data(tokens, unique_tokens, opt.repeat_saturation)
+    n_useful = unique_tokens / r  # parameters the unique tokens can feed compute-optimally
+    n_eff = effective_data(params, n_useful, opt.param_saturation) if unique_tokens > 0 else params
+    return n_eff ** -a + (r ** a) * max(d_eff, 1.0) ** -a
+
+
+def rule_lr(d_model: int, batch_tokens: int) -> float:
+    """Peak AdamW learning rate: about 1/width (muP-like), lowered for small batches.
+
+    Anchors: 3e-3 at width 128 for large batches, 1e-3 at width 384 (nanoGPT's char model, 16k
+    tokens), 1e-3 at width 128 with nanoGPT's baby batch of 768 tokens.
+    """
+    base = min(3e-3, 0.4 / d_model)
+    return base * min(1.0, math.sqrt(batch_tokens / 8192))
+
+
+# --- the planner ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Scored:
+    cand: Candidate
+    params: int
+    block_params: int
+    flops: float
+    tokens_per_s: float
+    measured: bool
+    tokens: float = 0.0
+    score: float = math.inf
+
+
+def _round_pow2_down(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(1.0, x)))))
+
+
+def make_plan(
+    cfg: Config,
+    data: DataFacts,
+    hw: Hardware,
+    budget_s: float,
+    measure: StepMeasurer,
+    *,
+    spent_s: float = 0.0,
+    fixed: set[str] | frozenset[str] = frozenset(),
+    options: PlanOptions | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    lr_finder: Callable[[Config], tuple[float, str]] | None = None,
+    spent_detail: dict[str, float] | None = None,
+    set_threads: Callable[[int], None] | None = None,
+) -> Plan:
+    """Choose the run's settings. `spent_s`: budget already used (start-up, data preparation).
+
+    `fixed` names config fields ('model.d_model', 'train.lr', ...) the user set; they are kept.
+    `measure` times a training step; `lr_finder(cfg) -> (lr, reason)` is used when
+    options.lr_method is 'find'. `set_threads(n)` (CPU) lets the planner compare a training step on
+    all cores with one on a single core: when other programs keep the cores busy, threads that wait
+    for each other can make a step several times slower than one thread alone.
+    """
+    opt = options or PlanOptions()
+    t_start = clock()
+    cfg = from_dict(Config, to_dict(cfg))  # a copy
+    device = hw.device
+    on_gpu = device == "cuda"
+    vocab = data.vocab_size
+    U = float(max(1, data.train_tokens))
+    remaining = budget_s - spent_s
+    if remaining <= 5:
+        raise ConfigError(f"the time budget of {budget_s:.0f}s is used up before training can start "
+                          f"({spent_s:.0f}s went to start-up and data preparation); give more time")
+    planning_cap = max(1.0, opt.planning_fraction * budget_s - 0.5)
+    safety = opt.safety_fraction * budget_s
+    compile_cost = opt.compile_cost_s or (60.0 if on_gpu else 45.0)
+    compile_speedup = opt.compile_speedup or (1.5 if on_gpu else 1.3)
+    rows: list[tuple[str, str, str]] = []
+
+    def is_fixed(name: str) -> bool:
+        return name in fixed
+
+    # Training time before anything is measured; refined at the end.
+    t_train_guess = max(1.0, remaining - planning_cap - safety) * (1 - opt.eval_fraction) * 0.97
+
+    # Precision to time candidates in.
+    if is_fixed("train.precision") and cfg.train.precision != "auto":
+        precision = cfg.train.precision
+        precision_why = "set by you"
+    elif on_gpu:
+        precision = "bf16" if hw.fast_bf16 else "fp16"
+        precision_why = "GPU supports bf16" if hw.fast_bf16 else "GPU lacks bf16: fp16 with loss scaling"
+    elif hw.fast_bf16 and hw.bf16_speedup >= 1.5:
+        precision = "bf16"
+        precision_why = f"matmuls measured {hw.bf16_speedup:.1f}x faster in bf16 than fp32"
+    else:
+        precision = "fp32"
+        precision_why = ("CPU has no AMX/AVX512-BF16" if not hw.fast_bf16
+                         else f"bf16 matmuls measured only {hw.bf16_speedup:.1f}x the speed of fp32")
+
+    # Compilation: pays when the time it saves exceeds its one-off cost by a margin.
+    if is_fixed("train.compile") and cfg.train.compile != "auto":
+        compile_model = cfg.train.compile == "on"
+        compile_why = "set by you"
+    elif not hw.compile_ok:
+        compile_model, compile_why = False, f"torch.compile unavailable: {hw.compile_why}"
+    else:
+        saved = t_train_guess * (1 - 1 / compile_speedup)
+        compile_model = saved > 1.5 * compile_cost
+        compile_why = (f"saves about {saved:.0f}s of {t_train_guess:.0f}s training (expected {compile_speedup:.1f}x "
+                       f"faster steps) for a one-off cost of about {compile_cost:.0f}s")
+        if not compile_model:
+            compile_why = "not worth it: " + compile_why
+    speed_factor = compile_speedup if compile_model else 1.0
+    t_compile = compile_cost if compile_model else 0.0
+
+    # Candidate shapes, restricted by what the user fixed.
+    measure_tokens = opt.measure_tokens or (32768 if on_gpu else 4096)
+    widths = [cfg.model.d_model] if is_fixed("model.d_model") else list(WIDTHS)
+    cands: list[Candidate] = []
+    ctx_cap = max(64, min(CONTEXTS[-1], _round_pow2_down(U / 16)))
+    for d in widths:
+        depths = [cfg.model.n_layer] if is_fixed("model.n_layer") else [L for L in DEPTHS if 16 <= d / L <= 128]
+        for L in depths:
+            h = cfg.model.n_head if is_fixed("model.n_head") else head_count(d)
+            if d % h or (d // h) % 2:
+                continue
+            T = cfg.model.context_len if is_fixed("model.context_len") else default_context(d, L, vocab, ctx_cap)
+            c = Candidate(L, d, h, T)
+            mb = max(1, measure_tokens // T)
+            if memory_needed(c, vocab, mb) > 0.6 * hw.memory_bytes:
+                continue
+            cands.append(c)
+    if not cands:
+        raise ConfigError("no model shape fits the fixed settings and this machine's memory; "
+                          "unset some model.* options or give a smaller model")
+
+    # Throughput prior before anything is measured: a share of the measured matmul peak.
+    peak = (hw.bf16_tflops if precision in ("bf16", "fp16") else hw.fp32_tflops) or 0.1
+    prior_flops = peak * 1e12 * (0.3 if on_gpu else 0.2)
+    measured: dict[Candidate, float] = {}  # tokens/s
+    failed: set[Candidate] = set()
+
+    def tokens_per_s(c: Candidate) -> tuple[float, bool]:
+        if c in measured:
+            return measured[c], True
+        if not measured:
+            return prior_flops / flops_per_token(c, vocab), False
+
+        # Nearest measured shape (log width, log depth, log context), scaled by FLOPs per token.
+        def dist(m: Candidate) -> float:
+            return (abs(math.log(m.d_model / c.d_model)) + abs(math.log(m.n_layer / c.n_layer))
+                    + 0.5 * abs(math.log(m.context_len / c.context_len)))
+
+        m = min(measured, key=dist)
+        return measured[m] * flops_per_token(m, vocab) / flops_per_token(c, vocab), False
+
+    t_train_for_rank = max(1.0, t_train_guess - t_compile)
+
+    def rank() -> list[_Scored]:
+        out = []
+        for c in cands:
+            if c in failed:
+                continue
+            tps, is_measured = tokens_per_s(c)
+            tps *= speed_factor * LOOP_EFFICIENCY
+            s = _Scored(c, total_params(c, vocab), block_params(c), flops_per_token(c, vocab), tps, is_measured)
+            s.tokens = tps * t_train_for_rank
+            # Fewer than a few dozen steps' worth of tokens is not a training run.
+            s.score = predicted_loss(s.block_params, s.tokens, U, opt) if s.tokens >= 32 * c.context_len else math.inf
+            out.append(s)
+        out.sort(key=lambda s: s.score)
+        return out
+
+    def timed(c: Candidate, mb: int, prec: str) -> float | None:
+        try:
+            return measure(c, mb, prec)
+        except Exception as e:  # noqa: BLE001 - a shape that cannot run is just not a candidate
+            from lmforge.trainer.loop import is_oom_error
+
+            if is_oom_error(e):
+                return None
+            raise
+
+    n_measure_calls = 0
+    threads, threads_why = hw.threads, None
+    while len(measured) < opt.max_measured:
+        ranked = rank()
+        todo = [s.cand for s in ranked[:3] if not s.measured and math.isfinite(s.score)]
+        if not todo:
+            break
+        if measured and clock() - t_start > planning_cap:
+            break
+        c = todo[0]
+        mb = max(1, measure_tokens // c.context_len)
+        seconds = timed(c, mb, precision)
+        n_measure_calls += 1
+        if seconds is None or seconds <= 0:
+            failed.add(c)
+            continue
+        if threads_why is None and set_threads is not None and hw.device == "cpu" and hw.threads > 1:
+            set_threads(1)
+            one = timed(c, mb, precision)
+            if one is not None and one < 0.85 * seconds:
+                threads = 1
+                threads_why = (f"a training step measured {seconds / one:.1f}x faster on one thread than on "
+                               f"{hw.threads}: other programs are using the cores (applies to this process; "
+                               "set OMP_NUM_THREADS=1 for a later run)")
+                seconds = one
+            else:
+                set_threads(hw.threads)
+                threads_why = "all cores: " + (f"one thread measured {seconds / one:.2f}x as fast" if one
+                                               else "one thread failed")
+        measured[c] = mb * c.context_len / seconds
+    ranked = [s for s in rank() if math.isfinite(s.score)]
+    if not ranked:
+        raise ConfigError(f"no model shape trains for a useful number of steps in {budget_s:.0f}s on this machine; "
+                          "give more time")
+    best = ranked[0]
+    if not best.measured:  # planning time ran out before it was measured: take the best measured one
+        measured_ranked = [s for s in ranked if s.measured]
+        best = measured_ranked[0] if measured_ranked else best
+    c = best.cand
+
+    # Precision check on the chosen shape: bf16 must pay at this shape, not just in a matmul.
+    if not on_gpu and precision == "bf16" and not is_fixed("train.precision") and best.measured:
+        mb = max(1, measure_tokens // c.context_len)
+        t32 = timed(c, mb, "fp32")
+        t16 = mb * c.context_len / measured[c]
+        if t32 is not None:
+            speedup = t32 / t16
+            if speedup < 1.05:
+                precision = "fp32"
+                precision_why = f"measured a training step at this shape only {speedup:.2f}x faster in bf16"
+                measured[c] = mb * c.context_len / t32
+            else:
+                precision_why = f"measured a training step at this shape {speedup:.2f}x faster than in fp32"
+
+    # Micro-batch: the knee of the throughput curve (CPU) or the largest that fits (GPU).
+    from lmforge.auto.batch_size import find_micro_batch
+
+    if is_fixed("train.micro_batch_size") and cfg.train.micro_batch_size:
+        micro = cfg.train.micro_batch_size
+        micro_why = "set by you"
+        tps = measured.get(c, best.tokens_per_s / speed_factor / LOOP_EFFICIENCY)
+    else:
+        base_mb = max(1, measure_tokens // c.context_len)
+        cache = {base_mb: base_mb * c.context_len / measured[c]} if c in measured else {}
+
+        def step_time(b: int) -> float:
+            if b not in cache:
+                t = measure(c, b, precision)
+                cache[b] = t
+            return cache[b]
+
+        # CPU: the curve around the timing size (half, same, double) is enough to place the knee and
+        # keeps planning short; GPU: double until memory runs out.
+        start = max(1, base_mb // 2) if not on_gpu else base_mb
+        max_mb = max(start, _round_pow2_down(262144 // c.context_len)) if on_gpu else 2 * base_mb
+        found = find_micro_batch(step_time, max_mb, device, start=start,
+                                 max_seconds_per_try=max(0.5, 0.01 * budget_s))
+        micro = found.micro_batch_size
+        micro_why = found.reason
+        tps = micro * c.context_len / step_time(micro)
+    # The loop does more than the timed step (batches, logging, the clock) and the machine is
+    # rarely as quiet as during the best of a few timings.
+    tps_eff = tps * speed_factor * LOOP_EFFICIENCY
+
+    planning_s = clock() - t_start
+
+    # Evaluation: a few evaluations during training for about eval_fraction of the training time.
+    T = c.context_len
+    fwd_tps = 3 * tps_eff  # a forward pass is about a third of a training step
+    user_eval_tokens = cfg.eval.max_tokens
+    rough_train = max(1.0, remaining - planning_s - t_compile - safety)
+    if is_fixed("eval.max_tokens"):
+        eval_tokens = min(user_eval_tokens, data.val_tokens)
+        eval_tokens_why = "set by you"
+    else:
+        cap = int(0.02 * rough_train * fwd_tps)
+        eval_tokens = max(16 * T, min(data.val_tokens, user_eval_tokens, cap))
+        eval_tokens_why = ("the whole validation split" if eval_tokens >= data.val_tokens
+                           else "as many validation tokens as 2% of the training time allows")
+    eval_s = eval_tokens / fwd_tps + 0.05
+    n_evals = int(min(10, max(1, opt.eval_fraction * rough_train / eval_s)))  # including the final one
+    decode_s = (0.001 + 0.0004 * c.n_layer) * (cfg.sample.num_samples * cfg.sample.max_new_tokens)
+    final_reserve = eval_s + decode_s + 2.0 + (0.5 if on_gpu else 0.0)
+    t_evals = (n_evals - 1) * eval_s
+    fit_budget = remaining - planning_s - final_reserve - safety
+    t_train = max(1.0, fit_budget - t_compile - t_evals)
+    if fit_budget < 5:
+        raise ConfigError(f"only {fit_budget:.0f}s would be left for training in a budget of {budget_s:.0f}s; give more time")
+    tokens = tps_eff * t_train
+
+    # Global batch: about target_steps optimizer steps, at least one micro-batch per step.
+    micro_tokens = micro * T
+    if is_fixed("train.global_batch_tokens"):
+        batch_tokens = cfg.train.global_batch_tokens
+        batch_why = "set by you"
+        if batch_tokens % T:
+            raise ConfigError(f"train.global_batch_tokens={batch_tokens} is not a multiple of the context {T}")
+        seqs = batch_tokens // T
+        while seqs % micro:
+            micro -= 1
+    else:
+        want = tokens / opt.target_steps
+        if want <= micro_tokens:
+            if tokens / micro_tokens >= opt.min_steps:
+                seqs = micro
+                batch_why = (f"one micro-batch per step: {tokens / micro_tokens:,.0f} steps fit; a smaller "
+                             "batch would run below the throughput knee")
+            else:
+                seqs = max(1, int(tokens / opt.min_steps / T))
+                micro = max(b for b in range(1, min(micro, seqs) + 1) if seqs % b == 0)
+                batch_why = f"small enough for about {opt.min_steps} steps in the budget"
+        else:
+            seqs = micro * max(1, round(want / micro_tokens))
+            batch_why = f"about {opt.target_steps} optimizer steps in the budget"
+    batch_tokens = seqs * T
+    accum = seqs // micro
+    steps = max(1, int(tokens / batch_tokens))
+    epochs = tokens / U
+
+    # Schedule.
+    if is_fixed("train.lr"):
+        lr, lr_why = cfg.train.lr, "set by you"
+    elif opt.lr_method == "find" and lr_finder is not None:
+        probe_cfg = _apply_shape(from_dict(Config, to_dict(cfg)), c, micro, batch_tokens, precision)
+        lr, lr_why = lr_finder(probe_cfg)
+    else:
+        lr = rule_lr(c.d_model, batch_tokens)
+        lr_why = f"about 0.4/width capped at 3e-3, lowered by sqrt(batch/8192) for batches below 8k tokens"
+    warmup = cfg.train.warmup_steps if is_fixed("train.warmup_steps") else int(min(1000, max(10, 0.04 * steps)))
+    schedule = cfg.train.schedule if is_fixed("train.schedule") else "wsd"
+    min_lr = cfg.train.min_lr if is_fixed("train.min_lr") else lr / 20
+    min_lr = min(min_lr, lr)
+    if is_fixed("model.dropout"):
+        dropout, dropout_why = cfg.model.dropout, "set by you"
+    elif epochs <= 2:
+        dropout, dropout_why = 0.0, f"{epochs:.1f} passes over the corpus: no regularization needed"
+    elif epochs <= 10:
+        dropout, dropout_why = 0.1, f"{epochs:.1f} passes over the corpus: some overfitting to guard against"
+    else:
+        dropout, dropout_why = 0.2, f"{epochs:.0f} passes over a small corpus: strong regularization"
+
+    # Fill in the config.
+    m, tr, ev = cfg.model, cfg.train, cfg.eval
+    _apply_shape(cfg, c, micro, batch_tokens, precision)
+    m.dropout = dropout
+    tr.lr, tr.min_lr, tr.warmup_steps, tr.schedule = lr, min_lr, warmup, schedule
+    if schedule == "wsd" and not is_fixed("train.decay_fraction"):
+        tr.decay_fraction = 0.25
+    tr.max_steps = cfg.train.max_steps if is_fixed("train.max_steps") else max(3 * steps, steps + 100)
+    tr.compile = "on" if compile_model else "off"
+    tr.time_budget_s = round(fit_budget, 1)
+    tr.save_interval = 0
+    eval_interval = max(1, steps // n_evals) if n_evals > 1 else tr.max_steps
+    ev.interval = ev.interval if is_fixed("eval.interval") else eval_interval
+    ev.max_tokens = int(eval_tokens)
+    if hw.device == "cuda" and not is_fixed("train.device"):
+        tr.device = "cuda"
+    cfg.validate()
+
+    params = total_params(c, vocab)
+    time_split = {
+        "spent_before_planning": round(spent_s, 2), **{k: round(v, 2) for k, v in (spent_detail or {}).items()},
+        "planning": round(planning_s, 2), "compile": round(t_compile, 1), "evaluations": round(t_evals, 1),
+        "training": round(t_train, 1), "final_eval_save_samples": round(final_reserve, 1), "safety": round(safety, 1),
+    }
+    estimates = {"params": params, "block_params": block_params(c), "tokens_per_s": round(tps_eff),
+                 "train_tokens": int(tokens), "steps": steps, "epochs": round(epochs, 3),
+                 "tokens_per_param": round(tokens / max(1, block_params(c)), 2),
+                 "predicted_loss_rel": best.score, "measured_shapes": len(measured), "threads": threads}
+    budget_line = ", ".join(f"{k.replace('_', ' ')} {v:.0f}s" for k, v in time_split.items()
+                            if k != "spent_before_planning" and v >= 0.5)
+    rows += [
+        ("hardware", f"{hw.device}, {hw.cores} cores", hw.describe()),
+        ("corpus", f"{data.train_tokens:,} tokens", f"{data.bytes_per_token:.2f} bytes per token, vocabulary {vocab:,}"),
+        ("budget", fmt_duration(budget_s), budget_line),
+        ("model", f"{c.n_layer} layers x {c.d_model}, {c.n_head} heads",
+         _model_reason(best, ranked, measured, opt, fixed)),
+        ("parameters", f"{params:,}", f"{block_params(c):,} in the blocks; trained on ~{tokens:,.0f} tokens = "
+                                      f"{tokens / max(1, block_params(c)):.1f} tokens per parameter"),
+        ("context", f"{T} tokens", "set by you" if is_fixed("model.context_len") else
+         "longest power of two whose attention costs at most a quarter of the weight FLOPs"
+         + (f" (capped at {ctx_cap} by the corpus size)" if T == ctx_cap and ctx_cap < CONTEXTS[-1] else "")),
+        ("precision", precision, precision_why),
+        *([("threads", str(threads), threads_why)] if threads_why else []),
+        ("compile", "on" if compile_model else "off", compile_why),
+        ("micro-batch", f"{micro} sequences", micro_why),
+        ("global batch", f"{batch_tokens:,} tokens ({seqs} x {T}), accumulation {accum}", batch_why),
+        ("throughput", f"{tps_eff:,.0f} tokens/s", "measured (minimum of repeats)"
+         + (f", x{compile_speedup:.1f} expected from compiling" if compile_model else "")),
+        ("steps", f"~{steps:,}", f"what fits in {t_train:.0f}s of training; the run stops at the time budget "
+                                 f"(max_steps {tr.max_steps:,} is only a cap) and fits the schedule to the steps done"),
+        ("learning rate", f"{lr:.2e} -> {min_lr:.2e}", lr_why),
+        ("schedule", f"{schedule}, warm-up {warmup}", "set by you" if is_fixed("train.schedule") else
+         "warm-up-stable-decay: the decay (last 25%) starts when the remaining time is known, so a "
+         "mis-estimated step count costs nothing"),
+        ("dropout", f"{dropout:g}", dropout_why),
+        ("evaluation", f"every {ev.interval} steps, {ev.max_tokens:,} tokens",
+         f"{n_evals} evaluations of ~{eval_s:.1f}s each: about {100 * opt.eval_fraction:.0f}% of the training time; "
+         f"{eval_tokens_why}"),
+        ("time budget", f"{tr.time_budget_s:.0f}s of training",
+         f"stops, evaluates and saves in time to end within {fmt_duration(budget_s)} overall"),
+    ]
+    cand_dicts = [{"name": s.cand.name, **asdict(s.cand), "params": s.params, "block_params": s.block_params,
+                   "tokens_per_s": round(s.tokens_per_s), "tokens": round(s.tokens), "measured": s.measured,
+                   "score": s.score} for s in ranked]
+    return Plan(config=cfg, rows=rows, budget_s=budget_s, time=time_split, estimates=estimates,
+                candidates=cand_dicts, hardware=hw.to_dict(), final_reserve_s=final_reserve)
+
+
+def _model_reason(best: _Scored, ranked: list[_Scored], measured: dict, opt: PlanOptions, fixed) -> str:
+    if {"model.d_model", "model.n_layer"} <= set(fixed):
+        return "set by you"
+    n_measured = sum(1 for s in ranked if s.measured)
+    runner = next((s for s in ranked[1:] if s.measured), None)
+    text = (f"lowest predicted loss (rule: {opt.tokens_per_param:g} tokens per parameter at the optimum, repeats "
+            f"discounted) among {len(ranked)} shapes, {n_measured} timed here")
+    if runner is not None:
+        text += f"; runner-up {runner.cand.n_layer}L x {runner.cand.d_model}"
+    return text
+
+
+def _apply_shape(cfg: Config, c: Candidate, micro: int, batch_tokens: int, precision: str) -> Config:
+    cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head = c.n_layer, c.d_model, c.n_head
+    cfg.model.context_len = c.context_len
+    if cfg.model.n_kv_head and c.n_head % cfg.model.n_kv_head:
+        cfg.model.n_kv_head = 0
+    cfg.train.micro_batch_size = micro
+    cfg.train.global_batch_tokens = batch_tokens
+    cfg.train.precision = precision
+    return cfg
+
+
+# --- the real step-time measurer --------------------------------------------------------------
+
+
+class LMStepTimer:
+    """Times the real training step of a GPT shape: forward, backward, clipping and AdamW.
+
+    The minimum over `repeats` timings after a warm-up; a shape's model is kept while its
+    micro-batch sizes are tried. Slow steps are timed fewer times (a step above `slow_s` once).
+    """
+
+    def __init__(self, vocab_size: int, device: str = "cpu", repeats: int = 3, slow_s: float = 1.0,
+                 tied_embeddings: bool = True, seed: int = 0):
+        self.vocab = vocab_size
+        self.device = device
+        self.repeats = repeats
+        self.slow_s = slow_s
+        self.tied = tied_embeddings
+        self.seed = seed
+        self._key: Candidate | None = None
+        self._model = None
+        self._opt = None
+        self.calls: list[dict] = []
+
+    def _build(self, c: Candidate):
+        import torch
+
+        from lmforge.config import TrainConfig
+        from lmforge.models.gpt import GPT, GPTShape
+        from lmforge.trainer.optim import build_optimizer
+
+        if self._key == c:
+            return
+        self._model = self._opt = None
+        torch.manual_seed(self.seed)
+        shape = GPTShape(vocab_size=self.vocab, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=c.n_head,
+                         d_model=c.d_model, d_ff=_ff(c.d_model), context_len=c.context_len,
+                         tied_embeddings=self.tied)
+        self._model = GPT(shape).to(self.device)
+        self._opt = build_optimizer(self._model, TrainConfig(), torch.device(self.device).type)
+        self._key = c
+
+    def __call__(self, c: Candidate, micro_batch: int, precision: str) -> float:
+        import torch
+
+        from lmforge.trainer.distributed import Runtime
+
+        self._build(c)
+        model, opt = self._model, self._opt
+        dev = torch.device(self.device)
+        rt = Runtime(0, 1, 0, dev, precision)
+        g = torch.Generator().manual_seed(self.seed)
+        x = torch.randint(0, self.vocab, (micro_batch, c.context_len), generator=g).to(dev)
+        y = torch.randint(0, self.vocab, (micro_batch, c.context_len), generator=g).to(dev)
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
+        def step() -> None:
+            with rt.autocast():
+                loss = model(x, y)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        def timed() -> float:
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            return time.perf_counter() - t
+
+        model.train()
+        first = timed()  # warm-up: allocations, kernel selection
+        best = timed()
+        reps = 1 if best > self.slow_s else self.repeats - 1
+        for _ in range(reps):
+            best = min(best, timed())
+        self.calls.append({"shape": c.name, "micro_batch": micro_batch, "precision": precision,
+                           "seconds": best, "first_s": first})
+        return best
+
+    def release(self) -> None:
+        self._model = self._opt = None
+        self._key = None
+
+
+# --- fields the user set ----------------------------------------------------------------------
+
+
+def explicit_fields(config_path: str | Path | None, overrides: dict[str, Any]) -> set[str]:
+    """Dotted names set in the YAML preset or on the command line: the planner leaves them alone."""
+    import yaml
+
+    names = set(overrides)
+    if config_path:
+        tree = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+
+        def walk(node: dict, prefix: str) -> None:
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    walk(v, f"{prefix}{k}.")
+                else:
+                    names.add(f"{prefix}{k}")
+
+        walk(tree, "")
+    return names
+
+
+def with_time_budget(cfg: Config, seconds: float) -> Config:
+    cfg = from_dict(Config, to_dict(cfg))
+    cfg.train.time_budget_s = round(max(1.0, seconds), 1)
+    return cfg
+

@@ -1,0 +1,99 @@
+"""`lmforge plan` and `lmforge train --auto`: prepare, probe, plan, (train), all inside one time budget."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from lmforge.auto.hardware import probe_hardware
+from lmforge.auto.planner import DataFacts, LMStepTimer, Plan, PlanOptions, make_plan, with_time_budget
+from lmforge.config import Config
+from lmforge.errors import ConfigError
+
+
+def plan_run(
+    cfg: Config,
+    budget_s: float,
+    *,
+    t_start: float | None = None,
+    fixed: set[str] | frozenset[str] = frozenset(),
+    options: PlanOptions | None = None,
+    progress: bool = True,
+) -> Plan:
+    """Prepare the data (reused by the training run), probe the machine, time shapes and plan.
+
+    `t_start` (time.perf_counter() when the command started) is when the budget began; the time
+    already spent counts against it. The plan is printed and saved as RUN/plan.json and plan.yaml.
+    """
+    from lmforge.data.prepare import prepare
+    from lmforge.trainer.progress import console
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("automatic planning runs in one process; run `lmforge plan` first and launch its "
+                          "plan.yaml with torchrun (`lmforge train --config RUN/plan.yaml`)")
+    t_start = time.perf_counter() if t_start is None else t_start
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    data = prepare(cfg, quiet=not progress)
+    prepare_s = time.perf_counter() - t0
+    device = cfg.train.device if "train.device" in fixed else "auto"
+    hw = probe_hardware(device)
+    facts = DataFacts.from_prepared(data)
+    timer = LMStepTimer(facts.vocab_size, hw.device, tied_embeddings=cfg.model.tied_embeddings, seed=cfg.seed)
+
+    def lr_finder(probe_cfg: Config) -> tuple[float, str]:
+        from lmforge.auto.lr_finder import find_lr
+
+        res = find_lr(probe_cfg, steps=60, lr_min=1e-5, lr_max=0.1, progress=False)
+        return res.suggestion, (f"learning-rate range test ({len(res.lrs)} steps, {res.seconds:.0f}s): steepest "
+                                f"fall of the loss; curve in lr_find.png")
+
+    spent = time.perf_counter() - t_start
+    import torch
+
+    plan = make_plan(cfg, facts, hw, budget_s, timer, spent_s=spent, fixed=set(fixed), options=options,
+                     lr_finder=lr_finder, set_threads=torch.set_num_threads,
+                     spent_detail={"prepare": prepare_s, "hardware_probe": hw.probe_s,
+                                   "start_up": max(0.0, spent - prepare_s - hw.probe_s)})
+    timer.release()
+    plan.save(run_dir)
+    if progress:
+        console.print(plan.table())
+        console.print(plan.candidates_table())
+        console.print(f"plan saved in {run_dir / 'plan.json'}; its config in {run_dir / 'plan.yaml'}")
+    return plan
+
+
+def auto_train(
+    cfg: Config,
+    budget_s: float,
+    *,
+    t_start: float | None = None,
+    fixed: set[str] | frozenset[str] = frozenset(),
+    options: PlanOptions | None = None,
+    progress: bool = True,
+):
+    """Plan, then train the plan so that the whole command ends within `budget_s`."""
+    from lmforge.pretrain import train
+    from lmforge.trainer.checkpoint import atomic_write_json
+
+    t_start = time.perf_counter() if t_start is None else t_start
+    plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress)
+    # The training budget, recomputed now that planning is over: what is left, less the final
+    # evaluation, save and samples, less the safety margin and about a second to build the model.
+    left = t_start + budget_s - time.perf_counter()
+    fit_budget = left - plan.final_reserve_s - plan.time.get("safety", 0.0) - 1.0
+    if fit_budget < 2:
+        raise ConfigError(f"planning left only {left:.0f}s of the {budget_s:.0f}s budget; give more time")
+    run_cfg = with_time_budget(plan.config, fit_budget)
+    result = train(run_cfg, progress=progress)
+    wall = time.perf_counter() - t_start
+    outcome = {"budget_s": budget_s, "wall_s_so_far": round(wall, 2), "train_budget_s": run_cfg.train.time_budget_s,
+               "steps": result.steps, "val_loss": result.val_loss, "val_bpb": result.val_bpb,
+               "stop_reason": result.stop_reason, "deviation": round((wall - budget_s) / budget_s, 4)}
+    d = plan.to_dict()
+    d["outcome"] = outcome
+    atomic_write_json(Path(run_cfg.out) / "plan.json", d)
+    return result

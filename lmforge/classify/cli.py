@@ -1,0 +1,107 @@
+"""`lmforge classify train|eval|predict`: argument definitions and dispatch. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from lmforge.classify.config import HIDDEN_FIELDS, MODEL_KINDS, ClassifyConfig
+
+# Shortcut options and the config field each sets.
+_SHORTCUTS = {"data": "data.path", "valid": "data.valid_path", "test": "data.test_path",
+              "text_field": "data.text_field", "label_field": "data.label_field", "out": "out",
+              "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold"}
+
+
+def add_classify_parser(sub) -> None:
+    from lmforge.cli import add_config_options
+
+    p = sub.add_parser("classify", help="train, evaluate and apply text classifiers (sentiment, topics, ...)")
+    csub = p.add_subparsers(dest="classify_command", required=True)
+
+    t = csub.add_parser("train", help="train a classifier on labeled records; with no options, the strongest "
+                                      "measured model for the language of the data")
+    t.add_argument("--data", metavar="FILE", help="labeled training data (.jsonl .json .csv .tsv .parquet, or .gz)")
+    t.add_argument("--valid", metavar="FILE", help="labeled validation data (default: 10%% of --data held out)")
+    t.add_argument("--test", metavar="FILE", help="labeled test data, scored at the end")
+    t.add_argument("--text-field", metavar="NAME", help="field/column with the text (default: text)")
+    t.add_argument("--label-field", metavar="NAME", help="field/column with the label (default: label)")
+    t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/classify)")
+    t.add_argument("--model", choices=MODEL_KINDS, help="model kind (same as --model.kind)")
+    t.add_argument("--folds", type=int, metavar="K", help="k-fold cross-validation on --data first (eval.folds)")
+    t.add_argument("--threshold", type=float, help="binary tasks: decision threshold for the second class")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
+    t.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    for name in HIDDEN_FIELDS:  # declared hidden so the generic options below skip them
+        t.add_argument(f"--{name}", help=argparse.SUPPRESS)
+    add_config_options(t, ClassifyConfig)
+
+    e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
+    e.add_argument("run", metavar="RUN_DIR")
+    e.add_argument("--data", required=True, metavar="FILE", help="labeled data to score")
+    e.add_argument("--text-field", metavar="NAME", help="default: the field the run was trained with")
+    e.add_argument("--label-field", metavar="NAME", help="default: the field the run was trained with")
+    e.add_argument("--threshold", type=float, help="binary tasks: decision threshold (default: the run's)")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--confusion-png", metavar="FILE", help="also draw the confusion matrix into this PNG")
+
+    r = csub.add_parser("predict", help="label and class probabilities for each input text")
+    r.add_argument("run", metavar="RUN_DIR")
+    r.add_argument("--input", required=True, metavar="FILE", help="records with a text field (labels not needed)")
+    r.add_argument("--output", metavar="FILE", help="where to write (.jsonl or .csv); default: jsonl on stdout")
+    r.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --output's suffix)")
+    r.add_argument("--text-field", metavar="NAME", help="default: the field the run was trained with")
+    r.add_argument("--threshold", type=float, help="binary tasks: decision threshold (default: the run's)")
+    r.add_argument("--device", default="cpu")
+
+
+def config_from_args(args: argparse.Namespace) -> ClassifyConfig:
+    from lmforge.cli import overrides_from
+    from lmforge.config import load_config
+
+    overrides = overrides_from(args)
+    for attr, dotted in _SHORTCUTS.items():
+        value = getattr(args, attr, None)
+        if value is not None:
+            overrides[dotted] = value
+    return load_config(args.config, overrides, cls=ClassifyConfig)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    from lmforge.classify import run
+
+    cmd = args.classify_command
+    if cmd == "train":
+        if args.resume:
+            result = run.train_classifier(resume=args.resume)
+        else:
+            result = run.train_classifier(config_from_args(args))
+        if args.json and int(os.environ.get("RANK", 0)) == 0:
+            print(run.result_json(result))
+        return 0
+    if cmd == "eval":
+        metrics = run.evaluate_run(args.run, args.data, args.threshold, args.device, args.text_field, args.label_field)
+        if args.confusion_png:
+            from lmforge.eval.classification import save_confusion_png
+
+            save_confusion_png(metrics["confusion_matrix"], metrics["labels"], args.confusion_png)
+        if args.json:
+            print(json.dumps(metrics, ensure_ascii=False))
+        else:
+            from lmforge.eval.classification import confusion_table, format_metrics
+
+            for k, v in format_metrics(metrics):
+                print(f"{k:>20}: {v}")
+            print(confusion_table(metrics["confusion_matrix"], metrics["labels"]))
+        return 0
+    if cmd == "predict":
+        import sys
+
+        rows = run.predict_run(args.run, args.input, args.output, args.threshold, args.device, args.text_field,
+                               args.format)
+        if args.output is None:
+            sys.stdout.write(run.format_predictions(rows, args.format or "jsonl"))
+        return 0
+    raise AssertionError(cmd)

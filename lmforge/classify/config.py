@@ -1,0 +1,272 @@
+"""Typed configuration of `lmforge classify`: data, text, model, train (shared with the LM), eval.
+
+Each field's docstring becomes its `--section.field` help. `train` is the language model's
+TrainConfig (optimizer, schedule, precision, device, checkpoints, time budget), except that a
+classifier's batch is counted in examples (`data.batch_size`) and each model has its own learning
+rate (`model.bilstm.lr`, ...), so `train.global_batch_tokens` and `train.lr` do not apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+from lmforge.config import TrainConfig
+from lmforge.errors import ConfigError
+
+MODEL_KINDS = ("auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble")
+NEURAL_KINDS = ("bilstm", "fasttext", "transformer", "gpt")
+
+
+@dataclass
+class ClassifyDataConfig:
+    path: str | None = None
+    """Labeled training data: a file, folder or glob of .jsonl/.json/.csv/.tsv/.parquet (optionally .gz)."""
+    valid_path: str | None = None
+    """Optional labeled validation data (early stopping, model selection); when empty, val_fraction of the training data is held out."""
+    test_path: str | None = None
+    """Optional labeled test data, scored once at the end with every metric."""
+    text_field: str = "text"
+    """Field (jsonl/json) or column (csv/tsv/parquet) holding the text."""
+    label_field: str = "label"
+    """Field or column holding the label: strings or integers, two classes or more."""
+    val_fraction: float = 0.1
+    """Share of the training data held out for validation (stratified, seeded) when no valid_path is given."""
+    batch_size: int = 64
+    """Examples per optimizer step, summed over processes and accumulation steps."""
+    epochs: float = 4.0
+    """Passes over the training data; sets train.max_steps (0: use train.max_steps as given)."""
+    oversample: bool = False
+    """Randomly repeat examples of the smaller classes so every class is seen equally often in training."""
+    class_weights: bool = False
+    """Weight the loss by inverse class frequency (n / (classes * count)), so rare classes count as much as common ones."""
+    skew_warning_ratio: float = 3.0
+    """Warn when the most common class outnumbers the rarest by this factor or more."""
+
+    def validate(self) -> None:
+        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
+        _check(self.epochs >= 0, "data.epochs", "must be >= 0")
+        _check(self.skew_warning_ratio >= 1, "data.skew_warning_ratio", "must be >= 1")
+
+
+@dataclass
+class TextConfig:
+    language: Literal["auto", "en", "zh"] = "auto"
+    """Language of the texts; 'auto' detects Chinese/Japanese/Korean script, else treats them as space-separated words."""
+    tokenizer: Literal["auto", "word", "char", "bpe"] = "auto"
+    """Units for neural models: 'word' (regex for space-separated languages, jieba for Chinese), 'char', or 'bpe' (a trained lmforge tokenizer, see bpe_path); 'auto' is word for English, char for Chinese."""
+    lowercase: bool = True
+    """Lower-case the text before splitting it into words."""
+    strip_html: bool = True
+    """Replace HTML tags such as <br /> by spaces."""
+    min_freq: int = 2
+    """Words (or characters) seen fewer times in the training data become the unknown token."""
+    max_vocab: int = 100000
+    """Largest vocabulary, special tokens included; the most frequent units are kept."""
+    max_len: int = 512
+    """Longest text in tokens seen by neural models; longer texts are cut (and counted)."""
+    truncate: Literal["head", "tail", "head_tail"] = "head_tail"
+    """What a cut keeps: the start, the end, or the first third plus the last two thirds (reviews often end with the verdict)."""
+    bpe_path: str | None = None
+    """tokenizer='bpe' only: a tokenizer.json written by `lmforge prepare/train`, or its run folder."""
+    vectors: str | None = None
+    """Optional word-vector text file (GloVe 'word v1 v2 ...' or word2vec text format) to initialize the embeddings."""
+
+    def validate(self) -> None:
+        _check(self.min_freq >= 1, "text.min_freq", "must be >= 1")
+        _check(self.max_vocab >= 3, "text.max_vocab", "must be >= 3 (padding, unknown, and one real token)")
+        _check(self.max_len >= 1, "text.max_len", "must be >= 1")
+
+
+@dataclass
+class BiLSTMConfig:
+    embed_dim: int = 128
+    """Embedding width (set from the vectors file when text.vectors is given)."""
+    hidden_dim: int = 128
+    """LSTM state width per direction."""
+    layers: int = 1
+    """Stacked bidirectional LSTM layers."""
+    dropout: float = 0.5
+    """Dropout on the embeddings and on the pooled features."""
+    pooling: Literal["last", "max", "mean", "last_max"] = "last_max"
+    """'last': each direction's state at the text's true end (the tutorial's read-out, done right); 'max'/'mean' over positions; 'last_max' concatenates last and max."""
+    lr: float = 2e-3
+    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "model.bilstm.lr", "must be > 0")
+        for name in ("embed_dim", "hidden_dim", "layers"):
+            _check(getattr(self, name) >= 1, f"model.bilstm.{name}", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "model.bilstm.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class FastTextConfig:
+    embed_dim: int = 32
+    """Width of each n-gram's embedding; the text's vector is their mean."""
+    ngrams: int = 2
+    """Longest word n-gram used (1 to 3); units are words, or characters for Chinese."""
+    min_count: int = 2
+    """N-grams found in fewer training texts are dropped (keeps the table small)."""
+    dropout: float = 0.0
+    """Dropout on the averaged vector."""
+    lr: float = 2e-2
+    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "model.fasttext.lr", "must be > 0")
+        _check(self.embed_dim >= 1, "model.fasttext.embed_dim", "must be >= 1")
+        _check(1 <= self.ngrams <= 3, "model.fasttext.ngrams", "must be 1, 2 or 3")
+        _check(self.min_count >= 1, "model.fasttext.min_count", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "model.fasttext.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class EncoderConfig:
+    d_model: int = 128
+    """Width of the encoder."""
+    n_layer: int = 2
+    """Transformer encoder layers."""
+    n_head: int = 4
+    """Attention heads per layer."""
+    dropout: float = 0.1
+    """Dropout in the encoder and on the pooled features."""
+    pooling: Literal["mean", "max", "cls"] = "mean"
+    """How token states become one vector: masked mean, masked max, or the first token."""
+    lr: float = 5e-4
+    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "model.transformer.lr", "must be > 0")
+        _check(self.d_model >= 1 and self.n_layer >= 1 and self.n_head >= 1, "model.transformer", "sizes must be >= 1")
+        _check(self.d_model % self.n_head == 0, "model.transformer.d_model",
+               f"{self.d_model} is not divisible by model.transformer.n_head={self.n_head}")
+        _check(0.0 <= self.dropout < 1.0, "model.transformer.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class GPTHeadConfig:
+    run: str | None = None
+    """Run folder of a GPT trained by `lmforge train`; its tokenizer is used and its weights are fine-tuned."""
+    pooling: Literal["mean", "last"] = "mean"
+    """Read-out of the hidden states: masked mean over the text, or the state at its last token."""
+    dropout: float = 0.1
+    """Dropout on the pooled features."""
+    freeze: bool = False
+    """Train only the classification head (a linear probe), keeping the GPT's weights fixed."""
+    lr: float = 1e-4
+    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+
+    def validate(self) -> None:
+        _check(self.lr > 0, "model.gpt.lr", "must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "model.gpt.dropout", "must be in [0, 1)")
+
+
+@dataclass
+class LinearConfig:
+    features: Literal["auto", "nb", "tfidf"] = "auto"
+    """'nb': binary n-grams scaled by naive-Bayes log-count ratios (NBSVM-style); 'tfidf': sublinear TF-IDF; 'auto': nb for English, tfidf for Chinese."""
+    ngrams: int = -1
+    """Longest word n-gram (1 to 3; 0: no word n-grams); -1: 3 for English, 2 for Chinese (jieba words)."""
+    char_ngrams: int = -1
+    """Longest character n-gram (0: none); -1: none for English, 3 for Chinese."""
+    min_df: int = 2
+    """N-grams found in fewer training texts are dropped."""
+    C: float = 0.0
+    """Inverse L2 strength of the logistic regression; 0 picks it by cross-validation on the training data."""
+    cv_folds: int = 3
+    """Folds used to pick C when C is 0."""
+
+    def validate(self) -> None:
+        _check(-1 <= self.ngrams <= 3, "model.linear.ngrams", "must be -1 (auto), 0, 1, 2 or 3")
+        _check(-1 <= self.char_ngrams <= 5, "model.linear.char_ngrams", "must be between -1 (auto) and 5")
+        _check(self.min_df >= 1, "model.linear.min_df", "must be >= 1")
+        _check(self.C >= 0, "model.linear.C", "must be >= 0")
+        _check(self.cv_folds >= 2, "model.linear.cv_folds", "must be >= 2")
+
+
+@dataclass
+class ClassifierConfig:
+    kind: Literal["auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble"] = "auto"
+    """Model: 'bilstm', 'fasttext' (bag of n-grams), 'transformer' (small encoder), 'gpt' (fine-tune an lmforge GPT), 'linear' (scikit-learn), 'ensemble' (see members), or 'auto' (the strongest measured choice for the language)."""
+    members: str = "linear,fasttext"
+    """kind='ensemble' only: comma-separated models whose class probabilities are averaged (weights tuned on validation)."""
+    bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
+    fasttext: FastTextConfig = field(default_factory=FastTextConfig)
+    transformer: EncoderConfig = field(default_factory=EncoderConfig)
+    gpt: GPTHeadConfig = field(default_factory=GPTHeadConfig)
+    linear: LinearConfig = field(default_factory=LinearConfig)
+
+    def member_kinds(self) -> list[str]:
+        if self.kind != "ensemble":
+            return [self.kind]
+        return [m.strip() for m in self.members.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        if self.kind == "ensemble":
+            kinds = self.member_kinds()
+            _check(len(kinds) >= 1, "model.members", "name at least one model, e.g. 'linear,fasttext'")
+            for k in kinds:
+                _check(k in MODEL_KINDS[1:6], "model.members",
+                       f"{k!r} is not one of {', '.join(MODEL_KINDS[1:6])}")
+            _check(len(set(kinds)) == len(kinds), "model.members", "lists a model twice")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+
+
+@dataclass
+class ClassifyEvalConfig:
+    interval: int = 0
+    """Steps between validation evaluations (and checkpoints); 0 means once per epoch."""
+    patience: int = 0
+    """Stop early after this many evaluations without a better validation loss; 0 disables early stopping."""
+    folds: int = 0
+    """k-fold cross-validation on the training data (k >= 2): reports the mean and standard deviation of every metric."""
+    threshold: float = 0.5
+    """Binary tasks: predict the second class (in sorted label order) when its probability reaches this."""
+
+    def validate(self) -> None:
+        _check(self.interval >= 0, "eval.interval", "must be >= 0")
+        _check(self.patience >= 0, "eval.patience", "must be >= 0")
+        _check(self.folds == 0 or self.folds >= 2, "eval.folds", "must be 0 (off) or at least 2")
+        _check(0.0 < self.threshold < 1.0, "eval.threshold", "must be in (0, 1)")
+
+
+@dataclass
+class ClassifyConfig:
+    out: str = "runs/classify"
+    """Run folder: config, label map, vocabulary, weights, metrics and plots go here."""
+    seed: int = 1337
+    """Seed for the validation split, initialization, batch order and dropout."""
+    data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    model: ClassifierConfig = field(default_factory=ClassifierConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: ClassifyEvalConfig = field(default_factory=ClassifyEvalConfig)
+
+    def validate(self) -> ClassifyConfig:
+        # The shared train section's batch and learning rate are counted differently here; a value
+        # set there would silently do nothing, so it is refused with a pointer to the right field.
+        defaults = TrainConfig()
+        _check(self.train.global_batch_tokens == defaults.global_batch_tokens, "train.global_batch_tokens",
+               "does not apply to classifiers; set data.batch_size (examples per step) instead")
+        _check(self.train.lr == defaults.lr, "train.lr",
+               "does not apply to classifiers; each model has its own, e.g. model.bilstm.lr")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                value.validate()
+        return self
+
+
+def _check(ok: bool, name: str, reason: str) -> None:
+    if not ok:
+        raise ConfigError(f"config field '{name}': {reason}")
+
+
+# Shared TrainConfig fields that classifiers replace (data.batch_size, model.<kind>.lr): left out of the CLI.
+HIDDEN_FIELDS = ("train.global_batch_tokens", "train.lr")

@@ -1,0 +1,222 @@
+"""Labeled examples: reading and checking them, label maps, splits, imbalance, length buckets.
+
+Every error names the file and line of the offending record and says what to do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmforge.data.readers import iter_records
+from lmforge.errors import DataError
+
+
+@dataclass
+class Labeled:
+    """Texts with their raw labels and where each came from (for error messages)."""
+
+    texts: list[str]
+    labels: list  # raw values as read: str or int
+    where: list[tuple[str, int]] = field(default_factory=list)  # (file, line)
+    path: str = ""
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, idx: Sequence[int]) -> Labeled:
+        return Labeled([self.texts[i] for i in idx], [self.labels[i] for i in idx],
+                       [self.where[i] for i in idx] if self.where else [], self.path)
+
+
+def _fields_hint(record: dict) -> str:
+    names = list(record)[:20]
+    return ", ".join(repr(n) for n in names)
+
+
+def _label_value(value, source: str, line: int, label_field: str):
+    """Labels are strings or integers; integral floats (1.0) and digit strings stay distinct from text."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "":
+            raise DataError(f"{source}:{line}: field {label_field!r} is empty. Give every record a label, "
+                            "or remove the record.")
+        # csv/tsv give every cell as text: "1" and 1 must be the same label.
+        if text.lstrip("-").isdigit():
+            return int(text)
+        return text
+    raise DataError(f"{source}:{line}: field {label_field!r} is {value!r}; a label must be a string or an "
+                    "integer. Fix or remove this record.")
+
+
+def read_labeled(path: str | Path, text_field: str, label_field: str, need_labels: bool = True) -> Labeled:
+    """Every record of the files under `path`, checked: text present and non-empty, label present."""
+    texts: list[str] = []
+    labels: list = []
+    where: list[tuple[str, int]] = []
+    for record, source, line in iter_records(path):
+        if text_field not in record:
+            raise DataError(f"{source}:{line}: no field {text_field!r}. Fields present: {_fields_hint(record)}. "
+                            "Use --text-field NAME to pick the text field.")
+        text = record[text_field]
+        if text is None or (isinstance(text, str) and not text.strip()):
+            raise DataError(f"{source}:{line}: field {text_field!r} is empty. Remove this record or give it text.")
+        if not isinstance(text, str):
+            raise DataError(f"{source}:{line}: field {text_field!r} is {type(text).__name__}, expected text. "
+                            "Fix this record or pick another field with --text-field.")
+        if need_labels:
+            if label_field not in record or record[label_field] is None:
+                raise DataError(f"{source}:{line}: no field {label_field!r}. Fields present: "
+                                f"{_fields_hint(record)}. Use --label-field NAME to pick the label field.")
+            labels.append(_label_value(record[label_field], source, line, label_field))
+        texts.append(text)
+        where.append((source, line))
+    if not texts:
+        raise DataError(f"{path}: holds no records. Check the path and the file contents.")
+    return Labeled(texts, labels, where, str(path))
+
+
+class LabelMap:
+    """Class names (raw labels) to class ids 0..k-1, in sorted order (numbers before strings)."""
+
+    def __init__(self, names: list):
+        self.names = list(names)
+        self.index = {n: i for i, n in enumerate(self.names)}
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_labels(cls, labels: Sequence, path: str) -> LabelMap:
+        distinct = set(labels)
+        names = sorted(distinct, key=lambda v: (isinstance(v, str), v))
+        if len(names) < 2:
+            only = names[0] if names else None
+            raise DataError(f"{path}: every record has the label {only!r}; a classifier needs at least two "
+                            "classes. Check --label-field, or add examples of the other classes.")
+        return cls(names)
+
+    def encode(self, data: Labeled) -> np.ndarray:
+        out = np.empty(len(data), dtype=np.int64)
+        for i, label in enumerate(data.labels):
+            cls_id = self.index.get(label)
+            if cls_id is None:
+                source, line = data.where[i] if data.where else (data.path, 0)
+                raise DataError(f"{source}:{line}: label {label!r} does not occur in the training data "
+                                f"(classes: {', '.join(map(repr, self.names))}). Fix the label or add "
+                                "training examples of that class.")
+            out[i] = cls_id
+        return out
+
+    def save(self, path: Path) -> None:
+        from lmforge.trainer.checkpoint import atomic_write_json
+
+        atomic_write_json(path, {"labels": self.names})
+
+    @classmethod
+    def load(cls, path: Path) -> LabelMap:
+        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["labels"])
+
+
+def class_counts(y: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.bincount(y, minlength=n_classes)
+
+
+def skew_message(y: np.ndarray, labels: LabelMap, ratio: float) -> str | None:
+    """A warning when the most common class outnumbers the rarest by `ratio` or more."""
+    counts = class_counts(y, len(labels))
+    if counts.min() == 0:
+        missing = [labels.names[i] for i in np.flatnonzero(counts == 0)]
+        return f"no training examples of class(es) {missing}"
+    if counts.max() / counts.min() < ratio:
+        return None
+    shares = ", ".join(f"{labels.names[i]!r} {c / counts.sum():.1%}" for i, c in enumerate(counts))
+    return (f"the labels are skewed ({shares}); consider --data.class_weights true or --data.oversample true, "
+            "and read macro F1 rather than accuracy")
+
+
+def balanced_class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """Inverse-frequency weights n / (k * count_c) (scikit-learn's 'balanced' rule)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(y)
+    w = np.ones(n_classes, dtype=np.float64)
+    w[present] = compute_class_weight("balanced", classes=present, y=y)
+    return w
+
+
+def oversample_indices(y: np.ndarray, seed: int) -> np.ndarray:
+    """Indices that repeat random examples of each smaller class until every class matches the largest."""
+    rng = np.random.default_rng([seed, 7])
+    counts = np.bincount(y)
+    target = counts.max()
+    out = [np.arange(len(y))]
+    for c, n in enumerate(counts):
+        if 0 < n < target:
+            members = np.flatnonzero(y == c)
+            out.append(rng.choice(members, size=target - n, replace=True))
+    return np.concatenate(out)
+
+
+def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train indices, held-out indices), the held-out share taken per class."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y))
+    counts = np.bincount(y)
+    stratify = y if counts[counts > 0].min() >= 2 else None
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed % 2**32, stratify=stratify)
+    return np.sort(tr), np.sort(va)
+
+
+def kfold_splits(y: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold (train, test) index pairs; the test parts are disjoint and cover everything."""
+    from sklearn.model_selection import StratifiedKFold
+
+    counts = np.bincount(y)
+    if counts[counts > 0].min() < k:
+        raise DataError(f"cannot make {k} stratified folds: the rarest class has only {counts[counts > 0].min()} "
+                        f"examples; lower --folds or add examples")
+    skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
+    return [(tr, te) for tr, te in skf.split(np.zeros(len(y)), y)]
+
+
+def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                     pool_batches: int = 50) -> list[np.ndarray]:
+    """One epoch of batches of similar-length examples, in random order.
+
+    A random permutation is cut into pools of `pool_batches` batches; each pool is sorted by length
+    and cut into batches, so padding is small but batches still mix the data. Every batch has
+    exactly `batch_size` examples (the last one is topped up from the start of the permutation),
+    because the training loop's global batch is fixed.
+    """
+    n = len(lengths)
+    perm = rng.permutation(n)
+    n_batches = -(-n // batch_size)
+    need = n_batches * batch_size
+    if need > n:
+        perm = np.concatenate([perm, perm[: need - n]] if need - n <= n else [np.resize(perm, need)])
+    pool = pool_batches * batch_size
+    batches: list[np.ndarray] = []
+    for start in range(0, need, pool):
+        chunk = perm[start:start + pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def label_distribution(y: np.ndarray, labels: LabelMap) -> dict[str, int]:
+    counts = Counter(int(v) for v in y)
+    return {str(labels.names[c]): counts.get(c, 0) for c in range(len(labels))}

@@ -1,0 +1,406 @@
+"""Train, evaluate and apply text classifiers: `train_classifier(cfg)`, `evaluate_run(run, data)`,
+`predict_run(run, input, output)`. The CLI only parses arguments and calls these.
+
+A run folder:
+    config.yaml          the resolved configuration ('auto' choices filled in)
+    labels.json          class names in class-id order
+    ensemble.json        members and their weights in the averaged probabilities
+    <member>/            one folder per model (linear/, fasttext/, bilstm/, ...): weights, vocabulary,
+                         and for neural models the loop's checkpoints and metrics.jsonl
+    metrics.json         validation and test metrics (cv.json too with eval.folds)
+    confusion_test.png   (or confusion_valid.png) the confusion matrix
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from lmforge.classify.config import NEURAL_KINDS, ClassifyConfig
+from lmforge.classify.data import (Labeled, LabelMap, kfold_splits, label_distribution, read_labeled, skew_message,
+                                   stratified_split)
+from lmforge.classify.members import load_member, train_linear, train_neural
+from lmforge.classify.text import detect_language
+from lmforge.config import from_dict, save_config
+from lmforge.errors import ConfigError, DataError
+from lmforge.eval.classification import (classification_metrics, confusion_table, format_metrics, predict_labels,
+                                         save_confusion_png, summarize_folds)
+from lmforge.trainer import checkpoint as ckpt
+from lmforge.trainer.distributed import Runtime, init_runtime, shutdown
+from lmforge.trainer.progress import console, print_summary
+
+# What 'auto' picks, measured on IMDB, SST-2 and ChnSentiCorp with this CPU (see benchmarks/classify.py).
+AUTO_MEMBERS = {"en": "linear,fasttext", "zh": "linear,fasttext"}
+
+
+@dataclass
+class ClassifyResult:
+    run_dir: Path
+    valid: dict | None
+    test: dict | None
+    cv: dict | None = None
+    members: list[str] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    train_s: float = 0.0
+    member_facts: dict = field(default_factory=dict)
+    language: str = "en"
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def resolve_auto(cfg: ClassifyConfig, texts: list[str]) -> ClassifyConfig:
+    """Fill in every 'auto' choice from the training texts; the result is what config.yaml records."""
+    cfg = copy.deepcopy(cfg)
+    if cfg.text.language == "auto":
+        cfg.text.language = detect_language(texts)
+    zh = cfg.text.language == "zh"
+    if cfg.text.tokenizer == "auto":
+        cfg.text.tokenizer = "char" if zh else "word"
+    if cfg.model.kind == "auto":
+        cfg.model.kind = "ensemble"
+        cfg.model.members = AUTO_MEMBERS[cfg.text.language]
+    lin = cfg.model.linear
+    if lin.features == "auto":
+        lin.features = "tfidf" if zh else "nb"
+    if lin.ngrams < 0:
+        lin.ngrams = 2 if zh else 3
+    if lin.char_ngrams < 0:
+        lin.char_ngrams = 3 if zh else 0
+    if lin.ngrams == 0 and lin.char_ngrams == 0:
+        raise ConfigError("config fields 'model.linear.ngrams' and 'model.linear.char_ngrams' are both 0: "
+                          "the linear model needs word or character n-grams")
+    if cfg.text.tokenizer == "bpe" and not cfg.text.bpe_path and "gpt" not in cfg.model.member_kinds():
+        raise ConfigError("config field 'text.bpe_path': tokenizer 'bpe' needs a tokenizer.json or an lmforge run folder")
+    return cfg.validate()
+
+
+def load_run_config(run_dir: Path) -> ClassifyConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a classifier run folder (no config.yaml); pass the folder given as --out")
+    return from_dict(ClassifyConfig, yaml.safe_load(path.read_text(encoding="utf-8")) or {}, source=str(path)).validate()
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def _say(progress: bool, rt: Runtime | None = None):
+    def log(msg: str) -> None:
+        if progress and (rt is None or rt.is_main):
+            console.print(msg, markup=False, highlight=False)
+    return log
+
+
+def _read(cfg: ClassifyConfig):
+    d = cfg.data
+    if not d.path:
+        raise ConfigError("config field 'data.path': give the labeled training data (--data FILE)")
+    train = read_labeled(d.path, d.text_field, d.label_field)
+    labels = LabelMap.from_labels(train.labels, d.path)
+    valid = read_labeled(d.valid_path, d.text_field, d.label_field) if d.valid_path else None
+    test = read_labeled(d.test_path, d.text_field, d.label_field) if d.test_path else None
+    return train, valid, test, labels
+
+
+def _tune_weights(probas: list[np.ndarray], y: np.ndarray, steps: int = 10) -> list[float]:
+    """Ensemble weights on a grid over the simplex, minimizing validation log-loss (ties: equal weights)."""
+    from itertools import product
+
+    from sklearn.metrics import log_loss
+
+    k = len(probas)
+    if k == 1:
+        return [1.0]
+    best, best_w = np.inf, [1.0 / k] * k
+    labels = list(range(probas[0].shape[1]))
+    for combo in product(range(steps + 1), repeat=k - 1):
+        if sum(combo) > steps:
+            continue
+        w = [c / steps for c in combo] + [(steps - sum(combo)) / steps]
+        loss = log_loss(y, np.clip(combine(probas, w), 1e-7, 1), labels=labels)
+        if loss < best - 1e-9:
+            best, best_w = loss, w
+    return [float(w) for w in best_w]
+
+
+def combine(probas: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    p = sum(w * p for w, p in zip(weights, probas))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labeled, val_y: np.ndarray,
+                 n_classes: int, run_dir: Path, rt: Runtime, resume: bool, progress: bool,
+                 refit_linear_on: tuple[list[str], np.ndarray] | None = None):
+    """Train every member; returns (members, validation probabilities per member, weights, facts)."""
+    log = _say(progress, rt)
+    members, val_probas, facts = [], [], {}
+    for kind in cfg.model.member_kinds():
+        folder = run_dir / kind
+        t0 = time.perf_counter()
+        if rt.is_main and not resume and folder.exists():
+            shutil.rmtree(folder)  # a fresh run must not resume or mix with an older one
+        rt.barrier()
+        if kind == "linear":
+            member = None
+            if rt.is_main:  # scikit-learn runs in one process; the others wait at the next barrier
+                member = train_linear(cfg, train.texts, y, n_classes, folder, log)
+                facts[kind] = {"train_s": time.perf_counter() - t0, "C": member.model.C}
+        else:
+            member, facts[kind] = train_neural(kind, cfg, train.texts, y, val.texts, val_y, n_classes, folder, rt,
+                                               resume, progress, log)
+        rt.barrier()
+        if rt.is_main:
+            members.append(member)
+            val_probas.append(member.predict_proba(val.texts, rt))
+    weights = _tune_weights(val_probas, val_y) if rt.is_main else []
+    if rt.is_main and refit_linear_on is not None and "linear" in cfg.model.member_kinds():
+        # The validation part only served to weigh the members: the linear model (seconds to fit)
+        # is refitted on all the labeled training data.
+        i = cfg.model.member_kinds().index("linear")
+        t0 = time.perf_counter()
+        members[i] = train_linear(cfg, refit_linear_on[0], refit_linear_on[1], n_classes, run_dir / "linear", log)
+        facts["linear"]["train_s"] += time.perf_counter() - t0
+    return members, val_probas, weights, facts
+
+
+def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | None = None,
+                     progress: bool = True) -> ClassifyResult:
+    """Read and check the data, train the configured model(s), evaluate, save everything in cfg.out.
+
+    With eval.folds = k, first k-fold cross-validation on the training data (cv.json), then the
+    final model on all of it. With resume=RUN_DIR the run's config is reused and neural members
+    continue from their latest checkpoints.
+    """
+    if resume is not None:
+        cfg = load_run_config(Path(resume))
+        cfg.out = str(resume)
+    elif cfg is None:
+        raise ConfigError("train_classifier() needs a config or resume=RUN_DIR")
+    cfg.validate()
+    rt = init_runtime(cfg.train.device)
+    try:
+        return _train(cfg, rt, resume is not None, progress)
+    finally:
+        shutdown(rt)
+
+
+def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool) -> ClassifyResult:
+    t_start = time.perf_counter()
+    log = _say(progress, rt)
+    train, valid, test, labels = _read(cfg)
+    cfg = resolve_auto(cfg, train.texts)
+    run_dir = Path(cfg.out)
+    y = labels.encode(train)
+    valid_y = labels.encode(valid) if valid is not None else None
+    test_y = labels.encode(test) if test is not None else None
+    if rt.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        labels.save(run_dir / "labels.json")
+    warn = skew_message(y, labels, cfg.data.skew_warning_ratio)
+    if warn and rt.is_main:
+        console.print(f"[yellow]warning:[/yellow] {cfg.data.path}: {warn}")
+    if progress and rt.is_main:
+        print_summary("data", [
+            ("training", f"{len(train):,} texts from {cfg.data.path}"),
+            ("classes", ", ".join(f"{k} ({v:,})" for k, v in label_distribution(y, labels).items())),
+            ("validation", f"{len(valid):,} texts from {cfg.data.valid_path}" if valid is not None
+             else f"{cfg.data.val_fraction:.0%} of the training texts, stratified"),
+            ("test", f"{len(test):,} texts from {cfg.data.test_path}" if test is not None else "none"),
+            ("language / units", f"{cfg.text.language} / {cfg.text.tokenizer}"),
+            ("model", cfg.model.kind + (f" of {cfg.model.members}" if cfg.model.kind == "ensemble" else "")),
+        ])
+
+    cv = None
+    if cfg.eval.folds:
+        cv = _cross_validate(cfg, train, y, labels, rt, progress)
+        if rt.is_main:
+            ckpt.atomic_write_json(run_dir / "cv.json", cv)
+
+    if valid is None:
+        if cfg.data.val_fraction <= 0:
+            if any(k in NEURAL_KINDS for k in cfg.model.member_kinds()) or len(cfg.model.member_kinds()) > 1:
+                raise ConfigError("config field 'data.val_fraction': neural models and ensembles need validation "
+                                  "data; give --valid FILE or a val_fraction above 0")
+            fit_idx, val_idx = np.arange(len(y)), np.arange(0)
+        else:
+            fit_idx, val_idx = stratified_split(y, cfg.data.val_fraction, cfg.seed)
+        fit_set, val_set = train.subset(fit_idx), train.subset(val_idx)
+        fit_y, val_y = y[fit_idx], y[val_idx]
+        refit = (train.texts, y) if len(val_idx) else None
+    else:
+        fit_set, fit_y, val_set, val_y, refit = train, y, valid, valid_y, None
+    members, val_probas, weights, facts = _fit_members(cfg, fit_set, fit_y, val_set, val_y, len(labels), run_dir,
+                                                       rt, resume, progress, refit)
+    if not rt.is_main:
+        return ClassifyResult(run_dir, None, None, cv)
+    kinds = cfg.model.member_kinds()
+    ckpt.atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "weights": weights})
+    train_s = time.perf_counter() - t_start
+    result = ClassifyResult(run_dir, None, None, cv, kinds, weights, train_s, facts, cfg.text.language)
+    threshold = cfg.eval.threshold
+    if len(val_y):
+        result.valid = classification_metrics(val_y, combine(val_probas, weights), labels.names, threshold)
+        if len(kinds) > 1:
+            result.valid["members"] = {k: _brief(classification_metrics(val_y, p, labels.names, threshold))
+                                       for k, p in zip(kinds, val_probas)}
+    if test is not None:
+        test_probas = [m.predict_proba(test.texts, rt) for m in members]
+        result.test = classification_metrics(test_y, combine(test_probas, weights), labels.names, threshold)
+        if len(kinds) > 1:
+            result.test["members"] = {k: _brief(classification_metrics(test_y, p, labels.names, threshold))
+                                      for k, p in zip(kinds, test_probas)}
+    shown = result.test or result.valid
+    split = "test" if result.test else "valid"
+    if shown:
+        save_confusion_png(shown["confusion_matrix"], labels.names, run_dir / f"confusion_{split}.png",
+                           title=f"{run_dir.name}: {split}")
+    ckpt.atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
+                                                      "members": kinds, "weights": weights, "train_s": train_s,
+                                                      "member_facts": facts})
+    if progress:
+        _print_result(result, labels, split)
+    return result
+
+
+def _brief(m: dict) -> dict:
+    return {k: m[k] for k in ("accuracy", "macro_f1", "roc_auc", "log_loss")}
+
+
+def _print_result(result: ClassifyResult, labels: LabelMap, split: str) -> None:
+    rows = [("members", ", ".join(f"{k} x{w:.2f}" for k, w in zip(result.members, result.weights)))]
+    for name, m in (("validation", result.valid), ("test", result.test)):
+        if m:
+            rows += [(f"{name} {k}", v) for k, v in format_metrics(m)]
+    if result.cv:
+        rows += [(f"{result.cv['folds']}-fold cv {k}", v) for k, v in format_metrics(result.cv)]
+    rows += [("train time", f"{result.train_s:.1f} s"), ("run folder", str(result.run_dir))]
+    print_summary("result", rows)
+    shown = result.test or result.valid
+    if shown:
+        console.print(f"confusion matrix ({split}):\n" + confusion_table(shown["confusion_matrix"], labels.names),
+                      markup=False, highlight=False)
+
+
+def _cross_validate(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, labels: LabelMap, rt: Runtime,
+                    progress: bool) -> dict:
+    """k-fold: each fold trains the configured model(s) on k-1 parts and scores the held-out part."""
+    log = _say(progress, rt)
+    run_dir = Path(cfg.out)
+    folds = kfold_splits(y, cfg.eval.folds, cfg.seed)
+    scores = []
+    for i, (tr, te) in enumerate(folds):
+        log(f"fold {i + 1}/{len(folds)}: training on {len(tr):,}, scoring {len(te):,}")
+        part, held = train.subset(tr), train.subset(te)
+        inner_fit, inner_val = stratified_split(y[tr], max(cfg.data.val_fraction, 0.1), cfg.seed + i)
+        fold_dir = run_dir / "folds" / f"fold_{i + 1}"
+        members, _, weights, _ = _fit_members(cfg, part.subset(inner_fit), y[tr][inner_fit], part.subset(inner_val),
+                                              y[tr][inner_val], len(labels), fold_dir, rt, False, False,
+                                              (part.texts, y[tr]))
+        if rt.is_main:
+            proba = combine([m.predict_proba(held.texts, rt) for m in members], weights)
+            m = classification_metrics(y[te], proba, labels.names, cfg.eval.threshold)
+            scores.append(m)
+            log(f"fold {i + 1}: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}")
+            shutil.rmtree(fold_dir, ignore_errors=True)  # fold models are not kept; their scores are
+    if not rt.is_main:
+        return {}
+    out = summarize_folds(scores)
+    out["fold_metrics"] = [_brief(s) for s in scores]
+    return out
+
+
+# --- using a trained run ------------------------------------------------------------------------
+
+
+class Classifier:
+    """A trained run folder, loaded: `predict_proba(texts)` averages its members as trained."""
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu"):
+        self.run_dir = Path(run_dir)
+        self.cfg = load_run_config(self.run_dir)
+        self.labels = LabelMap.load(self.run_dir / "labels.json")
+        info_path = self.run_dir / "ensemble.json"
+        if not info_path.is_file():
+            raise DataError(f"{self.run_dir} has no trained model yet (no ensemble.json); finish or resume training")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        self.kinds, self.weights = info["members"], info["weights"]
+        import torch
+
+        self.rt = Runtime(0, 1, 0, torch.device(device), "fp32")
+        self.members = [load_member(self.run_dir / k, k, device) for k in self.kinds]
+
+    def predict_proba(self, texts: list[str]) -> np.ndarray:
+        return combine([m.predict_proba(texts, self.rt) for m in self.members], self.weights)
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, threshold: float | None = None, device: str = "cpu",
+                 text_field: str | None = None, label_field: str | None = None) -> dict:
+    """Every metric of a trained run on labeled data (fields default to the run's)."""
+    clf = Classifier(run_dir, device)
+    d = clf.cfg.data
+    ds = read_labeled(data, text_field or d.text_field, label_field or d.label_field)
+    y = clf.labels.encode(ds)
+    t = clf.cfg.eval.threshold if threshold is None else threshold
+    return classification_metrics(y, clf.predict_proba(ds.texts), clf.labels.names, t)
+
+
+def predict_run(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None,
+                threshold: float | None = None, device: str = "cpu", text_field: str | None = None,
+                fmt: str | None = None) -> list[dict]:
+    """Label and class probabilities for each text of input_path; written as jsonl or csv when output is given.
+
+    Labels in the input, if any, are ignored; the output keeps each record's position.
+    """
+    clf = Classifier(run_dir, device)
+    ds = read_labeled(input_path, text_field or clf.cfg.data.text_field, "", need_labels=False)
+    proba = clf.predict_proba(ds.texts)
+    t = clf.cfg.eval.threshold if threshold is None else threshold
+    pred = predict_labels(proba, t)
+    names = clf.labels.names
+    rows = [{"label": names[int(c)], **{f"p_{n}": float(p[j]) for j, n in enumerate(names)}}
+            for c, p in zip(pred, proba)]
+    if output is not None:
+        write_predictions(rows, Path(output), fmt)
+    return rows
+
+
+def format_predictions(rows: list[dict], fmt: str = "jsonl", delimiter: str = ",") -> str:
+    if fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["label"], delimiter=delimiter,
+                           lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+        return buf.getvalue()
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def write_predictions(rows: list[dict], path: Path, fmt: str | None = None) -> None:
+    suffix = path.suffix.lower()
+    fmt = fmt or ("csv" if suffix in (".csv", ".tsv") else "jsonl")
+    ckpt.atomic_write_text(path, format_predictions(rows, fmt, "\t" if suffix == ".tsv" else ","))
+
+
+def result_json(result: ClassifyResult) -> str:
+    def brief(m):
+        if not m:
+            return m
+        return {k: v for k, v in m.items() if k not in ("per_class", "confusion_matrix")}
+
+    return json.dumps({"run_dir": str(result.run_dir), "valid": brief(result.valid), "test": brief(result.test),
+                       "cv": {k: v for k, v in (result.cv or {}).items() if k != "fold_metrics"} or None,
+                       "members": result.members, "weights": result.weights, "train_s": result.train_s,
+                       "language": result.language}, ensure_ascii=False)
+
