@@ -66,8 +66,13 @@ class TokenizerConfig:
     """BPE only: a pair must occur this often to be merged."""
 
     def validate(self) -> None:
-        _check(self.vocab_size >= 260, "tokenizer.vocab_size", "must be at least 260 (256 bytes + specials)")
-        _check(self.min_frequency >= 1, "tokenizer.min_frequency", "must be >= 1")
+        _check(self.kind in ("bpe", "char"), "tokenizer.kind", f"{self.kind!r} is not one of bpe, char")
+        _check(self.cjk_split in ("char", "jieba", "none"), "tokenizer.cjk_split",
+               f"{self.cjk_split!r} is not one of char, jieba, none")
+        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 257, "tokenizer.vocab_size",
+               "must be an integer >= 257 (256 byte symbols + <|endoftext|>)")
+        _check(isinstance(self.min_frequency, int) and self.min_frequency >= 0, "tokenizer.min_frequency",
+               "must be an integer >= 0")
 
 
 @dataclass

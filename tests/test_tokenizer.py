@@ -244,13 +244,13 @@ def test_cjk_split_helps_vs_none() -> None:
 
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="kind"):
-        TokenizerConfig(kind="wordpiece")
+        TokenizerConfig(kind="wordpiece").validate()
     with pytest.raises(ConfigError, match="cjk_split"):
-        TokenizerConfig(cjk_split="words")
+        TokenizerConfig(cjk_split="words").validate()
     with pytest.raises(ConfigError, match="vocab_size"):
-        TokenizerConfig(vocab_size=100)
+        TokenizerConfig(vocab_size=100).validate()
     with pytest.raises(ConfigError, match="min_frequency"):
-        TokenizerConfig(min_frequency=-1)
+        TokenizerConfig(min_frequency=-1).validate()
     cfg = TokenizerConfig()
     cfg.vocab_size = 10  # mutated after construction: training re-checks
     with pytest.raises(ConfigError):

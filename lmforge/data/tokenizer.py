@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from lmforge.config import TokenizerConfig  # noqa: F401  (re-exported)
 from lmforge.errors import ConfigError, DataError
 
 EOT_TOKEN = "<|endoftext|>"
@@ -52,34 +53,6 @@ _CJK_RUN_RE = re.compile(CJK_CLASS + "+")
 _PIECE_RE = re.compile(r"[^\n]*\n+|[^\n]+")
 _SPACE_RE = re.compile(r"\s")
 _TRAIN_BATCH = 1000  # pieces per batch handed to the HF trainer
-
-
-@dataclass
-class TokenizerConfig:
-    kind: str = "bpe"  # "bpe" (byte-level BPE, HF tokenizers) or "char"
-    vocab_size: int = 4096  # bpe only: target vocabulary size incl. special tokens
-    cjk_split: str = "char"  # bpe only: pre-split CJK runs: "char", "jieba" or "none"
-    min_frequency: int = 2  # bpe only
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        if self.kind not in KINDS:
-            raise ConfigError(f"tokenizer field 'kind' must be one of {KINDS}, got {self.kind!r}")
-        if self.cjk_split not in CJK_SPLITS:
-            raise ConfigError(
-                f"tokenizer field 'cjk_split' must be one of {CJK_SPLITS}, got {self.cjk_split!r}"
-            )
-        if not _is_int(self.vocab_size) or self.vocab_size < MIN_BPE_VOCAB:
-            raise ConfigError(
-                f"tokenizer field 'vocab_size' must be an integer >= {MIN_BPE_VOCAB} "
-                f"(256 byte symbols + {EOT_TOKEN}), got {self.vocab_size!r}"
-            )
-        if not _is_int(self.min_frequency) or self.min_frequency < 0:
-            raise ConfigError(
-                f"tokenizer field 'min_frequency' must be an integer >= 0, got {self.min_frequency!r}"
-            )
 
 
 def _is_int(value: object) -> bool:
