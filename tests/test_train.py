@@ -209,3 +209,37 @@ def test_bad_resume_folder_has_clear_error(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lmforge.cli", "train", "--resume", str(tmp_path / "nope")],
                        capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "config.yaml" in p.stderr
+
+
+LM_PRESETS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith(("classify", "tune")))
+
+
+@pytest.mark.parametrize("preset", LM_PRESETS, ids=[p.name for p in LM_PRESETS])
+def test_every_lm_preset_runs_a_few_steps(preset, corpus, tmp_path):
+    cfg = load_config(preset, {
+        "data.path": str(corpus), "out": str(tmp_path / "run"), "train.max_steps": "3",
+        "train.time_budget_s": "0", "train.compile": "off", "eval.interval": "3", "eval.max_tokens": "4096",
+        "sample.num_samples": "1", "sample.max_new_tokens": "5", "train.precision": "fp32",
+    })
+    result = lmforge.train(cfg, progress=False)
+    assert result.steps == 3 and math.isfinite(result.val_loss) and len(result.samples) == 1
+
+
+def test_embedded_default_corpus_is_readable():
+    from lmforge.data.default_corpus import default_documents
+
+    docs = default_documents()
+    assert len(docs) >= 30
+    text = "\n".join(docs)
+    assert "ROMEO:" in text and "**" not in text
+    assert len(text) > 4_000_000
+
+
+def test_time_budget_stops_and_anneals(corpus, tmp_path):
+    cfg = small_cfg(corpus, tmp_path / "run", **{"train.max_steps": 100000, "train.time_budget_s": 3,
+                                                  "eval.interval": 100000})
+    result = lmforge.train(cfg, progress=False)
+    assert "time budget" in result.stop_reason
+    assert result.wall_s < 3 * 1.5 + 2
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["lr"] < 0.5 * cfg.train.lr  # the schedule decayed within the budget

@@ -70,12 +70,28 @@ class LRFinderResult:
 
 
 def smooth(values: list[float], beta: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average."""
+    """Bias-corrected exponential moving average (online: used to notice divergence as it happens)."""
     out, avg = [], 0.0
     for i, v in enumerate(values):
         avg = beta * avg + (1 - beta) * v
         out.append(avg / (1 - beta ** (i + 1)))
     return out
+
+
+def centred_average(values: list[float], window: int) -> list[float]:
+    """Moving average over a centred window (shrinking at the ends): smooths without lagging."""
+    y = np.asarray(values, dtype=np.float64)
+    half = max(0, window // 2)
+    out = []
+    for i in range(len(y)):
+        seg = y[max(0, i - half): i + half + 1]
+        seg = seg[np.isfinite(seg)]
+        out.append(float(seg.mean()) if len(seg) else float("nan"))
+    return out
+
+
+def _window(n: int) -> int:
+    return max(5, n // 10) | 1
 
 
 def local_slopes(x: np.ndarray, y: np.ndarray, window: int) -> np.ndarray:
@@ -95,18 +111,27 @@ def local_slopes(x: np.ndarray, y: np.ndarray, window: int) -> np.ndarray:
     return slopes
 
 
-def suggest_lr(lrs: list[float], smoothed: list[float]) -> tuple[float, int]:
-    """The learning rate where the smoothed loss falls fastest, looking only before its minimum."""
-    y = np.asarray(smoothed, dtype=np.float64)
+def suggest_lr(lrs: list[float], losses: list[float]) -> tuple[float, int]:
+    """The learning rate where the loss falls fastest against log(lr), looking only before its minimum.
+
+    The slope at each point is a least-squares fit over a centred window of the raw losses, so the
+    estimate is smoothed without the lag of a running average.
+    """
+    raw = np.asarray(losses, dtype=np.float64)
     x = np.log10(np.asarray(lrs, dtype=np.float64))
-    finite = np.isfinite(y)
+    finite = np.isfinite(raw)
     if finite.sum() < 4:
         return lrs[0], 0
-    end = int(np.nanargmin(np.where(finite, y, np.inf))) + 1
-    window = max(5, len(x) // 8)
-    slopes = local_slopes(x[:end], y[:end], window)
-    # The first points carry the smoothing's start-up bias; skip them.
-    skip = min(max(1, window // 2), max(0, end - 3))
+    window = _window(len(x))
+    y = np.asarray(centred_average(list(raw), window))
+    end = int(np.nanargmin(np.where(np.isfinite(y), y, np.inf))) + 1
+    ok = np.isfinite(raw[:end])
+    slopes = np.full(end, np.nan)
+    if ok.sum() >= 3:
+        idx = np.flatnonzero(ok)
+        slopes[idx] = local_slopes(x[:end][ok], raw[:end][ok], window)
+    # Edge windows are one-sided; skip the first half-window.
+    skip = min(window // 2, max(0, end - 3))
     slopes[:skip] = np.nan
     if not np.isfinite(slopes).any() or np.nanmin(slopes) >= 0:
         i = max(0, end - 1)
@@ -141,7 +166,7 @@ def lr_range_test(
     optimizer = build_optimizer(model, cfg, rt.device.type)
     lrs: list[float] = []
     losses: list[float] = []
-    best = math.inf
+    best, avg = math.inf, 0.0
     stop = f"reached lr_max {lr_max:g}"
     t0 = time.perf_counter()
     ratio = lr_max / lr_min
@@ -167,7 +192,8 @@ def lr_range_test(
                 stop = f"loss became {total} at lr {lr:.2e}"
                 losses[-1] = float("nan")
                 break
-            sm = smooth(losses, beta)[-1]
+            avg = beta * avg + (1 - beta) * total
+            sm = avg / (1 - beta ** len(losses))
             best = min(best, sm)
             if step > 5 and sm > diverge_factor * best:
                 stop = f"loss diverged (over {diverge_factor:g}x its best) at lr {lr:.2e}"
@@ -177,13 +203,8 @@ def lr_range_test(
             model.load_state_dict(saved)
         torch.set_rng_state(rng)
         optimizer.zero_grad(set_to_none=True)
-    finite = [v for v in losses if math.isfinite(v)]
-    fill = finite[-1] if finite else float("nan")
-    clean = [v if math.isfinite(v) else fill for v in losses]
-    smoothed = smooth(clean, beta) if clean else []
-    if len(losses) and not math.isfinite(losses[-1]):
-        smoothed[-1] = float("nan")
-    suggestion, index = suggest_lr(lrs, smoothed) if lrs else (lr_min, 0)
+    smoothed = centred_average(losses, _window(len(losses))) if losses else []
+    suggestion, index = suggest_lr(lrs, losses) if lrs else (lr_min, 0)
     return LRFinderResult(lrs=lrs, losses=losses, smoothed=smoothed, suggestion=suggestion, suggestion_index=index,
                           stop_reason=stop, seconds=time.perf_counter() - t0)
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from lmforge.errors import DataError
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
-_STAGE = re.compile(r"^_(.+)_\s*$", re.S)
 
 
 def plays_folder() -> Path:
@@ -36,23 +35,23 @@ def play_files() -> list[Path]:
 
 def markdown_to_text(md: str) -> str:
     """'**HAMLET**' becomes 'HAMLET:', stage directions lose their underscores, headings their #."""
-    out: list[str] = []
-    for block in re.split(r"\n\s*\n", md):
-        lines = [ln.rstrip() for ln in block.strip("\n").split("\n")]
-        if not lines or not lines[0]:
-            continue
-        m = _SPEAKER.match(lines[0])
-        if m:
-            out.append(m.group(1).strip() + ":\n" + "\n".join(lines[1:]))
-            continue
-        text = "\n".join(lines)
-        if text.startswith("#"):
-            text = text.lstrip("#").strip()
-        stage = _STAGE.match(text)
-        if stage:
-            text = stage.group(1).strip()
-        out.append(text)
-    return "\n\n".join(out) + "\n"
+    lines = []
+    for line in md.split("\n"):
+        line = line.rstrip()
+        speaker = _SPEAKER.match(line)
+        if speaker:
+            line = speaker.group(1).strip() + ":"
+        elif line.startswith("#"):
+            line = line.lstrip("#").strip()
+        else:
+            # Stage directions are _italic_, sometimes over several lines.
+            if line.startswith("_"):
+                line = line[1:]
+            if line.endswith("_"):
+                line = line[:-1]
+        lines.append(line.replace("\\[", "[").replace("\\]", "]").replace("**", ""))
+    text = "\n".join(lines)
+    return re.sub(r"\n{3,}", "\n\n", text).strip("\n") + "\n"
 
 
 def default_documents() -> list[str]:
