@@ -15,12 +15,12 @@ import os
 import re
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import TokenizerConfig  # noqa: F401  (re-exported)
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import DataError
 
 EOT_TOKEN = "<|endoftext|>"
 FORMAT_VERSION = 1
