@@ -377,7 +377,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 
 
 def save_config(cfg, path: str | Path) -> None:
-    from lmforge.trainer.checkpoint import atomic_write_text
+    from lmforge.atomic import atomic_write_text
 
     atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from lmforge.atomic import atomic_write_bytes as write_atomic
+from lmforge.atomic import fsync_dir  # noqa: F401  (used by tokens.py)
 from lmforge.config import TokenizerConfig  # noqa: F401  (re-exported)
 from lmforge.errors import DataError
 
@@ -109,36 +109,6 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, eot_id={self.eot_id})"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` so that `path` is either the old file or the complete new one, never partial."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; some filesystems refuse to open directories, which is fine.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _canonical_json(payload: dict[str, Any]) -> bytes:

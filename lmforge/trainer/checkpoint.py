@@ -20,49 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from lmforge.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, fsync_file  # noqa: F401
 from lmforge.errors import TrainingError
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
 
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
@@ -81,12 +40,12 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        _fsync_file(Path(tmp))
+        fsync_file(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
@@ -136,12 +95,12 @@ def save_checkpoint(
         save_weights(model_state, tmp / "model.safetensors")
         buf_path = tmp / "state.pt"
         torch.save(train_state, buf_path)
-        _fsync_file(buf_path)
+        fsync_file(buf_path)
         atomic_write_json(tmp / "meta.json", {"step": step, **meta})
         if final.exists():  # an earlier attempt at this very step (e.g. resumed and re-saved)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,7 +33,7 @@ class MetricsLog:
                     keep.append(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-        from lmforge.trainer.checkpoint import atomic_write_text
+        from lmforge.atomic import atomic_write_text
 
         atomic_write_text(self.path, "".join(k + "\n" for k in keep))
 
