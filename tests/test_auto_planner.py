@@ -50,14 +50,19 @@ def test_parse_duration():
             parse_duration(bad)
 
 
-def test_rule_has_its_optimum_near_tokens_per_param():
-    """With step time proportional to N (fixed compute C = 6ND), the rule's best N gives D/N ~ 20."""
+def test_rule_is_compute_optimal_at_tens_of_tokens_per_param_at_scale():
+    """With fixed compute C = 6ND the rule's best N gives tens of tokens per parameter at Chinchilla's
+    scale and fewer (but several) at the scale of CPU minutes."""
     opt = PlanOptions()
-    C = 1e15
-    ns = [10 ** (k / 20) for k in range(80, 180)]
-    best = min(ns, key=lambda n: predicted_loss(n, C / (6 * n), 0, opt))
-    ratio = C / (6 * best) / best
-    assert 14 < ratio < 28
+
+    def best_ratio(C):
+        ns = [10 ** (k / 40) for k in range(120, 520)]
+        n = min(ns, key=lambda n: predicted_loss(n, C / (6 * n), 0, opt))
+        return C / (6 * n) / n
+
+    assert 14 < best_ratio(5.76e23) < 150  # Chinchilla: 70B parameters, 1.4T tokens
+    assert 3 < best_ratio(1e13) < 15  # a few CPU-minutes
+    assert best_ratio(1e13) < best_ratio(1e17) < best_ratio(5.76e23)
 
 
 def test_repeated_data_is_discounted():
@@ -75,7 +80,7 @@ def test_more_time_gives_a_bigger_model_more_tokens_and_compile():
     assert [p.config.train.compile for p in plans] == ["off", "off", "on"] or plans[0].config.train.compile == "off"
     assert plans[-1].config.train.compile == "on"  # an hour repays a minute of compiling
     for p in plans:  # the rule keeps models near compute-optimal on an unlimited corpus
-        assert 3 < p.estimates["tokens_per_param"] < 150, p.estimates
+        assert 0.3 < p.estimates["tokens_per_param"] < 100, p.estimates
 
 
 def test_small_corpus_gives_a_smaller_model_and_dropout():
@@ -94,8 +99,8 @@ def test_time_is_accounted_within_the_budget():
         p = plan(budget, spent_s=5.0)
         parts = p.time
         used = (parts["spent_before_planning"] + parts["planning"] + p.config.train.time_budget_s
-                + parts["final_eval_save_samples"] + parts["safety"])
-        assert used <= budget + 1e-6
+                + parts["save_and_samples"] + parts["safety"])
+        assert used <= budget + 0.2  # (the parts are rounded)
         assert used >= 0.9 * budget
         # the training budget includes compilation and evaluations, whose shares are listed
         assert p.config.train.time_budget_s >= parts["training"] + parts["compile"] + parts["evaluations"] - 1
@@ -191,3 +196,17 @@ def test_gpu_batch_finder_backs_off_from_out_of_memory():
     with pytest.raises(MemoryError):
         find_micro_batch(step, max_size=1024, device="cuda", start=32)
     assert not math.isnan(r.seconds_per_example)
+
+
+def test_tokenizer_choice_follows_the_text():
+    from lmforge.auto.planner import choose_tokenizer
+
+    english = "The quick brown fox jumps over the lazy dog. " * 40_000
+    assert choose_tokenizer(english, 2_000_000, "char")[:2] == ("bpe", 4096)
+    kind, vocab, why = choose_tokenizer(english[:300_000], 300_000, "char")
+    assert kind == "bpe" and 512 <= vocab < 4096
+    chinese = "床前明月光，疑是地上霜。举头望明月，低头思故乡。\n" * 1000
+    kind, _, why = choose_tokenizer(chinese, 12_000_000, "char")
+    assert kind == "char" and "CJK" in why
+    assert choose_tokenizer(chinese, 12_000_000, "jieba")[0] == "bpe"  # jieba words do merge
+    assert choose_tokenizer(english[:50_000], 50_000, "char")[0] == "char"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lmforge.auto.hardware import probe_hardware
 from lmforge.auto.planner import DataFacts, LMStepTimer, Plan, PlanOptions, make_plan, with_time_budget
-from lmforge.config import Config
+from lmforge.config import Config, SampleConfig, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError
 
 
@@ -36,12 +36,26 @@ def plan_run(
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    tokenizer_row = None
+    if "tokenizer.kind" not in fixed and cfg.data.path:
+        from lmforge.auto.planner import choose_tokenizer, sample_corpus
+
+        sample, total = sample_corpus(cfg.data.path, cfg.data.text_field)
+        kind, vocab, why = choose_tokenizer(sample, total, cfg.tokenizer.cjk_split)
+        cfg = from_dict(Config, to_dict(cfg))
+        cfg.tokenizer.kind = kind
+        if kind == "bpe" and "tokenizer.vocab_size" not in fixed:
+            cfg.tokenizer.vocab_size = vocab
+        tokenizer_row = ("tokenizer", f"{kind}" + (f", {cfg.tokenizer.vocab_size:,} tokens" if kind == "bpe" else ""),
+                         why)
     data = prepare(cfg, quiet=not progress)
     prepare_s = time.perf_counter() - t0
     device = cfg.train.device if "train.device" in fixed else "auto"
     hw = probe_hardware(device)
     facts = DataFacts.from_prepared(data)
-    timer = LMStepTimer(facts.vocab_size, hw.device, tied_embeddings=cfg.model.tied_embeddings, seed=cfg.seed)
+    # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
+    timer = LMStepTimer(facts.vocab_size, hw.device, tied_embeddings=cfg.model.tied_embeddings, seed=cfg.seed,
+                        slow_s=max(0.25, budget_s / 400))
 
     def lr_finder(probe_cfg: Config) -> tuple[float, str]:
         from lmforge.auto.lr_finder import find_lr
@@ -58,6 +72,8 @@ def plan_run(
                      spent_detail={"prepare": prepare_s, "hardware_probe": hw.probe_s,
                                    "start_up": max(0.0, spent - prepare_s - hw.probe_s)})
     timer.release()
+    if tokenizer_row is not None:
+        plan.rows.insert(2, tokenizer_row)
     plan.save(run_dir)
     if progress:
         console.print(plan.table())
@@ -88,7 +104,15 @@ def auto_train(
     if fit_budget < 2:
         raise ConfigError(f"planning left only {left:.0f}s of the {budget_s:.0f}s budget; give more time")
     run_cfg = with_time_budget(plan.config, fit_budget)
+    samples = run_cfg.sample
+    run_cfg.sample = type(samples)(**{**vars(samples), "num_samples": 0})  # generated below, in the time left
     result = train(run_cfg, progress=progress)
+    run_cfg.sample = samples
+    save_config(run_cfg, Path(run_cfg.out) / "config.yaml")
+    deadline = t_start + budget_s - 1.0  # the process still has to exit
+    if samples.num_samples and samples.max_new_tokens:
+        result.samples = samples_until(Path(run_cfg.out), samples, run_cfg.seed, deadline, run_cfg.train.device,
+                                       progress)
     wall = time.perf_counter() - t_start
     outcome = {"budget_s": budget_s, "wall_s_so_far": round(wall, 2), "train_budget_s": run_cfg.train.time_budget_s,
                "steps": result.steps, "val_loss": result.val_loss, "val_bpb": result.val_bpb,
@@ -97,3 +121,45 @@ def auto_train(
     d["outcome"] = outcome
     atomic_write_json(Path(run_cfg.out) / "plan.json", d)
     return result
+
+
+class _TimeUp(Exception):
+    pass
+
+
+def samples_until(run_dir: Path, cfg: SampleConfig, seed: int, deadline: float, device: str = "auto",
+                  progress: bool = True) -> list[str]:
+    """The run's samples, generated while time is left before `deadline` (a sample is cut short at it)."""
+    import torch
+
+    from lmforge.lm import load_run_model
+    from lmforge.sample import generate_ids
+    from lmforge.trainer.checkpoint import atomic_write_json
+    from lmforge.trainer.progress import console
+
+    if time.perf_counter() > deadline - 0.5:
+        return []
+    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    model, tok, _ = load_run_model(run_dir, dev)
+    texts: list[str] = []
+    for i in range(cfg.num_samples):
+        if time.perf_counter() > deadline - 0.5:
+            break
+        ids: list[int] = []
+
+        def on_token(token: int) -> None:
+            ids.append(token)
+            if time.perf_counter() > deadline:
+                raise _TimeUp
+
+        try:
+            generate_ids(model, tok.encode(cfg.prompt) if cfg.prompt else [], cfg.max_new_tokens, cfg.temperature,
+                         cfg.top_k, cfg.top_p, seed=seed + i, device=dev, stop_id=tok.eot_id, on_token=on_token)
+        except _TimeUp:
+            pass
+        texts.append(cfg.prompt + tok.decode(ids))
+        if progress:
+            console.rule(f"sample {i + 1}")
+            console.print(texts[-1], markup=False, highlight=False)
+    atomic_write_json(run_dir / "samples.json", texts)
+    return texts

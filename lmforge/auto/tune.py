@@ -107,25 +107,37 @@ def _lm_task() -> TaskSpec:
 
 
 def _classify_task() -> TaskSpec:
-    """The text classifier (lmforge.classify): a ClassifyConfig and a train function."""
+    """The text classifier (lmforge.classify): its ClassifyConfig and train_classifier().
+
+    The objective is the validation log-loss (cross-entropy) of the trained model or ensemble;
+    accuracy and macro-F1 are recorded beside it.
+    """
     try:
-        mod = importlib.import_module("lmforge.classify")
+        from lmforge.classify.config import ClassifyConfig
+        from lmforge.classify.run import train_classifier
     except ImportError as e:
         raise ConfigError(f"the classify task is not available: {e}") from None
-    cls = getattr(mod, "ClassifyConfig", None)
-    train = getattr(mod, "train", None)
-    for sub in ("config", "train", "pipeline"):
-        if cls is not None and train is not None:
-            break
-        try:
-            m = importlib.import_module(f"lmforge.classify.{sub}")
-        except ImportError:
-            continue
-        cls = cls or getattr(m, "ClassifyConfig", None)
-        train = train or getattr(m, "train", None)
-    if cls is None or train is None:
-        raise ConfigError("the classify task is not available: lmforge.classify has no ClassifyConfig and train()")
-    return TaskSpec("classify", cls, train, "val_loss")
+    supports_hook = "on_eval" in inspect.signature(train_classifier).parameters
+
+    def train(cfg, progress: bool = False, on_eval=None) -> dict:
+        kwargs: dict[str, Any] = {"progress": progress}
+        if supports_hook and on_eval is not None:
+            kwargs["on_eval"] = on_eval
+        result = train_classifier(cfg, **kwargs)
+        valid = result.valid or {}
+        return {"val_loss": valid.get("log_loss"), "val_accuracy": valid.get("accuracy"),
+                "val_macro_f1": valid.get("macro_f1")}
+
+    if not supports_hook:  # no intermediate values: the pruner cannot act, trials run to the end
+        train = _without_hook(train)
+    return TaskSpec("classify", ClassifyConfig, train, "val_loss")
+
+
+def _without_hook(fn: Callable) -> Callable:
+    def train(cfg, progress: bool = False):
+        return fn(cfg, progress=progress)
+
+    return train
 
 
 register_task("lm", _lm_task)
@@ -478,10 +490,13 @@ def tune(
             raise
         wall = time.perf_counter() - t0
         value = _metric(result, task.metric)
-        for k in ("val_loss", "val_bpb", "best_val_loss", "steps", "params", "stop_reason"):
+        keys = ["val_loss", "val_bpb", "best_val_loss", "steps", "params", "stop_reason"]
+        if isinstance(result, dict):
+            keys += [k for k in result if k not in keys]
+        for k in keys:
             v = _metric(result, k, default=None)
             if v is not None and (not isinstance(v, float) or math.isfinite(v)):
-                trial.set_user_attr(k, v)
+                trial.set_user_attr("model_params" if k == "params" else k, v)
         trial.set_user_attr("wall_s", round(wall, 2))
         if budget:
             trial.set_user_attr("budget_s", budget)
@@ -540,9 +555,10 @@ def _finish(study, spec: TuneSpec, task: TaskSpec, study_dir: Path, url: str, se
         state = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.RUNNING: "running",
                  TrialState.WAITING: "waiting"}.get(t.state, "failed" if "error" in t.user_attrs else "interrupted")
         last = max(t.intermediate_values) if t.intermediate_values else None
-        rows.append({"number": t.number, "state": state, "value": t.value,
+        rows.append({**{k: v for k, v in t.user_attrs.items() if k not in ("host", "pid")},
+                     "number": t.number, "state": state, "value": t.value,
                      "last_reported": t.intermediate_values[last] if last is not None else None,
-                     "params": t.params, **{k: v for k, v in t.user_attrs.items() if k not in ("host", "pid")}})
+                     "params": t.params})
     complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     best = min(complete, key=lambda t: t.value) if complete else None
     best_path = None

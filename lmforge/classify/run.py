@@ -125,7 +125,7 @@ def _tune_weights(probas: list[np.ndarray], y: np.ndarray, steps: int = 10) -> l
         if sum(combo) > steps:
             continue
         w = [c / steps for c in combo] + [(steps - sum(combo)) / steps]
-        loss = log_loss(y, np.clip(combine(probas, w), 1e-7, 1), labels=labels)
+        loss = log_loss(y, combine(probas, w), labels=labels)
         if loss < best - 1e-9:
             best, best_w = loss, w
     return [float(w) for w in best_w]

@@ -52,7 +52,7 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray, names: Sequenc
             out["roc_auc"] = float(roc_auc_score(y_true, proba, multi_class="ovr", average="macro", labels=labels))
     else:
         out["roc_auc"] = None
-    out["log_loss"] = float(log_loss(y_true, np.clip(proba, 1e-7, 1.0), labels=labels))
+    out["log_loss"] = float(log_loss(y_true, proba, labels=labels))
     out["confusion_matrix"] = confusion_matrix(y_true, pred, labels=labels).tolist()
     out["labels"] = [n if isinstance(n, (int, str)) else str(n) for n in names]
     if k == 2:

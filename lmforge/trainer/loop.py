@@ -195,6 +195,7 @@ def fit(
     last_metrics: dict[str, float] = {}
     stop_reason = "max_steps"
     oom_backoffs = 0
+    last_eval_s = 0.0
     step = start_step
     t0 = time.perf_counter()
     window_t, window_tokens = time.perf_counter(), 0
@@ -287,7 +288,9 @@ def fit(
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
             elapsed = elapsed_before + time.perf_counter() - t0
-            over_budget = cfg.time_budget_s > 0 and elapsed >= cfg.time_budget_s
+            # The budget includes the final evaluation: stop when the time left is what the last
+            # evaluation took.
+            over_budget = cfg.time_budget_s > 0 and elapsed + last_eval_s >= cfg.time_budget_s
             if cfg.time_budget_s > 0:
                 # Under a time budget the schedule decays over the steps that fit in it, so the run
                 # ends annealed rather than cut off at a high learning rate.
@@ -295,7 +298,8 @@ def fit(
                 if first is None:
                     first = (step, elapsed)
                 rate = (step - first[0]) / max(elapsed - first[1], 1e-9) if step > first[0] else 0.0
-                reachable = step + max(0.0, cfg.time_budget_s - elapsed) * rate if rate else cfg.max_steps
+                left = cfg.time_budget_s - elapsed - last_eval_s
+                reachable = step + max(0.0, left) * rate if rate else cfg.max_steps
                 if rt.distributed:
                     # Ranks' clocks differ slightly; all must agree or DDP hangs or diverges.
                     over_budget = all_reduce_mean(float(over_budget), rt) > 0
@@ -303,7 +307,9 @@ def fit(
                 sched_total = max(step + 1, min(cfg.max_steps, int(reachable)))
             last_step = step == cfg.max_steps or over_budget
             if step % eval_cfg.interval == 0 or last_step:
+                t_eval = time.perf_counter()
                 metrics = evaluate(step)
+                last_eval_s = time.perf_counter() - t_eval
                 last_metrics = metrics
                 record.update({"step": step, "train_loss": train_loss, "tokens": tokens_seen,
                                "tokens_per_s": tokens_per_s, "elapsed_s": elapsed, **metrics})

@@ -1,0 +1,153 @@
+"""Text-classification benchmark: IMDB, SST-2 and ChnSentiCorp, every model, on this machine's CPU.
+
+    python benchmarks/classify.py --data-root ../shared/data [--datasets imdb,sst2,chnsenticorp]
+
+DIR holds imdb/{train,test}.jsonl.gz, sst2/{train,dev,test}.jsonl and chnsenticorp/{train,test}.jsonl.
+Each (dataset, model) trains in its own process, so its time and peak RSS are its own, and prints
+one JSON line: dataset, model, accuracy, macro_f1, roc_auc, train_s, peak_rss_mb (and a few more).
+
+Splits: IMDB and ChnSentiCorp hold out 10% of their training set for validation and report the
+test set. SST-2 reports the dev set (the usual figure) and uses the labeled sentence-level test
+set for validation (early stopping, ensemble weights), so dev is never seen before scoring.
+ChnSentiCorp's best model also runs 5-fold cross-validation on its training set.
+
+Reference anchors on this 2-core machine (scikit-learn, TF-IDF word 1-2-grams + logistic
+regression, C by 5-fold CV): IMDB 90.68% (NBSVM-style 90.98%), SST-2 dev 82.57%,
+ChnSentiCorp (character 1-3-grams) 90.34%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ROOT / "configs" / "classify"
+
+
+def datasets(root: Path) -> dict[str, dict]:
+    return {
+        "imdb": {"data.path": root / "imdb" / "train.jsonl.gz", "data.test_path": root / "imdb" / "test.jsonl.gz"},
+        "sst2": {"data.path": root / "sst2" / "train.jsonl", "data.valid_path": root / "sst2" / "test.jsonl",
+                 "data.test_path": root / "sst2" / "dev.jsonl"},
+        "chnsenticorp": {"data.path": root / "chnsenticorp" / "train.jsonl",
+                         "data.test_path": root / "chnsenticorp" / "test.jsonl"},
+    }
+
+
+# (model name, preset or None, overrides) per dataset. "best" is what lmforge recommends there.
+PLAN: dict[str, list[tuple[str, str | None, dict]]] = {
+    "imdb": [
+        ("linear", None, {"model.kind": "linear"}),
+        ("fasttext", "imdb-fasttext.yaml", {}),
+        ("bilstm", "imdb-bilstm.yaml", {}),
+        ("best", "imdb-best.yaml", {}),
+    ],
+    "sst2": [
+        ("linear", None, {"model.kind": "linear"}),
+        ("fasttext", "sst2-best.yaml", {"model.kind": "fasttext"}),
+        ("bilstm", "sst2-best.yaml", {"model.kind": "bilstm"}),
+        ("best", "sst2-best.yaml", {}),
+    ],
+    "chnsenticorp": [
+        ("linear", "chinese-sentiment.yaml", {"model.kind": "linear"}),
+        ("fasttext", "chinese-sentiment.yaml", {"model.kind": "fasttext"}),
+        ("bilstm", "chinese-sentiment.yaml", {"model.kind": "bilstm"}),
+        ("best", "chinese-sentiment.yaml", {"eval.folds": "5"}),
+    ],
+}
+
+
+def run_one(spec: dict) -> dict:
+    """Train and score one model in this process; the figures for its JSON line."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from lmforge.classify.config import ClassifyConfig
+    from lmforge.classify.run import train_classifier
+    from lmforge.config import load_config
+
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))
+    cfg = load_config(spec["preset"], spec["overrides"], cls=ClassifyConfig)
+    t0 = time.perf_counter()
+    result = train_classifier(cfg, progress=bool(spec.get("verbose")))
+    wall = time.perf_counter() - t0
+    m = result.test
+    line = {
+        "dataset": spec["dataset"], "model": spec["model"],
+        "accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
+        "roc_auc": None if m["roc_auc"] is None else round(m["roc_auc"], 4),
+        "train_s": round(result.train_s, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "split": "dev" if spec["dataset"] == "sst2" else "test", "n": m["n"],
+        "members": {k: round(w, 2) for k, w in zip(result.members, result.weights)},
+        "wall_s": round(wall, 1), "threads": torch.get_num_threads(),
+    }
+    if "members" in m:
+        line["member_accuracy"] = {k: round(v["accuracy"], 4) for k, v in m["members"].items()}
+    if result.cv:
+        line["cv_folds"] = result.cv["folds"]
+        for key in ("accuracy", "macro_f1", "roc_auc"):
+            if key in result.cv:
+                line[f"cv_{key}"] = f"{result.cv[key]['mean']:.4f} ± {result.cv[key]['std']:.4f}"
+    return line
+
+
+def spawn(spec: dict) -> dict | None:
+    cmd = [sys.executable, __file__, "--one", json.dumps(spec)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=None if spec.get("verbose") else subprocess.PIPE,
+                          text=True, cwd=ROOT, env={**os.environ, "LMFORGE_NO_PROGRESS": "1"})
+    if proc.returncode != 0:
+        sys.stderr.write((proc.stderr or "") + proc.stdout[-2000:])
+        print(json.dumps({"dataset": spec["dataset"], "model": spec["model"], "error": f"exit {proc.returncode}"}),
+              flush=True)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data-root", help="folder holding imdb/, sst2/ and chnsenticorp/")
+    ap.add_argument("--datasets", default="imdb,sst2,chnsenticorp", help="comma-separated subset to run")
+    ap.add_argument("--models", default="", help="comma-separated subset of models (default: all)")
+    ap.add_argument("--out", help="folder for the run folders (default: a temporary one)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch threads per run (0: PyTorch's default). On a CPU shared with other jobs, 1 "
+                         "avoids OpenMP threads spinning against each other")
+    ap.add_argument("--verbose", action="store_true", help="show each run's progress on stderr")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one)), ensure_ascii=False))
+        return
+    if not args.data_root:
+        ap.error("--data-root is required")
+    root = Path(args.data_root)
+    table = datasets(root)
+    out = Path(args.out or tempfile.mkdtemp(prefix="lmforge-classify-bench-"))
+    wanted = [m for m in args.models.split(",") if m]
+    for name in [d for d in args.datasets.split(",") if d]:
+        if name not in table:
+            raise SystemExit(f"unknown dataset {name!r}; choose from {', '.join(table)}")
+        paths = {k: str(v) for k, v in table[name].items()}
+        for model, preset, over in PLAN[name]:
+            if wanted and model not in wanted:
+                continue
+            spec = {"dataset": name, "model": model, "threads": args.threads, "verbose": args.verbose,
+                    "preset": str(PRESETS / preset) if preset else None,
+                    "overrides": {**paths, "out": str(out / name / model), **over}}
+            line = spawn(spec)
+            if line is not None:
+                print(json.dumps(line, ensure_ascii=False), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""The classify command: train with no options, eval --json, predict reproducing eval, folds, resume, presets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from safetensors.torch import load_file
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+from classify_synth import one_thread, chinese_records, sentiment_records, tiny_overrides, write_csv, write_jsonl
+from lmforge.classify.config import ClassifyConfig
+from lmforge.classify.run import train_classifier
+from lmforge.cli import main
+from lmforge.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = sorted((ROOT / "configs" / "classify").glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {"train": write_jsonl(root / "train.jsonl", sentiment_records(300, seed=0)),
+            "test": write_jsonl(root / "test.jsonl", sentiment_records(100, seed=1)),
+            "root": root}
+
+
+def test_train_with_no_options_then_eval_and_predict_agree(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    rc = main(["classify", "train", "--data", str(data["train"]), "--test", str(data["test"]),
+               "--text-field", "text", "--label-field", "label", "--out", str(run), "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["members"] == ["linear", "fasttext"]  # the English default
+    assert result["test"]["accuracy"] >= 0.95
+    for name in ("config.yaml", "labels.json", "ensemble.json", "metrics.json", "confusion_test.png",
+                 "linear/linear.safetensors", "fasttext/model.safetensors", "fasttext/metrics.jsonl"):
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["kind"] == "ensemble"
+
+    assert main(["classify", "eval", str(run), "--data", str(data["test"]), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    for key in ("accuracy", "macro_f1", "roc_auc", "n"):
+        assert key in metrics
+    assert metrics["n"] == 100
+    assert metrics["accuracy"] == pytest.approx(result["test"]["accuracy"])
+
+    out = tmp_path / "pred.jsonl"
+    assert main(["classify", "predict", str(run), "--input", str(data["test"]), "--output", str(out)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    truth = [json.loads(line)["label"] for line in data["test"].read_text().splitlines()]
+    assert len(rows) == 100 and set(rows[0]) == {"label", "p_neg", "p_pos"}
+    pred = [r["label"] for r in rows]
+    y = [t == "pos" for t in truth]
+    assert accuracy_score(truth, pred) == pytest.approx(metrics["accuracy"])
+    assert f1_score(truth, pred, average="macro") == pytest.approx(metrics["macro_f1"])
+    assert roc_auc_score(y, [r["p_pos"] for r in rows]) == pytest.approx(metrics["roc_auc"])
+
+    csv_out = tmp_path / "pred.csv"
+    assert main(["classify", "predict", str(run), "--input", str(data["test"]), "--output", str(csv_out)]) == 0
+    lines = csv_out.read_text().splitlines()
+    assert lines[0] == "label,p_neg,p_pos" and len(lines) == 101
+    assert [ln.split(",")[0] for ln in lines[1:]] == pred
+
+    # The decision threshold moves binary decisions.
+    assert main(["classify", "eval", str(run), "--data", str(data["test"]), "--json", "--threshold", "0.99"]) == 0
+    strict = json.loads(capsys.readouterr().out)
+    assert strict["per_class"]["pos"]["recall"] <= metrics["per_class"]["pos"]["recall"]
+
+
+def test_bad_input_is_a_clear_cli_error(data, tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"text": "good", "label": "pos"}, {"txt": "bad", "label": "neg"}])
+    rc = main(["classify", "train", "--data", str(bad), "--out", str(tmp_path / "r")])
+    assert rc == 2
+    assert "bad.jsonl:2: no field 'text'" in capsys.readouterr().err
+
+
+def test_csv_input_and_k_fold_cross_validation(data, tmp_path):
+    recs = sentiment_records(150, seed=4)
+    train = write_csv(tmp_path / "train.csv", [{"review": r["text"], "stars": 5 if r["label"] == "pos" else 1}
+                                               for r in recs])
+    cfg = load_config(None, {"data.path": str(train), "data.text_field": "review", "data.label_field": "stars",
+                             "model.kind": "linear", "eval.folds": "3", **tiny_overrides(tmp_path / "cv")},
+                      cls=ClassifyConfig)
+    result = train_classifier(cfg, progress=False)
+    cv = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert cv["folds"] == 3 and len(cv["fold_metrics"]) == 3
+    for key in ("accuracy", "macro_f1", "roc_auc", "weighted_f1"):
+        assert set(cv[key]) == {"mean", "std", "values"}
+        assert cv[key]["mean"] == pytest.approx(np.mean(cv[key]["values"]))
+    assert cv["accuracy"]["mean"] >= 0.9
+    assert result.cv["folds"] == 3
+    assert json.loads((tmp_path / "cv" / "labels.json").read_text())["labels"] == [1, 5]
+
+
+def test_resume_continues_to_the_same_weights(data, tmp_path):
+    over = tiny_overrides(tmp_path / "a", **{"model.kind": "bilstm", "data.epochs": 4, "eval.interval": 3,
+                                              "train.keep_checkpoints": 20})
+    base = {"data.path": str(data["train"]), **over}
+    train_classifier(load_config(None, base, cls=ClassifyConfig), progress=False)
+    ckpts = sorted((tmp_path / "a" / "bilstm" / "checkpoints").glob("step_*"))
+    final = load_file(str(ckpts[-1] / "model.safetensors"))
+    # Simulate a kill after an early checkpoint: drop the later ones and resume.
+    for later in ckpts[2:]:
+        import shutil
+
+        shutil.rmtree(later)
+    train_classifier(resume=tmp_path / "a", progress=False)
+    resumed = load_file(str(sorted((tmp_path / "a" / "bilstm" / "checkpoints").glob("step_*"))[-1]
+                            / "model.safetensors"))
+    for k in final:
+        assert np.allclose(final[k].numpy(), resumed[k].numpy(), atol=1e-6), k
+
+
+def test_cli_help_lists_classifier_options():
+    out = subprocess.run([sys.executable, "-m", "lmforge.cli", "classify", "train", "--help"], capture_output=True,
+                         text=True, check=True, cwd=ROOT).stdout
+    assert "--model.bilstm.hidden_dim" in out and "--data.class_weights" in out and "--folds" in out
+    assert "--train.global_batch_tokens" not in out
+
+
+def test_classifier_config_refuses_fields_that_do_not_apply():
+    from lmforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.bilstm.lr"):
+        load_config(None, {"train.lr": "0.01"}, cls=ClassifyConfig)
+    with pytest.raises(ConfigError, match="data.batch_size"):
+        load_config(None, {"train.global_batch_tokens": "4096"}, cls=ClassifyConfig)
+
+
+def test_there_are_presets_for_imdb_and_chinese():
+    names = {p.name for p in PRESETS}
+    assert {"imdb-bilstm.yaml", "imdb-best.yaml", "chinese-sentiment.yaml"} <= names
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
+def test_presets_validate_and_smoke_run(preset, tmp_path):
+    first = preset.read_text().splitlines()[0]
+    assert first.startswith("# lmforge classify train --config configs/classify/"), first
+    cfg = load_config(preset, cls=ClassifyConfig)
+    zh = cfg.text.language == "zh"
+    recs = chinese_records(120) if zh else sentiment_records(120)
+    train = write_jsonl(tmp_path / "train.jsonl", recs)
+    # The preset's models and settings, on tiny data, for a fraction of an epoch.
+    over = {"data.path": str(train), "out": str(tmp_path / "run"), "data.epochs": "0.5",
+            "data.valid_path": "", "data.test_path": "", "eval.folds": "0", "train.time_budget_s": "0",
+            "model.linear.min_df": "1", "text.min_freq": "1"}
+    if "gpt" in cfg.model.member_kinds():
+        pytest.skip("needs a pretrained GPT run folder")
+    result = train_classifier(load_config(preset, over, cls=ClassifyConfig), progress=False)
+    assert result.valid is not None and 0.0 <= result.valid["accuracy"] <= 1.0
