@@ -84,7 +84,7 @@ def test_truncation_counts_and_keeps_head_and_tail():
 
 def test_english_words_html_and_case():
     enc = TextEncoder.fit(["Great<br />film, isn't it?"], "word", "en", True, True, 1, 100)
-    assert enc.units("Great<br />film, isn't it?") == ["great", "film", ",", "isn't", "it", "?"]
+    assert enc.units("Great<br />film, isn't it?") == ["great", "film", ",", "is", "n't", "it", "?"]
     assert split_words("it 's a n't", "en") == ["it", "'s", "a", "n't"]
 
 

@@ -217,7 +217,7 @@ def find_lr(cfg, *, steps: int = 100, lr_min: float = 1e-5, lr_max: float = 1.0,
     """Range test of the language model `cfg` describes, on its data; saves lr_find.png/json in cfg.out."""
     from lmforge.data.prepare import prepare
     from lmforge.lm import LMTask, build_model, token_byte_lengths
-    from lmforge.trainer.checkpoint import atomic_write_json
+    from lmforge.atomic import atomic_write_json
     from lmforge.trainer.distributed import cpu_has_fast_bf16, init_runtime
     from lmforge.trainer.loop import seed_everything
     from lmforge.trainer.progress import console

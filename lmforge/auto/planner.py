@@ -184,7 +184,7 @@ class Plan:
 
     def save(self, run_dir: str | Path) -> Path:
         from lmforge.config import save_config
-        from lmforge.trainer.checkpoint import atomic_write_json
+        from lmforge.atomic import atomic_write_json
 
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -629,16 +629,17 @@ def make_plan(
         lr, lr_why = lr_finder(probe_cfg)
     else:
         lr = rule_lr(c.d_model, batch_tokens)
-        lr_why = f"about 0.4/width capped at 3e-3, lowered by sqrt(batch/8192) for batches below 8k tokens"
+        lr_why = "about 0.4/width capped at 3e-3, lowered by sqrt(batch/8192) for batches below 8k tokens"
     warmup = cfg.train.warmup_steps if is_fixed("train.warmup_steps") else int(min(1000, max(10, 0.04 * steps)))
     schedule = cfg.train.schedule if is_fixed("train.schedule") else "wsd"
     min_lr = cfg.train.min_lr if is_fixed("train.min_lr") else lr / 20
     min_lr = min(min_lr, lr)
     if is_fixed("model.dropout"):
         dropout, dropout_why = cfg.model.dropout, "set by you"
-    elif epochs <= 2:
+    elif epochs <= 4:
+        # Up to about 4 passes, repeated data is worth nearly as much as fresh (Muennighoff et al.).
         dropout, dropout_why = 0.0, f"{epochs:.1f} passes over the corpus: no regularization needed"
-    elif epochs <= 10:
+    elif epochs <= 16:
         dropout, dropout_why = 0.1, f"{epochs:.1f} passes over the corpus: some overfitting to guard against"
     else:
         dropout, dropout_why = 0.2, f"{epochs:.0f} passes over a small corpus: strong regularization"

@@ -93,7 +93,7 @@ def auto_train(
 ):
     """Plan, then train the plan so that the whole command ends within `budget_s`."""
     from lmforge.pretrain import train
-    from lmforge.trainer.checkpoint import atomic_write_json
+    from lmforge.atomic import atomic_write_json
 
     t_start = time.perf_counter() if t_start is None else t_start
     plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress)
@@ -134,7 +134,7 @@ def samples_until(run_dir: Path, cfg: SampleConfig, seed: int, deadline: float, 
 
     from lmforge.lm import load_run_model
     from lmforge.sample import generate_ids
-    from lmforge.trainer.checkpoint import atomic_write_json
+    from lmforge.atomic import atomic_write_json
     from lmforge.trainer.progress import console
 
     if time.perf_counter() > deadline - 0.5:

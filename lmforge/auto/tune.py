@@ -26,7 +26,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import importlib
 import inspect
 import json
 import math
@@ -402,7 +401,6 @@ def tune(
 ) -> TuneResult:
     """Run (or resume) the study until it holds `n_trials` finished trials or `time_s` has passed."""
     optuna = _optuna()
-    from optuna.trial import TrialState
 
     from lmforge.trainer.progress import console
 
@@ -546,7 +544,7 @@ def _finish(study, spec: TuneSpec, task: TaskSpec, study_dir: Path, url: str, se
     from optuna.trial import TrialState
 
     from lmforge.config import save_config
-    from lmforge.trainer.checkpoint import atomic_write_json
+    from lmforge.atomic import atomic_write_json
     from lmforge.trainer.progress import console
 
     trials = study.get_trials(deepcopy=False)

@@ -55,6 +55,20 @@ def add_classify_parser(sub) -> None:
     r.add_argument("--text-field", metavar="NAME", help="default: the field the run was trained with")
     r.add_argument("--threshold", type=float, help="binary tasks: decision threshold (default: the run's)")
     r.add_argument("--device", default="cpu")
+    _add_vectors_parser(csub)
+
+
+def _add_vectors_parser(csub) -> None:
+    v = csub.add_parser("vectors", help="word vectors (word2vec text format) from unlabeled text, for --text.vectors")
+    v.add_argument("--data", required=True, metavar="FILE", help="text: .txt/.md, or records with --text-field")
+    v.add_argument("--text-field", default="text", metavar="NAME", help="field/column with the text (records)")
+    v.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors")
+    v.add_argument("--dim", type=int, default=300, help="vector width (default 300)")
+    v.add_argument("--window", type=int, default=5, help="co-occurrence window in words (default 5)")
+    v.add_argument("--min-count", type=int, default=5, help="words seen fewer times get no vector (default 5)")
+    v.add_argument("--max-words", type=int, default=100000, help="largest vocabulary (default 100000)")
+    v.add_argument("--language", choices=("auto", "en", "zh"), default="auto")
+    v.add_argument("--unit", choices=("word", "char"), default="word", help="vectors for words or characters")
 
 
 def config_from_args(args: argparse.Namespace) -> ClassifyConfig:
@@ -103,5 +117,12 @@ def dispatch(args: argparse.Namespace) -> int:
                                args.format)
         if args.output is None:
             sys.stdout.write(run.format_predictions(rows, args.format or "jsonl"))
+        return 0
+    if cmd == "vectors":
+        from lmforge.classify.vectors import vectors_from_file
+
+        vectors_from_file(args.data, args.out, args.text_field, dim=args.dim, window=args.window,
+                          min_count=args.min_count, max_words=args.max_words, language=args.language,
+                          unit=args.unit)
         return 0
     raise AssertionError(cmd)

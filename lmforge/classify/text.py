@@ -29,8 +29,11 @@ _CJK_RE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf90
 _LETTER_RE = re.compile(r"[^\W\d_]")
 _HTML_TAG_RE = re.compile(r"<[^<>]{0,200}>")
 _SPACE_RE = re.compile(r"\s+")
-# Words (keeping inner apostrophes and hyphens: "don't", "n't", "well-made"), clitics as written
-# in tokenized corpora ("'s"), and every other non-space character on its own ("!", "?", "...").
+# Words (keeping inner hyphens: "well-made"), clitics ("'s", "n't") and every other non-space
+# character on its own ("!", "?"). Contractions are split the Penn Treebank way first ("doesn't" ->
+# "does n't", "it's" -> "it 's"), so raw text and pre-tokenized corpora such as SST-2 share
+# their negation and clitic tokens.
+_CONTRACTION_RE = re.compile(r"(?<=[^\W_])(n['’]t|['’](?:s|re|ve|ll|d|m))\b", re.IGNORECASE)
 _WORD_RE = re.compile(r"[^\W_]+(?:['’\-][^\W_]+)*|['’][^\W_]+|[^\w\s]")
 
 
@@ -73,6 +76,8 @@ def split_words(text: str, language: str) -> list[str]:
         # HMM new-word discovery is slow pure Python and adds little for classification.
         words = _jieba().lcut(text, HMM=False)
         return [w for w in (w.strip() for w in words) if w]
+    if "'" in text or "’" in text:
+        text = _CONTRACTION_RE.sub(r" \1", text)
     return _WORD_RE.findall(text)
 
 

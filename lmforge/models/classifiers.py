@@ -131,6 +131,7 @@ class TransformerClassifier(nn.Module):
         self.head = nn.Linear(d_model, n_classes)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, : self.pos.num_embeddings]  # batches may be padded past the longest position
         B, T = ids.shape
         lengths = lengths.clamp_min(1)
         mask = length_mask(lengths, T)
@@ -163,6 +164,7 @@ class GPTClassifier(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, : self.gpt.shape.context_len]  # batches may be padded past the context
         B, T = ids.shape
         lengths = lengths.clamp_min(1)
         h = self.gpt.hidden_states(ids)  # causal: padding on the right never reaches real tokens
