@@ -7,7 +7,10 @@ For each corpus, with the same wall-clock budget:
              trained for the same total wall time as (a) (its schedule fitted to that time)
   (c) tuned: the best of a `lmforge tune` study of N trials, each trained for BUDGET
 All three use the same data split (the last 10% of the file held out, as nanoGPT does) and are
-scored afterwards on the whole validation split in bits per byte, so the tokenizers may differ.
+scored afterwards on the whole validation split in bits per byte, so the tokenizers may differ
+(the tuned trials use the tokenizer the auto run chose). The baby run and the trials get the number
+of threads the auto run chose: on a CPU shared with other programs, two threads can be several
+times slower than one, and the comparison is meant to be about the settings.
 
 Prints one JSON line per corpus with auto_bpb, baby_bpb, tuned_bpb, auto_wall_s, budget_s and how
 far each run's wall time was from its budget. Goal: auto beats baby by >= 10% and is within 3% of tuned.

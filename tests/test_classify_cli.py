@@ -11,7 +11,7 @@ import yaml
 from safetensors.torch import load_file
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from classify_synth import one_thread, chinese_records, sentiment_records, tiny_overrides, write_csv, write_jsonl
+from classify_synth import chinese_records, sentiment_records, tiny_overrides, write_csv, write_jsonl
 from lmforge.classify.config import ClassifyConfig
 from lmforge.classify.run import train_classifier
 from lmforge.cli import main
@@ -35,12 +35,14 @@ def test_train_with_no_options_then_eval_and_predict_agree(data, tmp_path, capsy
                "--text-field", "text", "--label-field", "label", "--out", str(run), "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["members"] == ["linear", "fasttext"]  # the English default
+    assert result["members"] == ["linear", "fasttext", "bilstm"]  # the default for small English data
     assert result["test"]["accuracy"] >= 0.95
     for name in ("config.yaml", "labels.json", "ensemble.json", "metrics.json", "confusion_test.png",
                  "linear/linear.safetensors", "fasttext/model.safetensors", "fasttext/metrics.jsonl"):
         assert (run / name).is_file(), name
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["kind"] == "ensemble"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"]["kind"] == "ensemble" and saved["text"]["vectors"] == "train"
+    assert saved["text"]["language"] == "en"
 
     assert main(["classify", "eval", str(run), "--data", str(data["test"]), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -70,6 +72,18 @@ def test_train_with_no_options_then_eval_and_predict_agree(data, tmp_path, capsy
     assert main(["classify", "eval", str(run), "--data", str(data["test"]), "--json", "--threshold", "0.99"]) == 0
     strict = json.loads(capsys.readouterr().out)
     assert strict["per_class"]["pos"]["recall"] <= metrics["per_class"]["pos"]["recall"]
+
+
+def test_auto_plan_depends_on_language_and_size():
+    from lmforge.classify.run import resolve_auto
+
+    small = resolve_auto(ClassifyConfig(), ["a short english review"] * 100)
+    assert small.model.member_kinds() == ["linear", "fasttext", "bilstm"] and small.model.linear.features == "nb"
+    big = resolve_auto(ClassifyConfig(), ["word " * 1000] * 2000)  # 6M words x epochs: BiLSTM too slow
+    assert big.model.member_kinds() == ["linear", "fasttext"] and big.text.vectors is None
+    zh = resolve_auto(ClassifyConfig(), ["这家酒店的服务非常好，房间也很干净。"] * 50)
+    assert zh.text.language == "zh" and zh.text.tokenizer == "word"
+    assert zh.model.linear.features == "tfidf" and zh.model.linear.char_ngrams == 3
 
 
 def test_bad_input_is_a_clear_cli_error(data, tmp_path, capsys):
@@ -134,7 +148,7 @@ def test_classifier_config_refuses_fields_that_do_not_apply():
 
 def test_there_are_presets_for_imdb_and_chinese():
     names = {p.name for p in PRESETS}
-    assert {"imdb-bilstm.yaml", "imdb-best.yaml", "chinese-sentiment.yaml"} <= names
+    assert {"imdb-bilstm.yaml", "imdb-best.yaml", "imdb-fasttext.yaml", "sst2-best.yaml", "chinese-sentiment.yaml"} <= names
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
@@ -149,7 +163,30 @@ def test_presets_validate_and_smoke_run(preset, tmp_path):
     over = {"data.path": str(train), "out": str(tmp_path / "run"), "data.epochs": "0.5",
             "data.valid_path": "", "data.test_path": "", "eval.folds": "0", "train.time_budget_s": "0",
             "model.linear.min_df": "1", "text.min_freq": "1"}
+    if cfg.text.vectors:  # a preset's vectors file is made from the real data: use the tiny data's own
+        over.update({"text.vectors": "train", "text.vectors_dim": "16"})
     if "gpt" in cfg.model.member_kinds():
         pytest.skip("needs a pretrained GPT run folder")
     result = train_classifier(load_config(preset, over, cls=ClassifyConfig), progress=False)
     assert result.valid is not None and 0.0 <= result.valid["accuracy"] <= 1.0
+
+
+def test_vectors_command_then_training_with_them(data, tmp_path, capsys):
+    vec = tmp_path / "vec.txt"
+    assert main(["classify", "vectors", "--data", str(data["train"]), "--out", str(vec), "--dim", "16",
+                 "--min-count", "2"]) == 0
+    header = vec.read_text().splitlines()[0].split()
+    assert int(header[1]) == 16 and int(header[0]) > 10
+    from lmforge.classify.vectors import train_word_vectors
+
+    wv = train_word_vectors([json.loads(x)["text"] for x in data["train"].read_text().splitlines()], dim=16,
+                            min_count=2)
+    assert wv.matrix.shape[1] == 16 and np.allclose(np.linalg.norm(wv.matrix, axis=1), 1, atol=1e-4)
+    for vectors in (str(vec), "train"):
+        over = tiny_overrides(tmp_path / f"run_{len(vectors)}", **{"model.kind": "bilstm", "text.vectors": vectors,
+                                                                    "text.vectors_dim": 16})
+        cfg = load_config(None, {"data.path": str(data["train"]), "data.test_path": str(data["test"]), **over},
+                          cls=ClassifyConfig)
+        result = train_classifier(cfg, progress=False)
+        assert result.test["accuracy"] >= 0.95
+        assert result.member_facts["bilstm"]["vectors_found"] > 10

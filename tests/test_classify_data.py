@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from classify_synth import one_thread, sentiment_records, write_csv, write_jsonl
+from classify_synth import sentiment_records, write_csv, write_jsonl
 from lmforge.classify.data import LabelMap, read_labeled, skew_message
 from lmforge.classify.members import TokenInputs
 from lmforge.classify.text import (NgramIndex, TextEncoder, Vocab, detect_language, load_vectors, split_words,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from classify_synth import one_thread, chinese_records, sentiment_records, tiny_overrides, topic_records, write_jsonl
+from classify_synth import chinese_records, sentiment_records, tiny_overrides, topic_records, write_jsonl
 from lmforge.classify.config import ClassifyConfig
 from lmforge.classify.run import Classifier, train_classifier
 from lmforge.config import load_config
@@ -41,7 +41,7 @@ def test_each_model_learns_synthetic_sentiment(sentiment, tmp_path, kind, extra)
 
 
 def test_multiclass_integer_labels_and_ensemble(tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", topic_records(300, seed=0))
+    train = write_jsonl(tmp_path / "train.jsonl", topic_records(500, seed=0))
     test = write_jsonl(tmp_path / "test.jsonl", topic_records(90, seed=1))
     result = _train(train, test, tmp_path / "run", **{"model.kind": "ensemble", "model.members": "linear,fasttext"})
     assert result.test["accuracy"] >= 0.95

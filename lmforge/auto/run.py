@@ -26,6 +26,8 @@ def plan_run(
     `t_start` (time.perf_counter() when the command started) is when the budget began; the time
     already spent counts against it. The plan is printed and saved as RUN/plan.json and plan.yaml.
     """
+    import torch
+
     from lmforge.data.prepare import prepare
     from lmforge.trainer.progress import console
 
@@ -65,8 +67,6 @@ def plan_run(
                                 f"fall of the loss; curve in lr_find.png")
 
     spent = time.perf_counter() - t_start
-    import torch
-
     plan = make_plan(cfg, facts, hw, budget_s, timer, spent_s=spent, fixed=set(fixed), options=options,
                      lr_finder=lr_finder, set_threads=torch.set_num_threads,
                      spent_detail={"prepare": prepare_s, "hardware_probe": hw.probe_s,
@@ -92,13 +92,14 @@ def auto_train(
     progress: bool = True,
 ):
     """Plan, then train the plan so that the whole command ends within `budget_s`."""
-    from lmforge.pretrain import train
     from lmforge.atomic import atomic_write_json
+    from lmforge.pretrain import train
 
     t_start = time.perf_counter() if t_start is None else t_start
     plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress)
-    # The training budget, recomputed now that planning is over: what is left, less the final
-    # evaluation, save and samples, less the safety margin and about a second to build the model.
+    # The training budget, recomputed now that planning is over: what is left, less the save and
+    # samples, the safety margin and about a second to build the model. (The loop keeps time for
+    # its final evaluation itself.)
     left = t_start + budget_s - time.perf_counter()
     fit_budget = left - plan.final_reserve_s - plan.time.get("safety", 0.0) - 1.0
     if fit_budget < 2:

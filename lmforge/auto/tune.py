@@ -295,7 +295,7 @@ def _pruner(kind: str, n_trials: int):
     if kind == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=10, reduction_factor=3)
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource="auto", reduction_factor=3)
     if kind == "none":
         return optuna.pruners.NopPruner()
     raise ConfigError(f"unknown pruner {kind!r}: median, hyperband or none")

@@ -60,7 +60,8 @@ def add_classify_parser(sub) -> None:
 
 def _add_vectors_parser(csub) -> None:
     v = csub.add_parser("vectors", help="word vectors (word2vec text format) from unlabeled text, for --text.vectors")
-    v.add_argument("--data", required=True, metavar="FILE", help="text: .txt/.md, or records with --text-field")
+    v.add_argument("--data", required=True, metavar="FILE", action="append",
+                   help="text: .txt/.md, or records with --text-field; a file, folder or glob (repeatable)")
     v.add_argument("--text-field", default="text", metavar="NAME", help="field/column with the text (records)")
     v.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors")
     v.add_argument("--dim", type=int, default=300, help="vector width (default 300)")

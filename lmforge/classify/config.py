@@ -35,7 +35,7 @@ class ClassifyDataConfig:
     """Share of the training data held out for validation (stratified, seeded) when no valid_path is given."""
     batch_size: int = 64
     """Examples per optimizer step, summed over processes and accumulation steps."""
-    epochs: float = 4.0
+    epochs: float = 3.0
     """Passes over the training data; sets train.max_steps (0: use train.max_steps as given)."""
     oversample: bool = False
     """Randomly repeat examples of the smaller classes so every class is seen equally often in training."""
@@ -56,7 +56,7 @@ class TextConfig:
     language: Literal["auto", "en", "zh"] = "auto"
     """Language of the texts; 'auto' detects Chinese/Japanese/Korean script, else treats them as space-separated words."""
     tokenizer: Literal["auto", "word", "char", "bpe"] = "auto"
-    """Units for neural models: 'word' (regex for space-separated languages, jieba for Chinese), 'char', or 'bpe' (a trained lmforge tokenizer, see bpe_path); 'auto' is word for English, char for Chinese."""
+    """Units for neural models: 'word' (regex for space-separated languages, jieba for Chinese), 'char', or 'bpe' (a trained lmforge tokenizer, see bpe_path); 'auto' is word (measured best for Chinese too)."""
     lowercase: bool = True
     """Lower-case the text before splitting it into words."""
     strip_html: bool = True
@@ -72,12 +72,15 @@ class TextConfig:
     bpe_path: str | None = None
     """tokenizer='bpe' only: a tokenizer.json written by `lmforge prepare/train`, or its run folder."""
     vectors: str | None = None
-    """Optional word-vector text file (GloVe 'word v1 v2 ...' or word2vec text format) to initialize the embeddings."""
+    """Initial embeddings for the BiLSTM/transformer: a word-vector text file (GloVe 'word v1 v2 ...' or word2vec text format, e.g. from `lmforge classify vectors`), or 'train' to compute them from the training texts (PPMI + SVD)."""
+    vectors_dim: int = 300
+    """Width of the vectors computed when vectors is 'train'."""
 
     def validate(self) -> None:
         _check(self.min_freq >= 1, "text.min_freq", "must be >= 1")
         _check(self.max_vocab >= 3, "text.max_vocab", "must be >= 3 (padding, unknown, and one real token)")
         _check(self.max_len >= 1, "text.max_len", "must be >= 1")
+        _check(self.vectors_dim >= 2, "text.vectors_dim", "must be >= 2")
 
 
 @dataclass
@@ -104,13 +107,13 @@ class BiLSTMConfig:
 
 @dataclass
 class FastTextConfig:
-    embed_dim: int = 32
+    embed_dim: int = 16
     """Width of each n-gram's embedding; the text's vector is their mean."""
-    ngrams: int = 2
-    """Longest word n-gram used (1 to 3); units are words, or characters for Chinese."""
-    min_count: int = 2
+    ngrams: int = 3
+    """Longest n-gram of units (1 to 3); units follow text.tokenizer (words, or characters)."""
+    min_count: int = 3
     """N-grams found in fewer training texts are dropped (keeps the table small)."""
-    dropout: float = 0.0
+    dropout: float = 0.3
     """Dropout on the averaged vector."""
     lr: float = 2e-2
     """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
@@ -190,9 +193,9 @@ class LinearConfig:
 @dataclass
 class ClassifierConfig:
     kind: Literal["auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble"] = "auto"
-    """Model: 'bilstm', 'fasttext' (bag of n-grams), 'transformer' (small encoder), 'gpt' (fine-tune an lmforge GPT), 'linear' (scikit-learn), 'ensemble' (see members), or 'auto' (the strongest measured choice for the language)."""
+    """Model: 'bilstm', 'fasttext' (bag of n-grams), 'transformer' (small encoder), 'gpt' (fine-tune an lmforge GPT), 'linear' (scikit-learn), 'ensemble' (see members), or 'auto': linear + fasttext, plus a BiLSTM on vectors from the training texts when the data is small (measured strongest)."""
     members: str = "linear,fasttext"
-    """kind='ensemble' only: comma-separated models whose class probabilities are averaged (weights tuned on validation)."""
+    """kind='ensemble' only: comma-separated models whose class probabilities are averaged (weights tuned on validation); a neural model may repeat, each copy with another seed."""
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     fasttext: FastTextConfig = field(default_factory=FastTextConfig)
     transformer: EncoderConfig = field(default_factory=EncoderConfig)
@@ -204,6 +207,15 @@ class ClassifierConfig:
             return [self.kind]
         return [m.strip() for m in self.members.split(",") if m.strip()]
 
+    def member_names(self) -> list[str]:
+        """Folder names of the members: the kind, then kind_2, kind_3 for repeats (trained with other seeds)."""
+        seen: dict[str, int] = {}
+        names = []
+        for k in self.member_kinds():
+            seen[k] = seen.get(k, 0) + 1
+            names.append(k if seen[k] == 1 else f"{k}_{seen[k]}")
+        return names
+
     def validate(self) -> None:
         if self.kind == "ensemble":
             kinds = self.member_kinds()
@@ -211,7 +223,7 @@ class ClassifierConfig:
             for k in kinds:
                 _check(k in MODEL_KINDS[1:6], "model.members",
                        f"{k!r} is not one of {', '.join(MODEL_KINDS[1:6])}")
-            _check(len(set(kinds)) == len(kinds), "model.members", "lists a model twice")
+            _check(kinds.count("linear") <= 1, "model.members", "lists the linear model twice (it has no seed to vary)")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

@@ -21,7 +21,8 @@ import torch
 from lmforge.classify.config import ClassifyConfig
 from lmforge.classify.data import balanced_class_weights, oversample_indices
 from lmforge.classify.task import ClassifyTask, predict_proba
-from lmforge.classify.text import Encoded, NgramIndex, TextEncoder, UnitIds, load_vectors, normalize, split_chars, split_words
+from lmforge.classify.text import (Encoded, NgramIndex, TextEncoder, UnitIds, load_vectors, normalize, split_chars,
+                                   split_words, vectors_matrix)
 from lmforge.config import EvalConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.trainer import checkpoint as ckpt
@@ -210,6 +211,25 @@ def model_spec(kind: str, cfg: ClassifyConfig, vocab_size: int, n_classes: int, 
     raise ConfigError(f"config field 'model.kind': {kind!r} is not a neural model")
 
 
+def member_vectors(cfg: ClassifyConfig, texts: Sequence[str], vocab, cache: dict | None, log: Log):
+    """(embedding matrix for `vocab`, words found): from cfg.text.vectors, a file or 'train'.
+
+    'train' computes PPMI-SVD vectors from the training texts (once per run, kept in `cache`).
+    """
+    if cfg.text.vectors != "train":
+        return load_vectors(cfg.text.vectors, vocab)
+    from lmforge.classify.vectors import train_word_vectors
+
+    cache = {} if cache is None else cache
+    if "train" not in cache:
+        t = cfg.text
+        cache["train"] = train_word_vectors(texts, dim=t.vectors_dim, min_count=max(2, t.min_freq),
+                                            language=t.language, unit=t.tokenizer, lowercase=t.lowercase,
+                                            strip_html=t.strip_html, seed=cfg.seed, log=log)
+    wv = cache["train"]
+    return vectors_matrix(wv.words, wv.matrix, vocab)
+
+
 def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, task: ClassifyTask,
                micro_bs: int) -> tuple[str, str]:
     """fp32 or bf16, decided once per member (measured when 'auto') and kept on resume."""
@@ -249,8 +269,12 @@ def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, tas
 
 def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.ndarray, val_texts: Sequence[str],
                  val_y: np.ndarray, n_classes: int, folder: Path, rt: Runtime, resume: bool, progress: bool,
-                 log: Log) -> tuple[NeuralMember, dict]:
-    """Train one neural member through the shared loop; returns it (best validation weights) and facts."""
+                 log: Log, on_eval=None, seed: int | None = None,
+                 vectors_cache: dict | None = None) -> tuple[NeuralMember, dict]:
+    """Train one neural member through the shared loop; returns it (best validation weights) and facts.
+
+    `seed` (default cfg.seed) drives initialization, dropout and batch order.
+    """
     from lmforge.models.classifiers import build_classifier, count_params, init_embedding
 
     t0 = time.perf_counter()
@@ -274,21 +298,26 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     enc, val_enc = inputs.encode(texts), inputs.encode(val_texts)
     max_len = getattr(inputs, "max_len", 0)
     spec = model_spec(kind, cfg, inputs.vocab_size, n_classes, max_len, gpt_shape)
-    seed_everything(cfg.seed)
+    seed = cfg.seed if seed is None else seed
+    seed_everything(seed)
     model = build_classifier(spec)
     if gpt_model is not None:
         model.gpt.load_state_dict(gpt_model.state_dict())
     vectors_found = None
     if cfg.text.vectors and kind in ("bilstm", "transformer") and not resume:
-        matrix, vectors_found = load_vectors(cfg.text.vectors, inputs.encoder.vocab)
+        matrix, vectors_found = member_vectors(cfg, texts, inputs.encoder.vocab, vectors_cache, log)
         if matrix.shape[1] != model.embed.weight.shape[1]:
             # The vectors define the embedding width: rebuild the model with it.
             key = "embed_dim" if kind == "bilstm" else "d_model"
             spec[key] = int(matrix.shape[1])
-            seed_everything(cfg.seed)
+            if kind == "transformer" and spec["d_model"] % spec["n_head"]:
+                raise ConfigError(f"config field 'model.transformer.n_head': {spec['n_head']} does not divide the "
+                                  f"vectors' width {spec['d_model']} (the model's width follows text.vectors)")
+            seed_everything(seed)
             model = build_classifier(spec)
         init_embedding(model, torch.from_numpy(matrix))
-        log(f"{kind}: {vectors_found:,} of {len(inputs.encoder.vocab):,} vocabulary words found in {cfg.text.vectors}")
+        log(f"{folder.name}: {vectors_found:,} of {len(inputs.encoder.vocab):,} vocabulary words have a vector "
+            f"({cfg.text.vectors})")
     model.to(rt.device)
     if rt.is_main:
         folder.mkdir(parents=True, exist_ok=True)
@@ -297,7 +326,7 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
 
     sample = oversample_indices(y, cfg.seed) if cfg.data.oversample else None
     cw = balanced_class_weights(y, n_classes) if cfg.data.class_weights else None
-    task = ClassifyTask(model, enc.ids, y, val_enc.ids, val_y, cfg.data.batch_size, cfg.seed, sample, cw, n_classes)
+    task = ClassifyTask(model, enc.ids, y, val_enc.ids, val_y, cfg.data.batch_size, seed, sample, cw, n_classes)
     lr = getattr(cfg.model, kind).lr
     train_cfg = replace(cfg.train, lr=lr, min_lr=min(cfg.train.min_lr, lr / 10))
     if cfg.data.epochs > 0:
@@ -309,15 +338,15 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     micro_bs, accum = plan_batches(task.examples_per_step, train_cfg.micro_batch_size, rt.world_size)
     rt.precision, why = _precision(cfg, rt, folder, resume, task, micro_bs)
     n_params = count_params(model)
-    log(f"{kind}: {n_params:,} parameters, vocabulary {inputs.vocab_size:,}, {len(enc.ids):,} training texts "
-        f"({enc.truncated:,} cut to {max_len} tokens), {train_cfg.max_steps} steps of {task.examples_per_step}, "
-        f"{rt.precision} ({why})")
+    cut = f" ({enc.truncated:,} cut to {max_len} tokens)" if max_len else ""
+    log(f"{folder.name}: {n_params:,} parameters, vocabulary {inputs.vocab_size:,}, {len(enc.ids):,} training "
+        f"texts{cut}, {train_cfg.max_steps} steps of {task.examples_per_step}, {rt.precision} ({why})")
 
     def save_best(m: torch.nn.Module) -> None:
         ckpt.save_weights(m.state_dict(), folder / "model.safetensors")
 
     result = fit(task, train_cfg, eval_cfg, rt, folder, compile_model=cfg.train.compile == "on", resume=resume,
-                 meta={"task": "classify", "member": kind}, on_best=save_best, progress=progress)
+                 meta={"task": "classify", "member": kind}, on_best=save_best, progress=progress, on_eval=on_eval)
     rt.barrier()
     ckpt.load_weights(model, folder / "model.safetensors")  # the best validation weights
     member = NeuralMember(kind, inputs, model)

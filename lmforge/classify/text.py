@@ -320,10 +320,25 @@ class UnitIds:
 # --- word vectors ------------------------------------------------------------------------------
 
 
+def vectors_matrix(words: Sequence[str], vectors: np.ndarray, vocab: Vocab) -> tuple[np.ndarray, int]:
+    """Embedding rows for the vocabulary from (words, vectors); words without a vector keep a small random one."""
+    rng = np.random.default_rng(0)
+    scale = float(np.std(vectors)) if vectors.size else 0.1
+    matrix = rng.normal(0, scale, size=(len(vocab), vectors.shape[1])).astype(np.float32)
+    matrix[PAD_ID] = 0
+    found = 0
+    for w, row in zip(words, vectors):
+        idx = vocab.index.get(w)
+        if idx is not None and idx >= len(SPECIALS):
+            matrix[idx] = row
+            found += 1
+    return matrix, found
+
+
 def load_vectors(path: str | Path, vocab: Vocab) -> tuple[np.ndarray, int]:
     """Rows for the vocabulary's words from a GloVe or word2vec text file, and how many were found.
 
-    Words missing from the file keep a small random vector; returns (matrix, found).
+    Only the vocabulary's words are kept while reading, so a large file needs little memory.
     """
     import gzip
 
@@ -331,8 +346,8 @@ def load_vectors(path: str | Path, vocab: Vocab) -> tuple[np.ndarray, int]:
     if not p.is_file():
         raise ConfigError(f"config field 'text.vectors': {p} not found")
     opener = gzip.open if p.name.endswith(".gz") else open
-    matrix: np.ndarray | None = None
-    found = 0
+    words: list[str] = []
+    rows: list[np.ndarray] = []
     dim = 0
     with opener(p, "rt", encoding="utf-8", errors="replace") as f:
         for line_no, line in enumerate(f, 1):
@@ -341,23 +356,18 @@ def load_vectors(path: str | Path, vocab: Vocab) -> tuple[np.ndarray, int]:
                 continue  # word2vec text header: "count dim"
             if len(parts) < 3:
                 continue
-            if matrix is None:
-                dim = len(parts) - 1
-                rng = np.random.default_rng(0)
-                matrix = rng.normal(0, 0.1, size=(len(vocab), dim)).astype(np.float32)
-                matrix[PAD_ID] = 0
+            dim = dim or len(parts) - 1
             if len(parts) - 1 != dim:
                 raise DataError(f"{p}:{line_no}: {len(parts) - 1} numbers where earlier lines had {dim}; "
                                 "is this a GloVe/word2vec text file?")
-            idx = vocab.index.get(parts[0])
-            if idx is None or idx < len(SPECIALS):
+            if parts[0] not in vocab.index:
                 continue
             try:
-                matrix[idx] = np.asarray(parts[1:], dtype=np.float32)
+                rows.append(np.asarray(parts[1:], dtype=np.float32))
             except ValueError:
                 raise DataError(f"{p}:{line_no}: not a word followed by numbers; is this a GloVe/word2vec "
                                 "text file?") from None
-            found += 1
-    if matrix is None:
+            words.append(parts[0])
+    if not dim:
         raise DataError(f"{p}: no vectors found; expected lines 'word v1 v2 ...' (GloVe or word2vec text format)")
-    return matrix, found
+    return vectors_matrix(words, np.stack(rows) if rows else np.zeros((0, dim), np.float32), vocab)

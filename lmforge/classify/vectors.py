@@ -112,9 +112,10 @@ def train_word_vectors(texts: Sequence[str], dim: int = 300, window: int = 5, mi
     return WordVectors(words, matrix)
 
 
-def vectors_from_file(data: str | Path, out: str | Path, text_field: str = "text", progress: bool = True,
+def vectors_from_file(data: str | Path | list, out: str | Path, text_field: str = "text", progress: bool = True,
                       **kwargs) -> WordVectors:
-    """Read texts (plain text or records), train vectors, write them to `out` in word2vec text format."""
+    """Read texts (plain text or records; one path or several), train vectors, write them to `out`
+    in word2vec text format."""
     from lmforge.data.readers import read_texts
     from lmforge.trainer.progress import console
 
@@ -122,7 +123,9 @@ def vectors_from_file(data: str | Path, out: str | Path, text_field: str = "text
         if progress:
             console.print(msg, markup=False, highlight=False)
 
-    texts = read_texts(data, text_field)
+    texts: list[str] = []
+    for path in data if isinstance(data, (list, tuple)) else [data]:
+        texts.extend(read_texts(path, text_field))
     vectors = train_word_vectors(texts, log=log, **kwargs)
     vectors.save(out)
     log(f"wrote {out}")

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from lmforge.models.gpt import GPT, GPTShape
 

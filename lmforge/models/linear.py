@@ -106,8 +106,9 @@ def nb_ratios(binary: sp.csr_matrix, y: np.ndarray, n_classes: int, alpha: float
 def _lr(C: float, class_weight: dict | None, seed: int):
     from sklearn.linear_model import LogisticRegression
 
-    return LogisticRegression(C=C, max_iter=1000, class_weight=class_weight, random_state=seed % 2**32,
-                              warm_start=True)
+    # No warm start: lbfgs resumed from the solution for a smaller C stops at once (its gradient test
+    # passes), silently giving every larger C the same model.
+    return LogisticRegression(C=C, max_iter=1000, class_weight=class_weight, random_state=seed % 2**32)
 
 
 def _softmax_rows(z: np.ndarray) -> np.ndarray:
@@ -142,7 +143,7 @@ class LinearTextModel:
             tf.idf_ = idf
         return tf.transform(counts), tf.idf_
 
-    def _fit_weights(self, counts: sp.csr_matrix, y: np.ndarray, C: float, class_weight, seed: int, warm=None):
+    def _fit_weights(self, counts: sp.csr_matrix, y: np.ndarray, C: float, class_weight, seed: int):
         """(models, scale) for one C on these counts."""
         if self.cfg.features == "nb":
             binary = counts.copy()
@@ -151,14 +152,12 @@ class LinearTextModel:
             models = []
             for row, r in enumerate(ratios):
                 target = y if self.n_classes == 2 else (y == row).astype(np.int64)
-                m = warm[row] if warm else _lr(C, class_weight if self.n_classes == 2 else None, seed)
-                m.C = C
+                m = _lr(C, class_weight if self.n_classes == 2 else None, seed)
                 m.fit(binary @ sp.diags(r), target)
                 models.append(m)
             return models, ratios
         X, idf = self._tfidf(counts, None)
-        m = warm[0] if warm else _lr(C, class_weight, seed)
-        m.C = C
+        m = _lr(C, class_weight, seed)
         m.fit(X, y)
         return [m], idf[None, :]
 
@@ -206,6 +205,7 @@ class LinearTextModel:
         return self
 
     def _pick_C(self, counts: sp.csr_matrix, y: np.ndarray, cw, seed: int) -> float:
+        from sklearn.metrics import accuracy_score
         from sklearn.model_selection import StratifiedKFold
 
         grid = NB_GRID if self.cfg.features == "nb" else TFIDF_GRID
@@ -215,11 +215,10 @@ class LinearTextModel:
         folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
         scores = np.zeros(len(grid))
         for tr, va in folds.split(np.zeros(len(y)), y):
-            warm = None
-            for i, C in enumerate(grid):  # ascending C, warm-started from the previous solution
-                warm, scale = self._fit_weights(counts[tr], y[tr], C, cw, seed, warm)
-                p = self._proba(counts[va], warm, scale)
-                scores[i] += (p.argmax(1) == y[va]).mean() / k
+            for i, C in enumerate(grid):
+                models, scale = self._fit_weights(counts[tr], y[tr], C, cw, seed)
+                p = self._proba(counts[va], models, scale)
+                scores[i] += accuracy_score(y[va], p.argmax(1)) / k
         self.cv_scores = {C: float(s) for C, s in zip(grid, scores)}
         return float(grid[int(np.argmax(scores))])  # ties go to the smaller C
 
