@@ -42,21 +42,25 @@ def datasets(root: Path) -> dict[str, dict]:
     }
 
 
-# (model name, preset or None, overrides) per dataset. "best" is what lmforge recommends there.
+# (model name, preset or None, overrides) per dataset. "default" is `lmforge classify train` with no
+# option (what a newcomer gets); "best" is the preset lmforge recommends there.
 PLAN: dict[str, list[tuple[str, str | None, dict]]] = {
     "imdb": [
+        ("default", None, {}),
         ("linear", None, {"model.kind": "linear"}),
         ("fasttext", "imdb-fasttext.yaml", {}),
         ("bilstm", "imdb-bilstm.yaml", {}),
         ("best", "imdb-best.yaml", {}),
     ],
     "sst2": [
+        ("default", None, {}),
         ("linear", None, {"model.kind": "linear"}),
         ("fasttext", "sst2-best.yaml", {"model.kind": "fasttext"}),
         ("bilstm", "sst2-best.yaml", {"model.kind": "bilstm"}),
         ("best", "sst2-best.yaml", {}),
     ],
     "chnsenticorp": [
+        ("default", None, {}),
         ("linear", "chinese-sentiment.yaml", {"model.kind": "linear"}),
         ("fasttext", "chinese-sentiment.yaml", {"model.kind": "fasttext"}),
         ("bilstm", "chinese-sentiment.yaml", {"model.kind": "bilstm"}),

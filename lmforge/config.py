@@ -210,11 +210,16 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> Config:
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate()
+        validate_sections(self)
         return self
+
+
+def validate_sections(cfg) -> None:
+    """Validate each section (nested dataclass) of a top-level config."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value.validate()
 
 
 def _check(ok: bool, name: str, reason: str) -> None:

@@ -190,3 +190,35 @@ def test_vectors_command_then_training_with_them(data, tmp_path, capsys):
         result = train_classifier(cfg, progress=False)
         assert result.test["accuracy"] >= 0.95
         assert result.member_facts["bilstm"]["vectors_found"] > 10
+
+
+def test_two_process_ddp_matches_one_process(data, tmp_path):
+    """The classifier trains through the same DDP path as the LM: 2 processes give 1 process's weights."""
+    import os
+    import socket
+
+    def args(out: Path) -> list[str]:
+        over = tiny_overrides(out, **{"model.kind": "bilstm", "data.epochs": 2, "model.bilstm.dropout": 0.0,
+                                      "eval.interval": 0})
+        return ["classify", "train", "--data", str(data["train"]), "--test", str(data["test"]),
+                *[a for k, v in over.items() for a in (f"--{k}", v)]]
+
+    env = dict(os.environ, LMFORGE_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "lmforge.cli", *args(tmp_path / "one")], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stdout + one.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                          "--master_addr=127.0.0.1", "-m", "lmforge.cli", *args(tmp_path / "two")], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    a = load_file(str(tmp_path / "one" / "bilstm" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "bilstm" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-5, rtol=1e-4), k
+    ma = json.loads((tmp_path / "one" / "metrics.json").read_text())["test"]
+    mb = json.loads((tmp_path / "two" / "metrics.json").read_text())["test"]
+    assert ma["accuracy"] == mb["accuracy"] and ma["log_loss"] == pytest.approx(mb["log_loss"], abs=1e-5)

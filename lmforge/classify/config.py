@@ -8,11 +8,10 @@ rate (`model.bilstm.lr`, ...), so `train.global_batch_tokens` and `train.lr` do 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmforge.config import TrainConfig
+from lmforge.config import TrainConfig, validate_sections
 from lmforge.errors import ConfigError
 
 MODEL_KINDS = ("auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble")
@@ -224,10 +223,7 @@ class ClassifierConfig:
                 _check(k in MODEL_KINDS[1:6], "model.members",
                        f"{k!r} is not one of {', '.join(MODEL_KINDS[1:6])}")
             _check(kinds.count("linear") <= 1, "model.members", "lists the linear model twice (it has no seed to vary)")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate()
+        validate_sections(self)
 
 
 @dataclass
@@ -268,10 +264,7 @@ class ClassifyConfig:
                "does not apply to classifiers; set data.batch_size (examples per step) instead")
         _check(self.train.lr == defaults.lr, "train.lr",
                "does not apply to classifiers; each model has its own, e.g. model.bilstm.lr")
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if dataclasses.is_dataclass(value):
-                value.validate()
+        validate_sections(self)
         return self
 
 
