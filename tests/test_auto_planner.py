@@ -210,3 +210,8 @@ def test_tokenizer_choice_follows_the_text():
     assert kind == "char" and "CJK" in why
     assert choose_tokenizer(chinese, 12_000_000, "jieba")[0] == "bpe"  # jieba words do merge
     assert choose_tokenizer(english[:50_000], 50_000, "char")[0] == "char"
+    # A short run (little compute) gets a small vocabulary, so the output layer does not dominate.
+    assert choose_tokenizer(english, 2_000_000, "char", compute_tflop=120)[:2] == ("bpe", 1024)
+    assert choose_tokenizer(english, 2_000_000, "char", compute_tflop=1e5)[:2] == ("bpe", 4096)
+    assert choose_tokenizer(chinese, 12_000_000, "char", compute_tflop=120)[:2] == ("bpe", 2048)
+    assert choose_tokenizer(chinese, 12_000_000, "char", compute_tflop=1e5)[0] == "char"

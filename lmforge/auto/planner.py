@@ -622,6 +622,16 @@ def make_plan(
             batch_why = f"about {opt.target_steps} optimizer steps in the budget"
     batch_tokens = seqs * T
     accum = seqs // micro
+    if micro != micro_tokens // T and not (is_fixed("train.micro_batch_size") and cfg.train.micro_batch_size):
+        # A micro-batch below the knee runs slower per token (small matrices): time the one the run
+        # will use, or the plan promises steps the run cannot make (tiny Shakespeare, 2 minutes:
+        # 2015 planned, 1341 made, before this).
+        t_micro = timed(c, micro, precision)
+        if t_micro:
+            tps = micro * T / t_micro
+            tps_eff = tps * speed_factor * LOOP_EFFICIENCY
+            tokens = tps_eff * t_train
+            micro_why += f"; the global batch needs {micro}, timed at {tps:,.0f} tokens/s"
     steps = max(1, int(tokens / batch_tokens))
     epochs = tokens / U
 
@@ -744,28 +754,46 @@ def _apply_shape(cfg: Config, c: Candidate, micro: int, batch_tokens: int, preci
 # --- tokenizer ---------------------------------------------------------------------------------
 
 
-def choose_tokenizer(sample: str, total_bytes: int, cjk_split: str) -> tuple[str, int, str]:
-    """(kind, vocab_size, reason) for a corpus, from a sample of its text and its size.
+# Below this much compute (budget seconds x measured matmul TFLOP/s) a run trains small models, whose
+# output layer dominates the step when the vocabulary is large. Measured on this project's 2-core CPU
+# (about 1 TFLOP/s bf16) with 2-minute `--auto` runs, validation bits per byte: tiny Shakespeare BPE
+# 512 / 1024 / 2048 / 4096: 2.181 / 2.157 / 2.161 / 2.212; Tang poems (Chinese) per-character
+# tokens (about 7,000) 2.720 against BPE 2048 2.653 and BPE 4096 2.718.
+SMALL_COMPUTE_TFLOP = 1000.0
+
+
+def choose_tokenizer(sample: str, total_bytes: int, cjk_split: str,
+                     compute_tflop: float | None = None) -> tuple[str, int, str]:
+    """(kind, vocab_size, reason) for a corpus, from a sample of its text, its size and the compute
+    the run will have (`compute_tflop`: budget x measured matmul throughput; None: unknown).
 
     Byte-level BPE packs several characters of English into a token, so the model reads more text
-    per step (on tiny Shakespeare about 10% lower bits per byte than characters at equal compute).
-    Chinese split per character gains nothing from it (the tokens are the characters, plus byte
-    fallback for rare ones) and costs tokenizer training and slower encoding; tiny corpora have too
-    little text to learn merges from.
+    per step. Chinese split per character gains nothing from it with a large vocabulary (the tokens
+    are the characters), but a short run does better with a capped one: common characters stay one
+    token, rare ones fall back to two or three byte tokens, and the output layer shrinks several
+    times. Tiny corpora have too little text to learn merges from.
     """
     from lmforge.data.tokenizer import CJK_CLASS
 
+    small = compute_tflop is not None and compute_tflop < SMALL_COMPUTE_TFLOP
+    why_small = (f"; a short run (about {compute_tflop:,.0f} TFLOP of compute) trains a small model, whose output "
+                 "layer a larger vocabulary would dominate") if small else ""
     if not sample:
         return "bpe", 4096, "default"
     cjk = len(re.findall(CJK_CLASS, sample)) / max(1, len(sample))
     if cjk > 0.3 and cjk_split == "char":
+        if small and total_bytes >= 1_000_000:
+            return "bpe", 2048, (f"{100 * cjk:.0f}% CJK characters: BPE split per character with 2048 tokens keeps "
+                                 "common characters whole and spells rare ones in bytes" + why_small)
         return "char", 0, (f"{100 * cjk:.0f}% CJK characters: BPE (split per character) would give about one token "
                            "per character anyway, at the cost of training and slower encoding")
     if total_bytes < 100_000:
         return "char", 0, f"only {total_bytes / 1000:.0f} kB of text: too little to learn BPE merges from"
     vocab = 4096 if total_bytes >= 1_000_000 else max(512, 256 * round(total_bytes / 250 / 256))
+    if small:
+        vocab = min(vocab, 1024)
     return "bpe", vocab, (f"byte-level BPE packs several characters into a token, so each step reads more text; "
-                          f"vocabulary {vocab} for {total_bytes / 1e6:.1f} MB")
+                          f"vocabulary {vocab} for {total_bytes / 1e6:.1f} MB" + why_small)
 
 
 def sample_corpus(path: str | None, text_field: str, max_chars: int = 1_000_000) -> tuple[str, int]:

@@ -37,13 +37,16 @@ def plan_run(
     t_start = time.perf_counter() if t_start is None else t_start
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
     tokenizer_row = None
+    device = cfg.train.device if "train.device" in fixed else "auto"
+    hw = probe_hardware(device)  # first: the tokenizer's vocabulary depends on the compute at hand
+    t0 = time.perf_counter()
     if "tokenizer.kind" not in fixed and cfg.data.path:
         from lmforge.auto.planner import choose_tokenizer, sample_corpus
 
         sample, total = sample_corpus(cfg.data.path, cfg.data.text_field)
-        kind, vocab, why = choose_tokenizer(sample, total, cfg.tokenizer.cjk_split)
+        peak_tflops = max(hw.bf16_tflops if hw.fast_bf16 else 0.0, hw.fp32_tflops)
+        kind, vocab, why = choose_tokenizer(sample, total, cfg.tokenizer.cjk_split, budget_s * peak_tflops)
         cfg = from_dict(Config, to_dict(cfg))
         cfg.tokenizer.kind = kind
         if kind == "bpe" and "tokenizer.vocab_size" not in fixed:
@@ -52,8 +55,6 @@ def plan_run(
                          why)
     data = prepare(cfg, quiet=not progress)
     prepare_s = time.perf_counter() - t0
-    device = cfg.train.device if "train.device" in fixed else "auto"
-    hw = probe_hardware(device)
     facts = DataFacts.from_prepared(data)
     # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
     timer = LMStepTimer(facts.vocab_size, hw.device, tied_embeddings=cfg.model.tied_embeddings, seed=cfg.seed,

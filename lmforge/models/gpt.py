@@ -102,7 +102,6 @@ class Attention(nn.Module):
         # where small steps are bound by per-op overhead.
         self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * s.head_dim, bias=False)
         self.proj = nn.Linear(s.d_model, s.d_model, bias=False)
-        self.dropout = s.dropout
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -135,9 +134,10 @@ class Attention(nn.Module):
         # would be misaligned, so the offset mask is built explicitly.
         Tk = k.shape[2]
         if Tk == T:
-            return F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
-            )
+            # No dropout on the attention probabilities (only on the residual branches): on CPU it
+            # sends SDPA to its unfused path, measured 4.4x slower for forward and backward
+            # (B=7, T=256, 4 heads of 32), which cost short runs about 40% of their steps.
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             mask = torch.ones(T, Tk, dtype=torch.bool, device=q.device).tril(diagonal=Tk - T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
