@@ -22,8 +22,8 @@ How the choice is made:
   (as compute^0.1): tens of tokens per parameter at large-model scale (the well-known "about 20"),
   about 8 for a CPU budget of minutes. Short runs on a 2-core CPU put the best ratio between about
   1 and 8, so the rule is only roughly right there (tiny Shakespeare, 100 s, characters: 2 layers
-  x 128 at 8 tokens per parameter beat 4 x 128 at 2 and 3 x 64 at 25; with BPE, 4 x 128 at about
-  1 beat 3 x 96 at 2). Because speed is measured, a small
+  x 128 at 8 tokens per parameter beat 4 x 128 at 2 and 3 x 64 at 25), and shapes below
+  `min_tokens_per_param` rank after the rest. Because speed is measured, a small
   model that runs no faster than a larger one (common on CPUs, where small matrices waste the
   cores) is not chosen just for its size.
 * The corpus caps the data: repeated tokens are worth less than fresh ones (the effective data

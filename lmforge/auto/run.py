@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from lmforge.auto.hardware import probe_hardware
@@ -107,7 +108,7 @@ def auto_train(
         raise ConfigError(f"planning left only {left:.0f}s of the {budget_s:.0f}s budget; give more time")
     run_cfg = with_time_budget(plan.config, fit_budget)
     samples = run_cfg.sample
-    run_cfg.sample = type(samples)(**{**vars(samples), "num_samples": 0})  # generated below, in the time left
+    run_cfg.sample = replace(samples, num_samples=0)  # generated below, in the time left
     result = train(run_cfg, progress=progress)
     run_cfg.sample = samples
     save_config(run_cfg, Path(run_cfg.out) / "config.yaml")

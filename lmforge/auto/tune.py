@@ -116,27 +116,13 @@ def _classify_task() -> TaskSpec:
         from lmforge.classify.run import train_classifier
     except ImportError as e:
         raise ConfigError(f"the classify task is not available: {e}") from None
-    supports_hook = "on_eval" in inspect.signature(train_classifier).parameters
-
     def train(cfg, progress: bool = False, on_eval=None) -> dict:
-        kwargs: dict[str, Any] = {"progress": progress}
-        if supports_hook and on_eval is not None:
-            kwargs["on_eval"] = on_eval
-        result = train_classifier(cfg, **kwargs)
+        result = train_classifier(cfg, progress=progress, on_eval=on_eval)
         valid = result.valid or {}
         return {"val_loss": valid.get("log_loss"), "val_accuracy": valid.get("accuracy"),
                 "val_macro_f1": valid.get("macro_f1")}
 
-    if not supports_hook:  # no intermediate values: the pruner cannot act, trials run to the end
-        train = _without_hook(train)
     return TaskSpec("classify", ClassifyConfig, train, "val_loss")
-
-
-def _without_hook(fn: Callable) -> Callable:
-    def train(cfg, progress: bool = False):
-        return fn(cfg, progress=progress)
-
-    return train
 
 
 register_task("lm", _lm_task)
