@@ -122,8 +122,10 @@ class TrainConfig:
     """After warm-up: 'cosine' decay to min_lr, 'wsd' (warmup-stable-decay: constant, then linear decay over decay_fraction), or 'constant'."""
     decay_fraction: float = 0.2
     """wsd only: share of the steps spent in the final decay."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """'adamw', or 'muon': Muon (orthogonalized momentum) for the hidden weight matrices and AdamW for embeddings, norms and the rest."""
     weight_decay: float = 0.1
-    """AdamW weight decay, applied to matrices only (not norms, biases or embeddings)."""
+    """Decoupled weight decay, applied to matrices only (not norms, biases or embeddings)."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.99

@@ -30,11 +30,20 @@ class FakeTimer:
         self.overhead = overhead
         self.calls = []
 
-    def __call__(self, c: Candidate, mb: int, precision: str) -> float:
+    compiled_speedup = 1.8
+    last_compile_s = 0.0
+
+    def __call__(self, c: Candidate, mb: int, precision: str, compiled: bool = False, **run) -> float:
         self.calls.append((c, mb, precision))
+        if compiled:
+            self.compiled_call = (c, mb, precision, run)
         tokens = mb * c.context_len
         fill = min(1.0, tokens * c.d_model / (4096 * 256))  # small matrices leave the cores idle
-        return self.overhead * c.n_layer + tokens * flops_per_token(c, VOCAB) / (self.rates[precision] * max(fill, 0.05))
+        t = self.overhead * c.n_layer + tokens * flops_per_token(c, VOCAB) / (self.rates[precision] * max(fill, 0.05))
+        if compiled:
+            self.last_compile_s = 15.0
+            return t / self.compiled_speedup
+        return t
 
 
 def plan(budget, train_tokens=10**9, hw=None, timer=None, cfg=None, **kw):
@@ -92,6 +101,43 @@ def test_small_corpus_gives_a_smaller_model_and_dropout():
     assert small.config.model.context_len <= 2048
     why = dict((k, w) for k, _v, w in small.rows)["dropout"]
     assert "passes" in why
+
+
+def test_optimizer_follows_the_passes_over_the_corpus():
+    big = plan(600, train_tokens=10**9)
+    small = plan(600, train_tokens=200_000)
+    assert big.config.train.optimizer == "muon" and small.config.train.optimizer == "adamw"
+    assert "passes" in dict((k, w) for k, _v, w in small.rows)["optimizer"]
+    adamw = plan(600, train_tokens=10**9, options=PlanOptions(optimizer="adamw"))
+    assert adamw.config.train.optimizer == "adamw"
+    if adamw.config.model.d_model == big.config.model.d_model:
+        assert big.config.train.lr > adamw.config.train.lr  # Muon takes a larger rate
+    cfg = Config()
+    cfg.train.optimizer = "adamw"
+    assert plan(600, cfg=cfg, fixed={"train.optimizer"}).config.train.optimizer == "adamw"
+
+
+def test_compile_is_timed_before_it_is_relied_on():
+    fast = FakeTimer()
+    p = plan(600, timer=fast)
+    assert p.config.train.compile == "on"
+    assert "measured a compiled step 1.80x" in dict((k, w) for k, _v, w in p.rows)["compile"]
+    c, mb, precision, run = fast.compiled_call  # the step the run will take
+    assert (c.n_layer, c.d_model, c.context_len) == (p.config.model.n_layer, p.config.model.d_model,
+                                                     p.config.model.context_len)
+    assert mb == p.config.train.micro_batch_size and run["optimizer"] == p.config.train.optimizer
+    assert p.time["compile"] <= 3.0  # paid while planning; the run's compile hits the cache
+
+    slow = FakeTimer()
+    slow.compiled_speedup = 1.05
+    p_slow = plan(600, timer=slow)
+    assert p_slow.config.train.compile == "off" and "only 1.05x" in dict((k, w) for k, _v, w in p_slow.rows)["compile"]
+    # the same budget buys more steps when compiled steps are measured faster
+    assert p.estimates["tokens_per_s"] > 1.5 * p_slow.estimates["tokens_per_s"]
+
+    dropout = plan(600, train_tokens=200_000, timer=FakeTimer())
+    assert dropout.config.model.dropout > 0 and dropout.config.train.compile == "off"
+    assert "dropout" in dict((k, w) for k, _v, w in dropout.rows)["compile"]
 
 
 def test_time_is_accounted_within_the_budget():
@@ -215,3 +261,15 @@ def test_tokenizer_choice_follows_the_text():
     assert choose_tokenizer(english, 2_000_000, "char", compute_tflop=1e5)[:2] == ("bpe", 4096)
     assert choose_tokenizer(chinese, 12_000_000, "char", compute_tflop=120)[:2] == ("bpe", 2048)
     assert choose_tokenizer(chinese, 12_000_000, "char", compute_tflop=1e5)[0] == "char"
+
+
+def test_real_timer_times_the_compiled_step_of_the_run():
+    from lmforge.auto.planner import LMStepTimer
+
+    timer = LMStepTimer(vocab_size=64, slow_s=0.01, optimizer="muon")
+    c = Candidate(1, 32, 2, 16)
+    eager = timer(c, 2, "fp32")
+    compiled = timer(c, 2, "fp32", compiled=True, optimizer="muon", dropout=0.0)
+    assert eager > 0 and compiled > 0
+    assert timer.last_compile_s > compiled  # the first compiled call paid the compile
+    assert timer.calls[-1]["compiled"] and timer.calls[-1]["optimizer"] == "muon"

@@ -8,7 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from lmforge.auto.hardware import probe_hardware
-from lmforge.auto.planner import DataFacts, LMStepTimer, Plan, PlanOptions, make_plan, with_time_budget
+from lmforge.auto.planner import (DataFacts, LMStepTimer, Plan, PlanOptions, make_plan, plan_optimizer,
+                                  with_time_budget)
 from lmforge.config import Config, SampleConfig, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError
 
@@ -59,7 +60,8 @@ def plan_run(
     facts = DataFacts.from_prepared(data)
     # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
     timer = LMStepTimer(facts.vocab_size, hw.device, tied_embeddings=cfg.model.tied_embeddings, seed=cfg.seed,
-                        slow_s=max(0.25, budget_s / 400))
+                        slow_s=max(0.25, budget_s / 400),
+                        optimizer=plan_optimizer(cfg, fixed, options or PlanOptions())[0])
 
     def lr_finder(probe_cfg: Config) -> tuple[float, str]:
         from lmforge.auto.lr_finder import find_lr

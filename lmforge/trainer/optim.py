@@ -1,4 +1,4 @@
-"""AdamW with decay/no-decay groups, and the learning-rate schedules."""
+"""Optimizers (AdamW, or Muon for hidden matrices plus AdamW) and the learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -9,23 +9,72 @@ import torch
 from lmforge.config import TrainConfig
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
-    """Weight decay on matrices only: decaying norms, biases and embeddings hurts and buys nothing."""
-    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+class OptimizerSet:
+    """Several optimizers stepped as one: one state dict, one list of param groups for the schedule."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict:
+        return {"optimizers": [opt.state_dict() for opt in self.optimizers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("optimizers")
+        if saved is None or len(saved) != len(self.optimizers):
+            raise ValueError("the checkpoint's optimizer state was saved with a different train.optimizer")
+        for opt, s in zip(self.optimizers, saved):
+            opt.load_state_dict(s)
+
+
+def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
     # The fused kernel exists for CPU and CUDA in current PyTorch and saves a visible share of a
     # small model's step; fall back to foreach where it is unavailable.
     try:
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
     except (RuntimeError, TypeError):
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str):
+    """Weight decay on matrices only: decaying norms, biases and embeddings hurts and buys nothing.
+
+    With `optimizer: muon`, the hidden weight matrices (everything 2-D except embeddings and the
+    output layer, which Muon is not made for) get Muon; its learning rate is matched to AdamW's
+    update size, so one `lr` and one schedule serve both.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    outputs = {id(getattr(model, "lm_head").weight)} if hasattr(model, "lm_head") else set()
+    decay, no_decay, hidden = [], [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or id(p) in embeddings:
+            no_decay.append(p)
+        elif cfg.optimizer == "muon" and p.ndim == 2 and id(p) not in outputs:
+            hidden.append(p)
+        else:
+            decay.append(p)
+    adamw = _adamw([{"params": decay, "weight_decay": cfg.weight_decay},
+                    {"params": no_decay, "weight_decay": 0.0}], cfg)
+    if not hidden:
+        return adamw
+    from lmforge.trainer.muon import Muon
+
+    muon = Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                ns_dtype=torch.bfloat16 if device_type in ("cpu", "cuda") else torch.float32)
+    return OptimizerSet([muon, adamw])
 
 
 def lr_at(step: int, cfg: TrainConfig, total_steps: int | None = None) -> float:
@@ -48,6 +97,6 @@ def lr_at(step: int, cfg: TrainConfig, total_steps: int | None = None) -> float:
     return cfg.lr + progress * (cfg.min_lr - cfg.lr)
 
 
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+def set_lr(optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
