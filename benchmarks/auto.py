@@ -79,6 +79,7 @@ def tune_file(path: Path, data: Path, tokenizer: dict, budget: float) -> Path:
             "model.context_len": [64, 128, 256],
             "train.lr": {"low": 3.0e-4, "high": 6.0e-3, "log": True},
             "train.global_batch_tokens": [2048, 4096, 8192],
+            "train.optimizer": ["adamw", "muon"],
         },
         "data": {"path": str(data), "doc_split": "file", "val_fraction": 0.1},
         "tokenizer": tokenizer,
