@@ -1,12 +1,13 @@
 """Muon for many small matrices: momentum, then Newton-Schulz orthogonalization, batched by shape.
 
-`torch.optim.Muon` orthogonalizes one matrix at a time in the parameters' dtype. For the small
-models a CPU trains in minutes that loop costs more than the forward and backward passes
-(measured 18.8 ms against 0.8 ms for AdamW on a 4-layer, 128-wide model), so here every group
-of same-shaped matrices is stacked and orthogonalized together, in bf16 where that is fast.
+`torch.optim.Muon` orthogonalizes one matrix at a time. The small models a CPU trains in minutes
+are bound by per-operation overhead, so here every group of same-shaped matrices is stacked and
+orthogonalized together with fused `baddbmm` steps: 11.1 ms against 18.9 ms per step for a
+4-layer, 128-wide model (AdamW: 0.9 ms), 7.9 against 10.0 ms at 2 layers.
 The update rule is torch's: Nesterov momentum, five quintic Newton-Schulz iterations,
 decoupled weight decay, and the update scaled to AdamW's RMS (0.2 * sqrt(max(rows, cols))),
-so a learning rate tuned for AdamW carries over.
+so one learning rate and schedule can drive both optimizers (Muon still does best at about 2.5x
+AdamW's rate; see `lmforge.auto.planner.rule_lr`).
 """
 
 from __future__ import annotations
