@@ -56,6 +56,12 @@ def test_muon_goes_to_hidden_matrices_only():
     assert sum(len(g["params"]) for g in opt.param_groups) == n_all
     assert isinstance(build_optimizer(model, TrainConfig(), "cpu"), torch.optim.AdamW)
 
+    from lmforge.models.classifiers import NgramBagClassifier
+
+    clf = NgramBagClassifier(n_features=100, n_classes=3, embed_dim=8)
+    # no hidden matrix at all: the n-gram table and the head stay with AdamW
+    assert isinstance(build_optimizer(clf, TrainConfig(optimizer="muon"), "cpu"), torch.optim.AdamW)
+
 
 def test_muon_training_loss_falls_and_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
     over = {"train.optimizer": "muon", "train.max_steps": 40, "eval.interval": 10, "train.lr": 1e-2,

@@ -50,19 +50,22 @@ def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str):
     """Weight decay on matrices only: decaying norms, biases and embeddings hurts and buys nothing.
 
-    With `optimizer: muon`, the hidden weight matrices (everything 2-D except embeddings and the
-    output layer, which Muon is not made for) get Muon; its learning rate is matched to AdamW's
+    With `optimizer: muon`, the hidden weight matrices (everything 2-D except embedding tables and
+    the output layer, which Muon is not made for) get Muon; its learning rate is matched to AdamW's
     update size, so one `lr` and one schedule serve both.
     """
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    outputs = {id(getattr(model, "lm_head").weight)} if hasattr(model, "lm_head") else set()
+    # Lookup tables and output layers (the LM's lm_head, a classifier's head) stay with AdamW.
+    not_muon = embeddings | {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.EmbeddingBag)}
+    not_muon |= {id(getattr(model, name).weight) for name in ("lm_head", "head")
+                 if isinstance(getattr(model, name, None), torch.nn.Linear)}
     decay, no_decay, hidden = [], [], []
     for p in model.parameters():
         if not p.requires_grad:
             continue
         if p.ndim < 2 or id(p) in embeddings:
             no_decay.append(p)
-        elif cfg.optimizer == "muon" and p.ndim == 2 and id(p) not in outputs:
+        elif cfg.optimizer == "muon" and p.ndim == 2 and id(p) not in not_muon:
             hidden.append(p)
         else:
             decay.append(p)
