@@ -627,10 +627,16 @@ def make_plan(
     decode_s = min(5.0, 0.01 * budget_s, (0.001 + 0.0004 * c.n_layer) * cfg.sample.num_samples * cfg.sample.max_new_tokens)
     final_reserve = decode_s + 2.0 + (0.5 if on_gpu else 0.0)
     t_evals = n_evals * eval_s  # the training budget ends with its final evaluation (the loop keeps time for it)
-    fit_budget = remaining - planning_s - final_reserve - safety
-    t_train = max(1.0, fit_budget - t_compile - t_evals)
-    if fit_budget < 5:
-        raise ConfigError(f"only {fit_budget:.0f}s would be left for training in a budget of {budget_s:.0f}s; give more time")
+
+    def training_time(planning_s: float, t_compile: float) -> tuple[float, float]:
+        """(the run's time budget, the part of it spent on training steps)."""
+        fit_budget = remaining - planning_s - final_reserve - safety
+        if fit_budget < 5:
+            raise ConfigError(f"only {fit_budget:.0f}s would be left for training in a budget of {budget_s:.0f}s; "
+                              "give more time")
+        return fit_budget, max(1.0, fit_budget - t_compile - t_evals)
+
+    fit_budget, t_train = training_time(planning_s, t_compile)
     tokens = tps_eff * t_train
 
     # Passes over the corpus an uncompiled run would make: they decide the optimizer and dropout.
@@ -665,8 +671,8 @@ def make_plan(
         compile_model, speed_factor = False, 1.0
         compile_why = (f"not worth it with dropout {dropout:g} on a CPU: compiled random masks are slow "
                        "(measured 1.16x faster steps, against 1.8x without dropout)")
-        t_train += t_compile
         t_compile = 0.0
+        fit_budget, t_train = training_time(planning_s, t_compile)
         tps_eff = tps * LOOP_EFFICIENCY
         tokens = tps_eff * t_train
 
@@ -730,31 +736,26 @@ def make_plan(
             t_c = measure(c, micro, precision, compiled=True, optimizer=optimizer, dropout=dropout)
         except Exception as e:  # noqa: BLE001 - any compiler failure means: train without it
             t_c, compile_why = None, f"compiling failed during planning ({type(e).__name__}); not used"
-            compile_model = False
         if t_c is not None:
-            t_eager = micro * T / tps
             cost = float(getattr(measure, "last_compile_s", 0.0) or 0.0)
-            speedup = t_eager / t_c
+            speedup = (micro * T / tps) / t_c
             if speedup < opt.compile_min_speedup:
-                compile_model = False
+                t_c = None
                 compile_why = (f"measured a compiled step only {speedup:.2f}x as fast as an eager one "
                                f"(compiling took {cost:.0f}s); not used")
             else:
                 compile_why = f"measured a compiled step {speedup:.2f}x as fast as an eager one; compiling took {cost:.0f}s"
                 tps = micro * T / t_c
-                speed_factor = 1.0
-            t_compile = min(t_compile, 3.0) if compile_model else 0.0  # the run re-traces, from the cache
-            tps_eff = tps * LOOP_EFFICIENCY
-            # Compiling took planning time: what is left for training shrinks accordingly.
-            planning_s = clock() - t_start
-            fit_budget = remaining - planning_s - final_reserve - safety
-            t_train = max(1.0, fit_budget - t_compile - t_evals)
-            if fit_budget < 5:
-                raise ConfigError(f"only {fit_budget:.0f}s would be left for training in a budget of "
-                                  f"{budget_s:.0f}s; give more time")
-            tokens = tps_eff * t_train
-            steps = max(1, int(tokens / batch_tokens))
-            epochs = tokens / U
+        # From here on the throughput is measured, not expected; the compile was paid in planning
+        # and the run's own compile re-traces from the cache.
+        compile_model, speed_factor = t_c is not None, 1.0
+        t_compile = min(t_compile, 3.0) if compile_model else 0.0
+        tps_eff = tps * LOOP_EFFICIENCY
+        planning_s = clock() - t_start
+        fit_budget, t_train = training_time(planning_s, t_compile)
+        tokens = tps_eff * t_train
+        steps = max(1, int(tokens / batch_tokens))
+        epochs = tokens / U
 
     # Fill in the config.
     m, tr, ev = cfg.model, cfg.train, cfg.eval
@@ -1010,7 +1011,7 @@ class LMStepTimer:
         else:
             best = worst = timed()
             spent = best
-            for _ in range(self.repeats - 1 + (1 if compiled else 0)):
+            for _ in range(self.repeats - 1 + int(compiled)):  # a compiled step's first repeat may still warm up
                 if spent > 3 * self.slow_s:
                     break
                 t = timed()
