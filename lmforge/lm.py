@@ -26,6 +26,7 @@ def model_shape(cfg: ModelConfig, vocab_size: int) -> GPTShape:
         context_len=cfg.context_len,
         dropout=cfg.dropout,
         tied_embeddings=cfg.tied_embeddings,
+        qk_norm=cfg.qk_norm,
     )
 
 

@@ -1,4 +1,4 @@
-"""Decoder-only transformer: RMSNorm, rotary positions, SwiGLU, optional GQA and tied embeddings.
+"""Decoder-only transformer: RMSNorm, rotary positions, QK-norm, SwiGLU, optional GQA and tied embeddings.
 
 Plain single-device PyTorch. Distributed wrapping and compilation are applied from outside
 (`lmforge.trainer.distributed`), never here.
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from lmforge.models.chunked_loss import linear_cross_entropy
 
 
 @dataclass
@@ -27,6 +29,8 @@ class GPTShape:
     context_len: int
     dropout: float = 0.0
     tied_embeddings: bool = True
+    # False for shapes saved before the option existed.
+    qk_norm: bool = False
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
 
@@ -49,8 +53,8 @@ def rope_tables(head_dim: int, context_len: int, base: float) -> tuple[torch.Ten
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    # x: (B, nh, T, hd); rotate the two halves of each head (the "non-interleaved" layout,
-    # cheaper on CPU than strided even/odd pairs).
+    # x: (..., T, [heads,] hd) with cos/sin broadcastable to it; rotate the two halves of each
+    # head (the "non-interleaved" layout, cheaper on CPU than strided even/odd pairs).
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     cos = cos.to(x.dtype)
@@ -102,31 +106,42 @@ class Attention(nn.Module):
         # where small steps are bound by per-op overhead.
         self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * s.head_dim, bias=False)
         self.proj = nn.Linear(s.d_model, s.d_model, bias=False)
+        # One gain vector serves queries and keys alike: attention sees only their product.
+        self.qk_norm = RMSNorm(s.head_dim, s.norm_eps) if s.qk_norm else None
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split(
-            [self.n_head * self.head_dim, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1
-        )
-        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, nh, T, hd)
-        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, nkv, T, hd)
-        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None:
-            k, v = cache.append(self.layer, k, v)
-        if self.n_kv_head != self.n_head:
-            rep = self.n_head // self.n_kv_head
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        if x.device.type == "cpu" and q.dtype == torch.bfloat16:
+        nh, nkv, hd = self.n_head, self.n_kv_head, self.head_dim
+        qkv = self.qkv(x)
+        cpu_bf16 = x.device.type == "cpu" and qkv.dtype == torch.bfloat16
+        if cpu_bf16:
             # PyTorch's CPU flash-attention backward is several times slower in bf16 than in
             # fp32 (measured 4.4 ms against 0.65 ms per call at T=64), while the projections
-            # around it gain 4-5x from AMX; so only attention itself runs in fp32 on CPU.
+            # around it gain 4-5x from AMX; so attention runs in fp32 on CPU. Casting once here,
+            # before the norm and the rotation, also keeps those elementwise ops in contiguous
+            # fp32, which is faster on CPU than strided bf16.
+            qkv = qkv.float()
+        qkv = qkv.view(B, T, nh + 2 * nkv, hd)
+        # q and k are normalized and rotated as one tensor: half the elementwise ops, which
+        # dominate the step of a small model on CPU.
+        qk = qkv[:, :, : nh + nkv]  # (B, T, nh + nkv, hd)
+        if self.qk_norm:
+            qk = self.qk_norm(qk)
+        qk = apply_rope(qk, cos[:, None], sin[:, None])
+        q, k = qk.split([nh, nkv], dim=2)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hd), (B, nkv, T, hd)
+        v = qkv[:, :, nh + nkv :].transpose(1, 2)  # (B, nkv, T, hd)
+        if cache is not None:
+            k, v = cache.append(self.layer, k, v)
+        if nkv != nh:
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        if cpu_bf16:
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(q.float(), k.float(), v.float(), T).to(q.dtype)
+                y = self._attend(q, k, v, T)
         else:
             y = self._attend(q, k, v, T)
-        y = y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim)  # (B, T, C)
+        y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, C)
         return self.proj(y)
 
     def _attend(self, q, k, v, T: int) -> torch.Tensor:
@@ -240,8 +255,11 @@ class GPT(nn.Module):
         x = self.norm(x)
         if targets is None:
             return self.lm_head(x)
-        logits = self.lm_head(x)
-        return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        if torch.compiler.is_compiling():
+            # Compiled, the plain expression is fused by the compiler and needs no chunking.
+            logits = self.lm_head(x)
+            return F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)
+        return linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1))
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final normalized hidden states (B, T, C); used by classification heads."""
