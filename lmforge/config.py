@@ -90,7 +90,8 @@ class ModelConfig:
     context_len: int = 64
     """Tokens of context the model sees."""
     dropout: float = 0.0
-    """Dropout probability (useful when making many passes over a small corpus)."""
+    """Dropout probability (useful when making many passes over a small corpus). On a CPU the
+    language model rounds it to a multiple of 1/256, for a mask four times cheaper to draw."""
     tied_embeddings: bool = True
     """Share the input embedding with the output projection."""
     qk_norm: bool = True

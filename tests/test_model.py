@@ -71,3 +71,31 @@ def test_top_k_and_top_p_filtering():
     assert (p[2:] == 0).all() and abs(p.sum().item() - 1) < 1e-6
     p = filter_logits(logits, 1.0, top_k=0, top_p=0.5)
     assert p[0] == 1.0  # the top token alone holds over half the mass
+
+
+def test_cpu_dropout_keeps_the_expected_share_and_the_mean():
+    from lmforge.models.gpt import Dropout
+
+    drop = Dropout(0.05).train()
+    assert drop.threshold == 13  # 0.05 rounded to 13/256
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - (1 - 13 / 256)) < 0.002
+    assert abs(y.mean().item() - 1.0) < 0.005
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, y.detach())  # gradient is the mask times the scale
+    torch.manual_seed(0)
+    torch.testing.assert_close(drop(torch.ones(200_000)), y.detach())  # the seed fixes the mask
+    assert drop.eval()(x) is x
+
+
+def test_cpu_dropout_draws_independent_bytes():
+    from lmforge.models.gpt import Dropout
+
+    torch.manual_seed(1)
+    keep = Dropout(0.5).train()(torch.ones(80_000)) != 0
+    # Every byte position of the 64-bit draws, the sign byte included, drops about half.
+    by_position = keep.view(-1, 8).float().mean(dim=0)
+    assert ((by_position - 0.5).abs() < 0.02).all(), by_position

@@ -72,6 +72,34 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
+class Dropout(nn.Module):
+    """Dropout whose CPU mask costs a quarter of `nn.Dropout`'s.
+
+    PyTorch draws a CPU dropout mask with one generator call per element (about 1 ms for 200k
+    elements here, 10% of a small model's step with dropout 0.05). Here each 64-bit draw gives
+    eight mask bytes, each compared with round(p * 256): the probability is rounded to a
+    multiple of 1/256 (0.05 becomes 0.051). Other devices use the standard kernel.
+    """
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        self.threshold = min(255, max(1, round(p * 256)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        n = x.numel()
+        draws = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        keep = (draws.view(torch.uint8)[:n] >= self.threshold).view(x.shape)
+        return x * keep.to(x.dtype).mul_(256 / (256 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.threshold}/256 on CPU, {self.p} elsewhere"
+
+
 class KVCache:
     """Keys and values of past positions for incremental decoding, one slot per layer."""
 
@@ -177,7 +205,7 @@ class Block(nn.Module):
         self.attn = Attention(s, layer)
         self.mlp_norm = RMSNorm(s.d_model, s.norm_eps)
         self.mlp = SwiGLU(s)
-        self.drop = nn.Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
+        self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
 
     def forward(self, x, cos, sin, cache=None):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin, cache))
@@ -197,7 +225,7 @@ class GPT(nn.Module):
             raise ValueError(f"head size {s.head_dim} must be even for rotary embeddings")
         self.shape = s
         self.embed = nn.Embedding(s.vocab_size, s.d_model)
-        self.drop = nn.Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
+        self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(s, i) for i in range(s.n_layer))
         self.norm = RMSNorm(s.d_model, s.norm_eps)
         self.lm_head = nn.Linear(s.d_model, s.vocab_size, bias=False)
