@@ -111,9 +111,12 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     run_dir = Path(cfg.out)
     rt = init_runtime(cfg.train.device)
     try:
-        return _train(cfg, rt, run_dir, resume is not None, progress, on_eval)
-    finally:
+        result = _train(cfg, rt, run_dir, resume is not None, progress, on_eval)
+    except BaseException:
         shutdown(rt)
+        raise
+    shutdown(rt, finished=True)
+    return result
 
 
 def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool, on_eval=None) -> TrainResult:

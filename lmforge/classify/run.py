@@ -209,9 +209,12 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
     cfg.validate()
     rt = init_runtime(cfg.train.device)
     try:
-        return _train(cfg, rt, resume is not None, progress, on_eval)
-    finally:
+        result = _train(cfg, rt, resume is not None, progress, on_eval)
+    except BaseException:
         shutdown(rt)
+        raise
+    shutdown(rt, finished=True)
+    return result
 
 
 def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_eval=None) -> ClassifyResult:

@@ -69,8 +69,12 @@ def init_runtime(device: str = "auto") -> Runtime:
     return Runtime(rank=rank, world_size=world, local_rank=local, device=dev, precision="fp32")
 
 
-def shutdown(rt: Runtime) -> None:
+def shutdown(rt: Runtime, finished: bool = False) -> None:
+    """Leave the process group. After a finished run, first wait for every rank: a rank that tore
+    down its gloo threads while rank 0 was still saving was seen to abort at exit (SIGABRT)."""
     if rt.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
