@@ -31,6 +31,15 @@ def _compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def _logit_chunks(xc: torch.Tensor, wc: torch.Tensor, targets: torch.Tensor):
+    """Yield (rows, xc chunk, its logits in fp32 or wider, its targets); xc and wc in the matmul dtype."""
+    acc = torch.promote_types(xc.dtype, torch.float32)
+    step = _chunk_rows(wc.shape[0], xc.device)
+    for start in range(0, xc.shape[0], step):
+        rows = slice(start, start + step)
+        yield rows, xc[rows], (xc[rows] @ wc.t()).to(acc), targets[rows]
+
+
 def _chunk_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """fp32 logits (n, V) -> sum of the token losses. Used where no gradient is needed."""
     lse = torch.logsumexp(logits, dim=-1)
@@ -38,7 +47,7 @@ def _chunk_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return ((lse - picked) * (targets >= 0)).sum()
 
 
-def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor, all_valid: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """fp32 logits (n, V) -> (sum of token losses, d(sum)/d(logits)), overwriting the logits.
 
     Each pass is written in place, and the exponentials serve both the loss and the gradient
@@ -53,7 +62,7 @@ def _chunk_loss_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[t
     loss = ((peak + total.log()).squeeze(1) - picked) * valid
     probs.div_(total)
     probs.scatter_add_(1, safe, -valid.to(probs.dtype).unsqueeze(1))
-    if not bool(valid.all()):
+    if not all_valid:
         probs.mul_(valid.unsqueeze(1))
     return loss.sum(), probs
 
@@ -62,19 +71,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, targets, dtype):
         # x: (N, C), weight: (V, C), targets: (N,) with -1 for positions that carry no loss.
-        n_valid = (targets >= 0).sum().clamp(min=1)
-        xc, wc = x.to(dtype), weight.to(dtype)
+        valid = targets >= 0
+        n_valid = valid.sum().clamp(min=1)
+        all_valid = bool(valid.all())  # once here, not a device sync per chunk
         acc = torch.promote_types(dtype, torch.float32)
-        grad_x = torch.empty_like(xc)
+        grad_x = torch.empty(x.shape, dtype=dtype, device=x.device)
         grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
         total = torch.zeros((), dtype=acc, device=x.device)
-        rows = _chunk_rows(weight.shape[0], x.device)
-        for start in range(0, x.shape[0], rows):
-            xs = xc[start : start + rows]
-            loss, g = _chunk_loss_and_grad((xs @ wc.t()).to(acc), targets[start : start + rows])
+        wc = weight.to(dtype)
+        for rows, xs, logits, ts in _logit_chunks(x.to(dtype), wc, targets):
+            loss, g = _chunk_loss_and_grad(logits, ts, all_valid)
             total += loss
             g = g.to(dtype)
-            grad_x[start : start + rows] = g @ wc
+            grad_x[rows] = g @ wc
             grad_w += g.t() @ xs
         ctx.save_for_backward(grad_x, grad_w, n_valid)
         ctx.x_dtype, ctx.w_dtype = x.dtype, weight.dtype
@@ -98,12 +107,6 @@ def linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, targets: torch.T
     with torch.autocast(x.device.type, enabled=False):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
             return _LinearCrossEntropy.apply(x, weight, targets, dtype)
-        xc, wc = x.to(dtype), weight.to(dtype)
-        acc = torch.promote_types(dtype, torch.float32)
-        n_valid = (targets >= 0).sum().clamp(min=1)
-        total = torch.zeros((), dtype=acc, device=x.device)
-        rows = _chunk_rows(weight.shape[0], x.device)
-        for start in range(0, x.shape[0], rows):
-            logits = (xc[start : start + rows] @ wc.t()).to(acc)
-            total += _chunk_loss(logits, targets[start : start + rows])
-        return total / n_valid
+        chunks = _logit_chunks(x.to(dtype), weight.to(dtype), targets)
+        total = sum(_chunk_loss(logits, ts) for _rows, _xs, logits, ts in chunks)
+        return total / (targets >= 0).sum().clamp(min=1)

@@ -85,6 +85,7 @@ class Dropout(nn.Module):
         super().__init__()
         self.p = p
         self.threshold = min(255, max(1, round(p * 256)))
+        self.scale = 256 / (256 - self.threshold)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
@@ -94,7 +95,7 @@ class Dropout(nn.Module):
         n = x.numel()
         draws = torch.empty((n + 7) // 8, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
         keep = (draws.view(torch.uint8)[:n] >= self.threshold).view(x.shape)
-        return x * keep.to(x.dtype).mul_(256 / (256 - self.threshold))
+        return x * keep.to(x.dtype).mul_(self.scale)
 
     def extra_repr(self) -> str:
         return f"p={self.threshold}/256 on CPU, {self.p} elsewhere"
