@@ -86,7 +86,7 @@ class ModelConfig:
     d_model: int = 128
     """Width of the residual stream."""
     d_ff: int = 0
-    """Hidden width of the SwiGLU MLP; 0 means about 8/3 * d_model."""
+    """Hidden width of the MLP; 0 means about 8/3 * d_model for SwiGLU, 4 * d_model for GELU."""
     context_len: int = 64
     """Tokens of context the model sees."""
     dropout: float = 0.0
@@ -98,12 +98,19 @@ class ModelConfig:
     """RMS-normalize each head's queries and keys before attention, with one learned gain per head
     dimension (at equal steps, 0.5 to 0.6 percent lower validation loss on tiny Shakespeare and
     Tang poems)."""
+    norm: Literal["rms", "layer"] = "rms"
+    """'rms' (RMSNorm) or 'layer' (LayerNorm without bias, GPT-2's and nanoGPT's choice)."""
+    position: Literal["rope", "learned"] = "rope"
+    """'rope' (rotary positions) or 'learned' (a learned position embedding added to the input, as in GPT-2)."""
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    """'swiglu' (gated SiLU) or 'gelu' (GPT-2's two-layer GELU MLP)."""
 
     def validate(self) -> None:
         for name in ("n_layer", "n_head", "d_model", "context_len"):
             _check(getattr(self, name) > 0, f"model.{name}", "must be > 0")
         _check(self.d_model % self.n_head == 0, "model.d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
-        _check((self.d_model // self.n_head) % 2 == 0, "model.n_head", "head size d_model/n_head must be even for rotary embeddings")
+        _check(self.position != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.n_head",
+               "head size d_model/n_head must be even for rotary embeddings (or set model.position: learned)")
         kv = self.n_kv_head or self.n_head
         _check(self.n_head % kv == 0, "model.n_kv_head", f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
         _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")

@@ -11,7 +11,7 @@ from lmforge.config import ModelConfig
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.data.tokens import TokenFile
 from lmforge.errors import DataError
-from lmforge.models.gpt import GPT, GPTShape, swiglu_hidden
+from lmforge.models.gpt import GPT, GPTShape, default_d_ff
 from lmforge.trainer.distributed import Runtime
 
 
@@ -22,11 +22,14 @@ def model_shape(cfg: ModelConfig, vocab_size: int) -> GPTShape:
         n_head=cfg.n_head,
         n_kv_head=cfg.n_kv_head or cfg.n_head,
         d_model=cfg.d_model,
-        d_ff=cfg.d_ff or swiglu_hidden(cfg.d_model),
+        d_ff=cfg.d_ff or default_d_ff(cfg.d_model, cfg.mlp),
         context_len=cfg.context_len,
         dropout=cfg.dropout,
         tied_embeddings=cfg.tied_embeddings,
         qk_norm=cfg.qk_norm,
+        norm=cfg.norm,
+        position=cfg.position,
+        mlp=cfg.mlp,
     )
 
 

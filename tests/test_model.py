@@ -1,6 +1,9 @@
+import pytest
 import torch
 
-from lmforge.models.gpt import GPT, GPTShape, KVCache
+from lmforge.config import ModelConfig
+from lmforge.errors import ConfigError
+from lmforge.models.gpt import GPT, GeluMLP, GPTShape, KVCache
 from lmforge.sample import filter_logits, generate_ids
 
 
@@ -19,8 +22,13 @@ def test_logits_shape_and_loss():
     assert abs(loss.item() - torch.log(torch.tensor(50.0)).item()) < 0.5  # near uniform at init
 
 
-def test_causal_future_does_not_leak():
-    m = tiny()
+# nanoGPT's GPT-2: LayerNorm without bias, learned positions, GELU MLP, no QK-norm.
+GPT2 = dict(norm="layer", position="learned", mlp="gelu", qk_norm=False, d_ff=128)
+
+
+@pytest.mark.parametrize("arch", [{}, GPT2], ids=["lmforge", "gpt2"])
+def test_causal_future_does_not_leak(arch):
+    m = tiny(**arch)
     x = torch.randint(0, 50, (1, 16))
     y = x.clone()
     y[0, 10:] = (y[0, 10:] + 1) % 50
@@ -30,9 +38,10 @@ def test_causal_future_does_not_leak():
     assert not torch.allclose(a[0, 10:], b[0, 10:], atol=1e-3)
 
 
-def test_kv_cache_matches_full_forward():
+@pytest.mark.parametrize("arch", [{}, GPT2], ids=["lmforge", "gpt2"])
+def test_kv_cache_matches_full_forward(arch):
     for kv in (4, 2, 1):  # multi-head, grouped-query, multi-query
-        m = tiny(n_kv_head=kv)
+        m = tiny(n_kv_head=kv, **arch)
         x = torch.randint(0, 50, (2, 12))
         with torch.no_grad():
             full = m(x)
@@ -41,6 +50,45 @@ def test_kv_cache_matches_full_forward():
             steps = [m(x[:, i : i + 1], cache=cache) for i in range(5, 12)]
         inc = torch.cat([first] + steps, dim=1)
         assert torch.allclose(full, inc, atol=1e-5), kv
+
+
+def test_gpt2_options_build_gpt2_layers_and_learn():
+    m = tiny(**GPT2)
+    assert isinstance(m.norm, torch.nn.LayerNorm) and m.norm.bias is None
+    assert isinstance(m.blocks[0].mlp, GeluMLP) and m.blocks[0].attn.qk_norm is None
+    assert m.pos_embed.weight.shape == (16, 32)
+    # Position is all the model sees of order: a repeated token's logits differ by position.
+    with torch.no_grad():
+        logits = m(torch.full((1, 16), 7))
+    assert not torch.allclose(logits[0, 0], logits[0, 9], atol=1e-4)
+    # Learned positions lift the even-head-size limit of rotary embeddings.
+    assert tiny(**GPT2, n_head=8, n_kv_head=8, d_model=24).shape.head_dim == 3
+    with pytest.raises(ValueError, match="even"):
+        tiny(n_head=8, n_kv_head=8, d_model=24)
+    ModelConfig(n_head=8, d_model=24, position="learned").validate()
+    with pytest.raises(ConfigError, match="model.n_head"):
+        ModelConfig(n_head=8, d_model=24).validate()
+    # It trains: a few AdamW steps on one batch lower the loss (gradients reach every weight).
+    m.train()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    x, y = torch.randint(0, 50, (4, 16)), torch.randint(0, 50, (4, 16))
+    first = m(x, y)
+    first.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+    opt.step()
+    for _ in range(20):
+        opt.zero_grad()
+        loss = m(x, y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < first.item() - 0.5
+
+
+def test_shapes_saved_before_the_options_load_as_before():
+    old = dict(vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8)
+    s = GPTShape(**old)
+    assert (s.norm, s.position, s.mlp, s.qk_norm) == ("rms", "rope", "swiglu", False)
+    assert GPT(s).pos_embed is None
 
 
 def test_tied_embeddings_share_storage():

@@ -929,14 +929,16 @@ class LMStepTimer:
     """
 
     def __init__(self, vocab_size: int, device: str = "cpu", repeats: int = 3, slow_s: float = 0.5,
-                 tied_embeddings: bool = True, seed: int = 0, optimizer: str = "adamw", qk_norm: bool = True):
+                 tied_embeddings: bool = True, seed: int = 0, optimizer: str = "adamw", qk_norm: bool = True,
+                 norm: str = "rms", position: str = "rope", mlp: str = "swiglu"):
         self.vocab = vocab_size
         self.optimizer = optimizer
         self.device = device
         self.repeats = repeats
         self.slow_s = slow_s
         self.tied = tied_embeddings
-        self.qk_norm = qk_norm
+        # The run's architecture choices, so the step timed is the step the run takes.
+        self.arch = dict(qk_norm=qk_norm, norm=norm, position=position, mlp=mlp)
         self.seed = seed
         self._key: tuple | None = None
         self._model = None
@@ -949,7 +951,7 @@ class LMStepTimer:
         import torch
 
         from lmforge.config import TrainConfig
-        from lmforge.models.gpt import GPT, GPTShape
+        from lmforge.models.gpt import GPT, GPTShape, default_d_ff
         from lmforge.trainer.distributed import Runtime, wrap_model
         from lmforge.trainer.optim import build_optimizer
 
@@ -959,8 +961,8 @@ class LMStepTimer:
         self._model = self._step_model = self._opt = None
         torch.manual_seed(self.seed)
         shape = GPTShape(vocab_size=self.vocab, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=c.n_head,
-                         d_model=c.d_model, d_ff=_ff(c.d_model), context_len=c.context_len,
-                         dropout=dropout, tied_embeddings=self.tied, qk_norm=self.qk_norm)
+                         d_model=c.d_model, d_ff=default_d_ff(c.d_model, self.arch["mlp"]),
+                         context_len=c.context_len, dropout=dropout, tied_embeddings=self.tied, **self.arch)
         self._model = GPT(shape).to(self.device)
         # Wrapped as the training loop wraps it, so a compiled graph here is the run's graph.
         self._step_model = wrap_model(self._model, Runtime(0, 1, 0, torch.device(self.device), "fp32"), compiled)

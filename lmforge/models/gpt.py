@@ -1,5 +1,8 @@
 """Decoder-only transformer: RMSNorm, rotary positions, QK-norm, SwiGLU, optional GQA and tied embeddings.
 
+GPT-2's choices (LayerNorm, learned positions, GELU MLP, no QK-norm) are options, so nanoGPT's
+settings can be reproduced as they are and compared against.
+
 Plain single-device PyTorch. Distributed wrapping and compilation are applied from outside
 (`lmforge.trainer.distributed`), never here.
 """
@@ -29,8 +32,11 @@ class GPTShape:
     context_len: int
     dropout: float = 0.0
     tied_embeddings: bool = True
-    # False for shapes saved before the option existed.
+    # Defaults below are what shapes saved before each option existed used.
     qk_norm: bool = False
+    norm: str = "rms"  # "rms" or "layer"
+    position: str = "rope"  # "rope" or "learned"
+    mlp: str = "swiglu"  # "swiglu" or "gelu"
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
 
@@ -43,6 +49,11 @@ def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
     """SwiGLU hidden width with about the parameter count of a 4x GELU MLP (8/3 * d_model)."""
     hidden = int(8 * d_model / 3)
     return multiple_of * math.ceil(hidden / multiple_of)
+
+
+def default_d_ff(d_model: int, mlp: str) -> int:
+    """GPT-2's 4x for a GELU MLP; for SwiGLU the width with about the same parameter count."""
+    return 4 * d_model if mlp == "gelu" else swiglu_hidden(d_model)
 
 
 def rope_tables(head_dim: int, context_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +81,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+
+
+def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
+    # LayerNorm without bias, as nanoGPT builds GPT-2 by default.
+    return RMSNorm(dim, eps) if kind == "rms" else nn.LayerNorm(dim, eps=eps, bias=False)
 
 
 class Dropout(nn.Module):
@@ -156,7 +172,8 @@ class Attention(nn.Module):
         qk = qkv[:, :, : nh + nkv]  # (B, T, nh + nkv, hd)
         if self.qk_norm:
             qk = self.qk_norm(qk)
-        qk = apply_rope(qk, cos[:, None], sin[:, None])
+        if cos is not None:
+            qk = apply_rope(qk, cos[:, None], sin[:, None])
         q, k = qk.split([nh, nkv], dim=2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = qkv[:, :, nh + nkv :].transpose(1, 2)  # (B, nkv, T, hd)
@@ -199,13 +216,23 @@ class SwiGLU(nn.Module):
         return self.down(F.silu(gate) * up)
 
 
+class GeluMLP(nn.Module):
+    def __init__(self, s: GPTShape):
+        super().__init__()
+        self.up = nn.Linear(s.d_model, s.d_ff, bias=False)
+        self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
+
+    def forward(self, x):
+        return self.down(F.gelu(self.up(x)))
+
+
 class Block(nn.Module):
     def __init__(self, s: GPTShape, layer: int):
         super().__init__()
-        self.attn_norm = RMSNorm(s.d_model, s.norm_eps)
+        self.attn_norm = make_norm(s.norm, s.d_model, s.norm_eps)
         self.attn = Attention(s, layer)
-        self.mlp_norm = RMSNorm(s.d_model, s.norm_eps)
-        self.mlp = SwiGLU(s)
+        self.mlp_norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.mlp = SwiGLU(s) if s.mlp == "swiglu" else GeluMLP(s)
         self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
 
     def forward(self, x, cos, sin, cache=None):
@@ -222,13 +249,17 @@ class GPT(nn.Module):
             raise ValueError(f"d_model {s.d_model} is not divisible by n_head {s.n_head}")
         if s.n_head % s.n_kv_head:
             raise ValueError(f"n_head {s.n_head} is not divisible by n_kv_head {s.n_kv_head}")
-        if s.head_dim % 2:
+        for field, allowed in (("norm", ("rms", "layer")), ("position", ("rope", "learned")), ("mlp", ("swiglu", "gelu"))):
+            if getattr(s, field) not in allowed:
+                raise ValueError(f"{field} must be one of {allowed}, got {getattr(s, field)!r}")
+        if s.position == "rope" and s.head_dim % 2:
             raise ValueError(f"head size {s.head_dim} must be even for rotary embeddings")
         self.shape = s
         self.embed = nn.Embedding(s.vocab_size, s.d_model)
+        self.pos_embed = nn.Embedding(s.context_len, s.d_model) if s.position == "learned" else None
         self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(s, i) for i in range(s.n_layer))
-        self.norm = RMSNorm(s.d_model, s.norm_eps)
+        self.norm = make_norm(s.norm, s.d_model, s.norm_eps)
         self.lm_head = nn.Linear(s.d_model, s.vocab_size, bias=False)
         if s.tied_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -261,6 +292,8 @@ class GPT(nn.Module):
         s = self.shape
         T = context_len or s.context_len
         n = self.num_params(non_embedding=False) - self.embed.weight.numel() * (0 if s.tied_embeddings else 1)
+        if self.pos_embed is not None:
+            n -= self.pos_embed.weight.numel()  # a lookup, no matmul
         # Causal attention: QK^T and AV, each 2*T*d per token forward, halved by the mask, x3 for backward.
         attn = 6 * s.n_layer * s.d_model * T
         return 6 * n + attn
@@ -276,9 +309,7 @@ class GPT(nn.Module):
         start = cache.length if cache is not None else 0
         if start + T > self.shape.context_len:
             raise ValueError(f"sequence of {start + T} tokens exceeds context_len {self.shape.context_len}")
-        cos = self.rope_cos[start : start + T]
-        sin = self.rope_sin[start : start + T]
-        x = self.drop(self.embed(idx))  # (B, T, C)
+        x, cos, sin = self._embed(idx, start)  # x: (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
         x = self.norm(x)
@@ -292,8 +323,18 @@ class GPT(nn.Module):
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         """Final normalized hidden states (B, T, C); used by classification heads."""
-        T = idx.shape[1]
-        x = self.drop(self.embed(idx))
+        x, cos, sin = self._embed(idx, 0)
         for block in self.blocks:
-            x = block(x, self.rope_cos[:T], self.rope_sin[:T])
+            x = block(x, cos, sin)
         return self.norm(x)
+
+    def _embed(self, idx: torch.Tensor, start: int):
+        """Token (and learned position) embeddings for positions start.., and the rotary tables."""
+        T = idx.shape[1]
+        x = self.embed(idx)
+        if self.pos_embed is None:
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
+        else:
+            x = x + self.pos_embed(torch.arange(start, start + T, device=idx.device))
+            cos = sin = None
+        return self.drop(x), cos, sin
