@@ -17,7 +17,7 @@ times slower than one, and the comparison is meant to be about the settings.
 Prints one JSON line per corpus with auto_bpb, baby_bpb, baby_lmforge_model_bpb, tuned_bpb, auto_wall_s, budget_s and how
 far each run's wall time was from its budget. Goal: auto beats baby by >= 10% and is within 3% of tuned.
 
-    python benchmarks/auto.py --budget 2m --trials 8                 # the full benchmark (~40 minutes)
+    python benchmarks/auto.py --budget 2m --trials 8                 # the full benchmark (~50 minutes)
     python benchmarks/auto.py --budget 20s --trials 2 --max-bytes 200000   # a quick end-to-end check
 """
 
