@@ -40,12 +40,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from lmforge.auto.hardware import Hardware
-from lmforge.config import Config, from_dict, to_dict
+from lmforge.config import Config, ModelConfig, from_dict, to_dict
 from lmforge.errors import ConfigError
 
 # --- durations --------------------------------------------------------------------------------
@@ -929,16 +929,15 @@ class LMStepTimer:
     """
 
     def __init__(self, vocab_size: int, device: str = "cpu", repeats: int = 3, slow_s: float = 0.5,
-                 tied_embeddings: bool = True, seed: int = 0, optimizer: str = "adamw", qk_norm: bool = True,
-                 norm: str = "rms", position: str = "rope", mlp: str = "swiglu"):
+                 model: ModelConfig | None = None, seed: int = 0, optimizer: str = "adamw"):
         self.vocab = vocab_size
         self.optimizer = optimizer
         self.device = device
         self.repeats = repeats
         self.slow_s = slow_s
-        self.tied = tied_embeddings
-        # The run's architecture choices, so the step timed is the step the run takes.
-        self.arch = dict(qk_norm=qk_norm, norm=norm, position=position, mlp=mlp)
+        # The run's model config supplies the architecture choices (norm, positions, MLP, tying),
+        # so the step timed is the step the run takes; each candidate sets the sizes.
+        self.model = model or ModelConfig()
         self.seed = seed
         self._key: tuple | None = None
         self._model = None
@@ -951,7 +950,8 @@ class LMStepTimer:
         import torch
 
         from lmforge.config import TrainConfig
-        from lmforge.models.gpt import GPT, GPTShape, default_d_ff
+        from lmforge.lm import model_shape
+        from lmforge.models.gpt import GPT
         from lmforge.trainer.distributed import Runtime, wrap_model
         from lmforge.trainer.optim import build_optimizer
 
@@ -960,9 +960,9 @@ class LMStepTimer:
             return
         self._model = self._step_model = self._opt = None
         torch.manual_seed(self.seed)
-        shape = GPTShape(vocab_size=self.vocab, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=c.n_head,
-                         d_model=c.d_model, d_ff=default_d_ff(c.d_model, self.arch["mlp"]),
-                         context_len=c.context_len, dropout=dropout, tied_embeddings=self.tied, **self.arch)
+        sizes = replace(self.model, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=0, d_model=c.d_model, d_ff=0,
+                        context_len=c.context_len, dropout=dropout)
+        shape = model_shape(sizes, self.vocab)
         self._model = GPT(shape).to(self.device)
         # Wrapped as the training loop wraps it, so a compiled graph here is the run's graph.
         self._step_model = wrap_model(self._model, Runtime(0, 1, 0, torch.device(self.device), "fp32"), compiled)

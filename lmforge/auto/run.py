@@ -59,9 +59,7 @@ def plan_run(
     prepare_s = time.perf_counter() - t0
     facts = DataFacts.from_prepared(data)
     # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
-    timer = LMStepTimer(facts.vocab_size, hw.device, tied_embeddings=cfg.model.tied_embeddings, seed=cfg.seed,
-                        qk_norm=cfg.model.qk_norm, norm=cfg.model.norm, position=cfg.model.position,
-                        mlp=cfg.model.mlp,
+    timer = LMStepTimer(facts.vocab_size, hw.device, model=cfg.model, seed=cfg.seed,
                         slow_s=max(0.25, budget_s / 400),
                         optimizer=plan_optimizer(cfg, fixed, options or PlanOptions())[0])
 
