@@ -88,7 +88,7 @@ def run_baby(out: Path, data: Path, wall_s: float, slack: float, threads: int | 
     budget = max(5.0, wall_s - prep_wall - overhead)
     log = out.with_name(out.name + ".log")
     rc, wall, _ = lmforge(["train", str(data), *cfg, "--train.max_steps", "1000000",
-                           "--train.time_budget_s", f"{budget:.1f}", "--train.compile", "off", "--json"],
+                           "--train.time_budget_s", f"{budget:.1f}", "--runtime.compile", "off", "--json"],
                           log, slack, threads)
     if rc != 0:
         raise SystemExit(f"{out.name} run failed; see {log}")
@@ -103,9 +103,9 @@ def tune_file(path: Path, data: Path, tokenizer: dict, budget: float) -> Path:
             "model.d_model": [64, 128, 192, 256],
             "model.n_layer": {"low": 2, "high": 6},
             "model.context_len": [64, 128, 256],
-            "train.lr": {"low": 3.0e-4, "high": 6.0e-3, "log": True},
+            "optim.lr": {"low": 3.0e-4, "high": 6.0e-3, "log": True},
             "train.global_batch_tokens": [2048, 4096, 8192],
-            "train.optimizer": ["adamw", "muon"],
+            "optim.kind": ["adamw", "muon"],
         },
         "data": {"path": str(data), "doc_split": "file", "val_fraction": 0.1},
         "tokenizer": tokenizer,
@@ -188,7 +188,7 @@ def bench_corpus(name: str, data: Path, out: Path, budget: float, trials: int, t
 
 
 def main() -> int:
-    from lmforge.auto.planner import parse_duration
+    from lmforge.durations import parse_duration
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default="2m", help="time budget of the auto run and of each tune trial")

@@ -33,7 +33,7 @@ RECIPE = "configs/shakespeare-char-cpu.yaml"
 def run_one(config: str, data: str, out: str, overrides: dict[str, str]) -> dict:
     sys.path.insert(0, str(ROOT))
     from lmforge.config import load_config
-    from lmforge.pretrain import train
+    from lmforge.lm.pretrain import train
 
     cfg = load_config(ROOT / config, {"data.path": data, "out": out, "sample.num_samples": "0", **overrides})
     t0 = time.perf_counter()

@@ -81,7 +81,8 @@ def _read_lines(path: str) -> tuple[list[str], int]:
 
 def child(case: dict) -> dict:
     sys.path.insert(0, str(ROOT))
-    from lmforge.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
+    from lmforge.config import TokenizerConfig
+    from lmforge.data.tokenizer import Tokenizer, train_tokenizer
     from lmforge.data.tokens import encode_corpus
 
     if case["op"] == "baseline":

@@ -21,20 +21,20 @@ def prepare(cfg: Config):
 
 def train(cfg: Config | None = None, resume=None, progress: bool = True):
     """Train a GPT as configured (or resume a run folder); returns a TrainResult."""
-    from lmforge.pretrain import train as _train
+    from lmforge.lm.pretrain import train as _train
 
     return _train(cfg, resume=resume, progress=progress)
 
 
 def evaluate(run_dir, data=None, max_tokens: int = 0, device: str = "cpu"):
     """Validation loss, perplexity and bits per byte of a trained run."""
-    from lmforge.eval.lm import evaluate as _evaluate
+    from lmforge.lm.evaluate import evaluate as _evaluate
 
     return _evaluate(run_dir, data, max_tokens, device)
 
 
 def generate(run_dir, prompt=None, cfg=None, seed: int = 0, stream: bool = True, device: str = "cpu"):
     """Sample text from a trained run."""
-    from lmforge.sample import generate as _generate
+    from lmforge.lm.sample import generate as _generate
 
     return _generate(run_dir, prompt, cfg, seed=seed, stream=stream, device=device)

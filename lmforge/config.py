@@ -7,9 +7,11 @@ Each field's docstring (the string literal under it) is its documentation: the C
 from __future__ import annotations
 
 import ast
+import codecs
 import dataclasses
 import difflib
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -35,6 +37,20 @@ class DataConfig:
     """How plain-text files become documents: 'paragraph' splits on blank lines, 'file' keeps each file whole."""
     val_fraction: float = 0.1
     """Share of documents held out for validation (by document, seeded)."""
+    encoding: str = "auto"
+    """Text encoding of the input files: 'auto' detects it (UTF-8/16/32, GB18030 and legacy single-byte encodings such as Latin-1) and stops when unsure; or a codec name such as utf-8, latin-1, cp1252, gbk."""
+    num_workers: int = 0
+    """Processes for encoding tokens; 0 chooses automatically."""
+
+    def validate(self) -> None:
+        check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(bool(self.text_field), "data.text_field", "must name a field, e.g. text")
+        check_encoding(self.encoding, "data.encoding")
+
+
+@dataclass
+class CleanConfig:
     nfkc: bool = False
     """Apply Unicode NFKC normalization (folds full-width forms and compatibility characters)."""
     strip_control: bool = True
@@ -45,13 +61,9 @@ class DataConfig:
     """Remove exact duplicate documents."""
     min_chars: int = 1
     """Drop documents shorter than this many characters after cleaning."""
-    num_workers: int = 0
-    """Processes for encoding tokens; 0 chooses automatically."""
 
     def validate(self) -> None:
-        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
-        _check(self.min_chars >= 0, "data.min_chars", "must be >= 0")
-        _check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(self.min_chars >= 0, "clean.min_chars", "must be >= 0")
 
 
 @dataclass
@@ -66,13 +78,21 @@ class TokenizerConfig:
     """BPE only: a pair must occur this often to be merged."""
 
     def validate(self) -> None:
-        _check(self.kind in ("bpe", "char"), "tokenizer.kind", f"{self.kind!r} is not one of bpe, char")
-        _check(self.cjk_split in ("char", "jieba", "none"), "tokenizer.cjk_split",
-               f"{self.cjk_split!r} is not one of char, jieba, none")
-        _check(isinstance(self.vocab_size, int) and self.vocab_size >= 257, "tokenizer.vocab_size",
-               "must be an integer >= 257 (256 byte symbols + <|endoftext|>)")
-        _check(isinstance(self.min_frequency, int) and self.min_frequency >= 0, "tokenizer.min_frequency",
-               "must be an integer >= 0")
+        check_types(self, "tokenizer.")  # also checked here: the tokenizer trainer is called directly
+        check(self.vocab_size >= 257, "tokenizer.vocab_size", "must be an integer >= 257 (256 byte symbols + <|endoftext|>)")
+        check(self.vocab_size <= 2**31 - 1, "tokenizer.vocab_size", "must be below 2**31")
+        check(self.min_frequency >= 0, "tokenizer.min_frequency", "must be an integer >= 0")
+
+
+def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
+    """SwiGLU hidden width with about the parameter count of a 4x GELU MLP (8/3 * d_model)."""
+    hidden = int(8 * d_model / 3)
+    return multiple_of * math.ceil(hidden / multiple_of)
+
+
+def default_d_ff(d_model: int, mlp: str) -> int:
+    """GPT-2's 4x for a GELU MLP; for SwiGLU the width with about the same parameter count."""
+    return 4 * d_model if mlp == "gelu" else swiglu_hidden(d_model)
 
 
 @dataclass
@@ -104,38 +124,38 @@ class ModelConfig:
     """'rope' (rotary positions) or 'learned' (a learned position embedding added to the input, as in GPT-2)."""
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     """'swiglu' (gated SiLU) or 'gelu' (GPT-2's two-layer GELU MLP)."""
+    rope_base: float = 10000.0
+    """Base (theta) of the rotary position frequencies."""
+    norm_eps: float = 1e-5
+    """Epsilon of the normalization layers."""
 
     def validate(self) -> None:
+        check_types(self, "model.")  # also checked here: models are built from this section directly
         for name in ("n_layer", "n_head", "d_model", "context_len"):
-            _check(getattr(self, name) > 0, f"model.{name}", "must be > 0")
-        _check(self.d_model % self.n_head == 0, "model.d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
-        _check(self.position != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.n_head",
+            check(getattr(self, name) > 0, f"model.{name}", "must be > 0")
+        check(self.n_kv_head >= 0, "model.n_kv_head", "must be >= 0 (0: as many as model.n_head)")
+        check(self.d_ff >= 0, "model.d_ff", "must be >= 0 (0: the default width for model.mlp)")
+        check(self.d_model % self.n_head == 0, "model.d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        check(self.position != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.n_head",
                "head size d_model/n_head must be even for rotary embeddings (or set model.position: learned)")
         kv = self.n_kv_head or self.n_head
-        _check(self.n_head % kv == 0, "model.n_kv_head", f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
-        _check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        check(self.n_head % kv == 0, "model.n_kv_head", f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
+        check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        check(self.rope_base > 0, "model.rope_base", "must be > 0")
+        check(0 < self.norm_eps < 1, "model.norm_eps", "must be in (0, 1)")
+
+    def resolved(self) -> ModelConfig:
+        """A copy with every 'choose for me' value (0) replaced by what it stands for."""
+        return dataclasses.replace(self, n_kv_head=self.n_kv_head or self.n_head,
+                                   d_ff=self.d_ff or default_d_ff(self.d_model, self.mlp))
 
 
 @dataclass
-class TrainConfig:
-    max_steps: int = 1000
-    """Optimizer steps to train for."""
-    global_batch_tokens: int = 8192
-    """Tokens per optimizer step, summed over all processes and accumulation steps."""
-    micro_batch_size: int = 0
-    """Sequences per forward pass per process; 0 picks the whole per-process batch (no accumulation). Accumulation steps are derived."""
-    lr: float = 1e-3
-    """Peak learning rate."""
-    min_lr: float = 1e-4
-    """Learning rate at the end of the decay."""
-    warmup_steps: int = 100
-    """Linear warm-up steps from 0 to lr."""
-    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
-    """After warm-up: 'cosine' decay to min_lr, 'wsd' (warmup-stable-decay: constant, then linear decay over decay_fraction), or 'constant'."""
-    decay_fraction: float = 0.2
-    """wsd only: share of the steps spent in the final decay."""
-    optimizer: Literal["adamw", "muon"] = "adamw"
+class OptimConfig:
+    kind: Literal["adamw", "muon"] = "adamw"
     """'adamw', or 'muon': Muon (orthogonalized momentum) for the hidden weight matrices and AdamW for embeddings, norms and the rest."""
+    lr: float = 1e-3
+    """Peak learning rate. Classifiers: 0 (their default) gives each model its own (model.<kind>.lr); a value here overrides them all."""
     weight_decay: float = 0.1
     """Decoupled weight decay, applied to matrices only (not norms, biases or embeddings)."""
     beta1: float = 0.9
@@ -144,32 +164,73 @@ class TrainConfig:
     """AdamW beta2."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this; 0 disables clipping."""
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """'auto' uses bf16 autocast where the hardware runs it fast (GPUs with bf16, CPUs with AMX/AVX512-BF16 at widths where it pays)."""
-    compile: Literal["auto", "on", "off"] = "auto"
-    """torch.compile the model; 'auto' compiles runs long enough to repay the compile time."""
+
+    def validate(self) -> None:
+        check(self.lr >= 0 and math.isfinite(self.lr), "optim.lr", "must be a finite number >= 0")
+        check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        check(0 <= self.beta1 < 1, "optim.beta1", "must be in [0, 1)")
+        check(0 <= self.beta2 < 1, "optim.beta2", "must be in [0, 1)")
+        check(self.grad_clip >= 0, "optim.grad_clip", "must be >= 0")
+
+
+@dataclass
+class ScheduleConfig:
+    kind: Literal["cosine", "wsd", "constant"] = "cosine"
+    """After warm-up: 'cosine' decay to min_lr, 'wsd' (warmup-stable-decay: constant, then linear decay over decay_fraction), or 'constant'."""
+    warmup_steps: int = 100
+    """Linear warm-up steps from 0 to the peak learning rate."""
+    min_lr: float = 1e-4
+    """Learning rate at the end of the decay (a classifier's model uses at most a tenth of its own peak)."""
+    decay_fraction: float = 0.2
+    """wsd only: share of the steps spent in the final decay."""
+
+    def validate(self) -> None:
+        check(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
+        check(self.min_lr >= 0, "schedule.min_lr", "must be >= 0")
+        check(0 < self.decay_fraction <= 1, "schedule.decay_fraction", "must be in (0, 1]")
+
+
+@dataclass
+class RuntimeConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; 'auto' picks CUDA when available (the local GPU under torchrun)."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """'auto' uses bf16 autocast where a training step measures faster in it (GPUs with bf16, CPUs with AMX/AVX512-BF16 at widths where it pays)."""
+    compile: Literal["auto", "on", "off"] = "auto"
+    """torch.compile the model; 'auto' compiles runs long enough to repay the compile time."""
+    threads: int = 0
+    """CPU threads per process; 0: all cores, dropping to one when other programs make threads stall."""
+
+    def validate(self) -> None:
+        check(self.threads >= 0, "runtime.threads", "must be >= 0 (0: automatic)")
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    """Optimizer steps to train for."""
+    global_batch_tokens: int = 8192
+    """Tokens per optimizer step, summed over all processes and accumulation steps (a multiple of model.context_len)."""
+    micro_batch_size: int = 0
+    """Sequences per forward pass per process; 0 picks the whole per-process batch (no accumulation). Accumulation steps are derived."""
+    time_budget_s: float = 0.0
+    """Stop (evaluate and save) once training has used this many seconds; 0 means no limit."""
     log_interval: int = 10
     """Steps between training-loss log lines in metrics.jsonl."""
     save_interval: int = 0
     """Steps between checkpoints; 0 means at every evaluation."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep for resuming."""
-    time_budget_s: float = 0.0
-    """Stop (evaluate and save) once training has used this many seconds; 0 means no limit."""
 
     def validate(self) -> None:
-        _check(self.max_steps > 0, "train.max_steps", "must be > 0")
-        _check(self.global_batch_tokens > 0, "train.global_batch_tokens", "must be > 0")
-        _check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
-        _check(self.lr > 0, "train.lr", "must be > 0")
-        _check(0 <= self.min_lr <= self.lr, "train.min_lr", f"must be between 0 and train.lr={self.lr}")
-        _check(self.warmup_steps >= 0, "train.warmup_steps", "must be >= 0")
-        _check(0 < self.decay_fraction <= 1, "train.decay_fraction", "must be in (0, 1]")
-        _check(self.grad_clip >= 0, "train.grad_clip", "must be >= 0")
-        _check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
-        _check(self.log_interval >= 1, "train.log_interval", "must be >= 1")
+        check(self.max_steps > 0, "train.max_steps", "must be > 0")
+        check(self.global_batch_tokens > 0, "train.global_batch_tokens", "must be > 0")
+        check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
+        check(self.time_budget_s >= 0 and math.isfinite(self.time_budget_s), "train.time_budget_s",
+               "must be a finite number of seconds >= 0")
+        check(self.log_interval >= 1, "train.log_interval", "must be >= 1")
+        check(self.save_interval >= 0, "train.save_interval", "must be >= 0")
+        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
 
 
 @dataclass
@@ -182,9 +243,9 @@ class EvalConfig:
     """Stop early after this many evaluations without a better validation loss; 0 disables early stopping."""
 
     def validate(self) -> None:
-        _check(self.interval > 0, "eval.interval", "must be > 0")
-        _check(self.max_tokens > 0, "eval.max_tokens", "must be > 0")
-        _check(self.patience >= 0, "eval.patience", "must be >= 0")
+        check(self.interval > 0, "eval.interval", "must be > 0")
+        check(self.max_tokens > 0, "eval.max_tokens", "must be > 0")
+        check(self.patience >= 0, "eval.patience", "must be >= 0")
 
 
 @dataclass
@@ -203,11 +264,11 @@ class SampleConfig:
     """Nucleus sampling: the smallest set of tokens whose probability reaches top_p; 1 disables."""
 
     def validate(self) -> None:
-        _check(self.num_samples >= 0, "sample.num_samples", "must be >= 0")
-        _check(self.max_new_tokens >= 0, "sample.max_new_tokens", "must be >= 0")
-        _check(self.temperature >= 0, "sample.temperature", "must be >= 0")
-        _check(self.top_k >= 0, "sample.top_k", "must be >= 0")
-        _check(0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1]")
+        check(self.num_samples >= 0, "sample.num_samples", "must be >= 0")
+        check(self.max_new_tokens >= 0, "sample.max_new_tokens", "must be >= 0")
+        check(self.temperature >= 0 and math.isfinite(self.temperature), "sample.temperature", "must be >= 0")
+        check(self.top_k >= 0, "sample.top_k", "must be >= 0")
+        check(0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1]")
 
 
 @dataclass
@@ -217,28 +278,81 @@ class Config:
     seed: int = 1337
     """Seed for the data split, initialization, batch order and dropout."""
     data: DataConfig = field(default_factory=DataConfig)
+    clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
     def validate(self) -> Config:
         validate_sections(self)
+        check(self.optim.lr > 0, "optim.lr", "must be > 0")
+        check(self.schedule.min_lr <= self.optim.lr, "schedule.min_lr", f"must not exceed optim.lr={self.optim.lr}")
+        T = self.model.context_len
+        check(self.train.global_batch_tokens % T == 0, "train.global_batch_tokens",
+               f"{self.train.global_batch_tokens} is not a multiple of model.context_len={T}")
         return self
 
 
-def validate_sections(cfg) -> None:
-    """Validate each section (nested dataclass) of a top-level config."""
+def validate_sections(cfg, prefix: str = "") -> None:
+    """Check the type of every field of a config (also one built in Python rather than loaded),
+    then let each section (nested dataclass) check its ranges."""
+    check_types(cfg, prefix)
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
+            check_types(value, f"{prefix}{f.name}.")
             value.validate()
 
 
-def _check(ok: bool, name: str, reason: str) -> None:
+def check_types(section, prefix: str = "") -> None:
+    """Each leaf field holds a value of its declared type (a Literal: one of its options)."""
+    hints = typing.get_type_hints(type(section))
+    for f in dataclasses.fields(section):
+        tp, value, name = hints[f.name], getattr(section, f.name), prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            continue
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                continue
+            tp = next(a for a in args if a is not type(None))
+            origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Literal:
+            ok = value in args
+            want = "one of " + ", ".join(map(str, args))
+        elif tp is bool:
+            ok, want = isinstance(value, bool), "true or false"
+        elif tp is int:
+            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif tp is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+            want = "a number"
+        elif tp is str:
+            ok, want = isinstance(value, str), "text"
+        else:
+            continue
+        check(ok, name, f"{value!r} is not {want}")
+
+
+def check(ok: bool, name: str, reason: str) -> None:
+    """Raise a ConfigError naming the field unless `ok`."""
     if not ok:
         raise ConfigError(f"config field '{name}': {reason}")
+
+
+def check_encoding(name: str, field_name: str) -> None:
+    if name == "auto":
+        return
+    try:
+        codecs.lookup(name)
+    except LookupError:
+        raise ConfigError(f"config field '{field_name}': {name!r} is not a known text encoding; use auto, or a "
+                          "codec name such as utf-8, latin-1, cp1252, gbk") from None
 
 
 # --- docstrings ------------------------------------------------------------------------------
@@ -265,15 +379,17 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def iter_fields(cls: type = Config, prefix: str = ""):
+def iter_fields(cls: type = Config, prefix: str = "", defaults: Any = None):
     """Yield (dotted name, type, default, doc) for every leaf field."""
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
-    defaults = cls()
+    defaults = cls() if defaults is None else defaults
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            yield from iter_fields(tp, f"{prefix}{f.name}.")
+            # The section's default comes from its parent, which may set it up differently
+            # (a classifier's optimizer section defaults to per-model learning rates).
+            yield from iter_fields(tp, f"{prefix}{f.name}.", getattr(defaults, f.name))
         else:
             yield f"{prefix}{f.name}", tp, getattr(defaults, f.name), docs.get(f.name, "")
 
@@ -337,23 +453,26 @@ def _unknown(name: str, valid: list[str], where: str) -> ConfigError:
     return ConfigError(f"unknown config key '{name}'{where}.{hint}")
 
 
-def from_dict(cls: type, data: dict, prefix: str = "", source: str = ""):
-    """Build a dataclass from a nested dict, coercing types and rejecting unknown keys."""
+def from_dict(cls: type, data: dict, prefix: str = "", source: str = "", base: Any = None):
+    """Build a dataclass from a nested dict, coercing types and rejecting unknown keys.
+
+    Fields the dict leaves out keep their value in `base` (default: the class's defaults)."""
     if not isinstance(data, dict):
         raise ConfigError(f"config section '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {data!r}")
+    base = cls() if base is None else base
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     where = f" in {source}" if source else ""
     for key, value in data.items():
-        if key not in names:
-            raise _unknown(prefix + key, [prefix + n for n in names], where)
+        if not isinstance(key, str) or key not in names:
+            raise _unknown(prefix + str(key), [prefix + n for n in names], where)
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = from_dict(tp, value or {}, f"{prefix}{key}.", source)
+            kwargs[key] = from_dict(tp, value or {}, f"{prefix}{key}.", source, getattr(base, key))
         else:
             kwargs[key] = _coerce(value, tp, prefix + key)
-    return cls(**kwargs)
+    return dataclasses.replace(base, **kwargs)
 
 
 def to_dict(cfg) -> dict:

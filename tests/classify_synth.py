@@ -80,11 +80,11 @@ def tiny_overrides(out: Path, **extra) -> dict:
     """Config overrides that keep a neural run to a few seconds on a CPU."""
     base = {
         "out": str(out),
-        "train.precision": "fp32",
-        "train.compile": "off",
+        "runtime.precision": "fp32",
+        "runtime.compile": "off",
         "train.log_interval": 5,
-        "data.batch_size": 32,
-        "data.epochs": 8,
+        "train.batch_size": 32,
+        "train.epochs": 8,
         "text.min_freq": 1,
         "model.bilstm.embed_dim": 32,
         "model.bilstm.hidden_dim": 32,

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from lmforge.auto.lr_finder import centred_average, lr_range_test, suggest_lr
-from lmforge.config import TrainConfig
-from lmforge.trainer.distributed import Runtime
+from lmforge.config import OptimConfig
+from lmforge.trainer.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
@@ -60,7 +60,7 @@ class Regression:
 def test_range_test_on_a_synthetic_problem_points_at_the_fastest_fall(tmp_path):
     task = Regression()
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
-    res = lr_range_test(task, TrainConfig(weight_decay=0.0, grad_clip=0.0), CPU, lr_min=1e-5, lr_max=10.0, steps=150)
+    res = lr_range_test(task, OptimConfig(weight_decay=0.0, grad_clip=0.0), CPU, lr_min=1e-5, lr_max=10.0, steps=150)
     # the weights are put back
     for k, v in task.model.state_dict().items():
         assert torch.equal(v, before[k])

@@ -7,7 +7,7 @@ import torch
 
 import lmforge
 from lmforge.errors import TrainingError
-from lmforge.lm import LMTask
+from lmforge.lm.task import LMTask
 from lmforge.trainer.loop import backoff_micro_batch, is_oom_error
 from test_train import final_weights, small_cfg
 
@@ -62,7 +62,7 @@ def test_oom_at_micro_batch_one_is_a_clear_error(corpus, tmp_path, monkeypatch):
 
 
 def test_on_eval_hook_sees_every_evaluation_and_can_stop_training(corpus, tmp_path):
-    from lmforge.pretrain import train
+    from lmforge.lm.pretrain import train
 
     seen = []
 

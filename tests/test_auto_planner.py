@@ -8,8 +8,9 @@ import torch
 from lmforge.auto.batch_size import find_micro_batch
 from lmforge.auto.hardware import Hardware
 from lmforge.auto.planner import (Candidate, DataFacts, PlanOptions, effective_data, flops_per_token, make_plan,
-                                  parse_duration, predicted_loss)
+                                  predicted_loss)
 from lmforge.config import Config
+from lmforge.durations import parse_duration
 from lmforge.errors import ConfigError
 
 VOCAB = 65
@@ -86,8 +87,8 @@ def test_more_time_gives_a_bigger_model_more_tokens_and_compile():
     tokens = [p.estimates["train_tokens"] for p in plans]
     assert params[0] <= params[1] <= params[2] and params[0] < params[2]
     assert tokens[0] < tokens[1] < tokens[2]
-    assert [p.config.train.compile for p in plans] == ["off", "off", "on"] or plans[0].config.train.compile == "off"
-    assert plans[-1].config.train.compile == "on"  # an hour repays a minute of compiling
+    assert [p.config.runtime.compile for p in plans] == ["off", "off", "on"] or plans[0].config.runtime.compile == "off"
+    assert plans[-1].config.runtime.compile == "on"  # an hour repays a minute of compiling
     for p in plans:  # the rule keeps models near compute-optimal on an unlimited corpus
         assert 0.3 < p.estimates["tokens_per_param"] < 100, p.estimates
 
@@ -106,37 +107,37 @@ def test_small_corpus_gives_a_smaller_model_and_dropout():
 def test_optimizer_follows_the_passes_over_the_corpus():
     big = plan(600, train_tokens=10**9)
     small = plan(600, train_tokens=200_000)
-    assert big.config.train.optimizer == "muon" and small.config.train.optimizer == "adamw"
+    assert big.config.optim.kind == "muon" and small.config.optim.kind == "adamw"
     assert "passes" in dict((k, w) for k, _v, w in small.rows)["optimizer"]
     adamw = plan(600, train_tokens=10**9, options=PlanOptions(optimizer="adamw"))
-    assert adamw.config.train.optimizer == "adamw"
+    assert adamw.config.optim.kind == "adamw"
     if adamw.config.model.d_model == big.config.model.d_model:
-        assert big.config.train.lr > adamw.config.train.lr  # Muon takes a larger rate
+        assert big.config.optim.lr > adamw.config.optim.lr  # Muon takes a larger rate
     cfg = Config()
-    cfg.train.optimizer = "adamw"
-    assert plan(600, cfg=cfg, fixed={"train.optimizer"}).config.train.optimizer == "adamw"
+    cfg.optim.kind = "adamw"
+    assert plan(600, cfg=cfg, fixed={"optim.kind"}).config.optim.kind == "adamw"
 
 
 def test_compile_is_timed_before_it_is_relied_on():
     fast = FakeTimer()
     p = plan(600, timer=fast)
-    assert p.config.train.compile == "on"
+    assert p.config.runtime.compile == "on"
     assert "measured a compiled step 1.80x" in dict((k, w) for k, _v, w in p.rows)["compile"]
     c, mb, precision, run = fast.compiled_call  # the step the run will take
     assert (c.n_layer, c.d_model, c.context_len) == (p.config.model.n_layer, p.config.model.d_model,
                                                      p.config.model.context_len)
-    assert mb == p.config.train.micro_batch_size and run["optimizer"] == p.config.train.optimizer
+    assert mb == p.config.train.micro_batch_size and run["optimizer"] == p.config.optim.kind
     assert p.time["compile"] <= 3.0  # paid while planning; the run's compile hits the cache
 
     slow = FakeTimer()
     slow.compiled_speedup = 1.05
     p_slow = plan(600, timer=slow)
-    assert p_slow.config.train.compile == "off" and "only 1.05x" in dict((k, w) for k, _v, w in p_slow.rows)["compile"]
+    assert p_slow.config.runtime.compile == "off" and "only 1.05x" in dict((k, w) for k, _v, w in p_slow.rows)["compile"]
     # the same budget buys more steps when compiled steps are measured faster
     assert p.estimates["tokens_per_s"] > 1.5 * p_slow.estimates["tokens_per_s"]
 
     dropout = plan(600, train_tokens=200_000, timer=FakeTimer())
-    assert dropout.config.model.dropout > 0 and dropout.config.train.compile == "off"
+    assert dropout.config.model.dropout > 0 and dropout.config.runtime.compile == "off"
     assert "dropout" in dict((k, w) for k, _v, w in dropout.rows)["compile"]
 
 
@@ -161,11 +162,11 @@ def test_budget_too_small_is_a_clear_error():
 
 def test_compile_needs_a_toolchain_and_fixed_settings_are_kept():
     p = plan(6000, hw=fake_hw(compile_ok=False, compile_why="no C++ compiler"))
-    assert p.config.train.compile == "off"
+    assert p.config.runtime.compile == "off"
     cfg = Config()
-    cfg.model.d_model, cfg.model.context_len, cfg.train.lr = 192, 96, 1.234e-3
-    p = plan(600, cfg=cfg, fixed={"model.d_model", "model.context_len", "train.lr"})
-    assert p.config.model.d_model == 192 and p.config.model.context_len == 96 and p.config.train.lr == 1.234e-3
+    cfg.model.d_model, cfg.model.context_len, cfg.optim.lr = 192, 96, 1.234e-3
+    p = plan(600, cfg=cfg, fixed={"model.d_model", "model.context_len", "optim.lr"})
+    assert p.config.model.d_model == 192 and p.config.model.context_len == 96 and p.config.optim.lr == 1.234e-3
     reasons = {k: w for k, _v, w in p.rows}
     assert reasons["learning rate"] == "set by you"
 
@@ -183,9 +184,9 @@ def test_only_a_few_shapes_are_timed_and_the_chosen_one_is_one_of_them():
 def test_precision_follows_the_measured_step_not_the_matmul():
     # bf16 matmuls are fast, but at these shapes the whole step is slower in bf16: fp32 wins.
     p = plan(300, timer=FakeTimer(bf16_rate=0.05e12, fp32_rate=0.08e12))
-    assert p.config.train.precision == "fp32"
-    assert plan(300).config.train.precision == "bf16"
-    assert plan(300, hw=fake_hw(fast_bf16=False, bf16_tflops=0.05)).config.train.precision == "fp32"
+    assert p.config.runtime.precision == "fp32"
+    assert plan(300).config.runtime.precision == "bf16"
+    assert plan(300, hw=fake_hw(fast_bf16=False, bf16_tflops=0.05)).config.runtime.precision == "fp32"
 
 
 def test_busy_cores_make_the_planner_use_one_thread():

@@ -37,8 +37,15 @@ class FakeModel:
 
 
 @dataclass
-class FakeTrain:
+class FakeOptim:
     lr: float = 0.1
+
+    def validate(self):
+        pass
+
+
+@dataclass
+class FakeTrain:
     time_budget_s: float = 0.0
 
     def validate(self):
@@ -50,6 +57,7 @@ class FakeConfig:
     out: str = "runs/fake"
     seed: int = 0
     model: FakeModel = field(default_factory=FakeModel)
+    optim: FakeOptim = field(default_factory=FakeOptim)
     train: FakeTrain = field(default_factory=FakeTrain)
 
     def validate(self):
@@ -64,7 +72,7 @@ def fake_train(cfg, progress=False, on_eval=None):
     CALLS["n"] += 1
     if CALLS["n"] == 3:
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
-    final = (math.log10(cfg.train.lr) + 2) ** 2 + (0.1 if cfg.model.kind == "b" else 0) + 1 / cfg.model.width
+    final = (math.log10(cfg.optim.lr) + 2) ** 2 + (0.1 if cfg.model.kind == "b" else 0) + 1 / cfg.model.width
     for step in range(1, 6):
         if on_eval is not None:
             on_eval(step, {"step": step, "val_loss": final + 1.0 / step, "elapsed_s": float(step)})
@@ -81,24 +89,24 @@ def write(path: Path, tree: dict) -> Path:
 
 
 def test_space_is_checked_against_the_config():
-    params = parse_space({"train.lr": {"low": 1e-4, "high": 1e-1, "log": True}, "model.n_layer": {"low": 2, "high": 6},
-                          "model.d_model": [32, 64], "train.schedule": ["cosine", "wsd"]}, Config)
+    params = parse_space({"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True}, "model.n_layer": {"low": 2, "high": 6},
+                          "model.d_model": [32, 64], "schedule.kind": ["cosine", "wsd"]}, Config)
     kinds = {p.name: p.kind for p in params}
-    assert kinds == {"train.lr": "float", "model.n_layer": "int", "model.d_model": "categorical",
-                     "train.schedule": "categorical"}
-    with pytest.raises(ConfigError, match="Did you mean 'train.lr'"):
-        parse_space({"train.lrr": {"low": 1, "high": 2}}, Config)
+    assert kinds == {"optim.lr": "float", "model.n_layer": "int", "model.d_model": "categorical",
+                     "schedule.kind": "categorical"}
+    with pytest.raises(ConfigError, match="Did you mean 'optim.lr'"):
+        parse_space({"optim.lrr": {"low": 1, "high": 2}}, Config)
     with pytest.raises(ConfigError, match="below high"):
-        parse_space({"train.lr": {"low": 1, "high": 1}}, Config)
+        parse_space({"optim.lr": {"low": 1, "high": 1}}, Config)
     with pytest.raises(ConfigError, match="list its choices"):
-        parse_space({"train.schedule": {"low": 1, "high": 2}}, Config)
+        parse_space({"schedule.kind": {"low": 1, "high": 2}}, Config)
 
 
 def test_study_isolates_failed_trials_and_writes_results(tmp_path):
     CALLS["n"] = 0
     f = write(tmp_path / "tune.yaml", {
         "task": "fake",
-        "search": {"train.lr": {"low": 1e-4, "high": 1.0, "log": True}, "model.width": [4, 8, 16],
+        "search": {"optim.lr": {"low": 1e-4, "high": 1.0, "log": True}, "model.width": [4, 8, 16],
                    "model.kind": ["a", "b"]},
         "train": {"time_budget_s": 5},
     })
@@ -111,10 +119,10 @@ def test_study_isolates_failed_trials_and_writes_results(tmp_path):
     best = min((t for t in res.trials if t["state"] == "complete"), key=lambda t: t["value"])
     assert res.best_trial == best["number"] and res.best_value == pytest.approx(best["value"])
     cfg = from_dict(FakeConfig, yaml.safe_load(res.best_config.read_text()))
-    assert cfg.train.lr == pytest.approx(res.best_params["train.lr"]) and cfg.model.kind == res.best_params["model.kind"]
+    assert cfg.optim.lr == pytest.approx(res.best_params["optim.lr"]) and cfg.model.kind == res.best_params["model.kind"]
     assert cfg.train.time_budget_s == 5
     assert (tmp_path / "study" / "importance.png").stat().st_size > 5_000
-    assert set(res.importance) == {"train.lr", "model.width", "model.kind"}
+    assert set(res.importance) == {"optim.lr", "model.width", "model.kind"}
     assert (tmp_path / "study" / "study.db").is_file() and (tmp_path / "study" / "trials.json").is_file()
     # running it again with the same target does nothing: the study is complete
     calls = CALLS["n"]
@@ -141,10 +149,11 @@ def test_pruner_stops_trials_that_trail(tmp_path):
 
 def test_lm_trials_share_prepared_data_and_best_config_trains(corpus, tmp_path):
     f = write(tmp_path / "tune.yaml", {
-        "search": {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "model.d_model": [32, 64]},
+        "search": {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "model.d_model": [32, 64]},
         "data": {"path": str(corpus)}, "tokenizer": {"kind": "char"},
         "model": {"n_layer": 1, "n_head": 2, "context_len": 32},
-        "train": {"max_steps": 8, "global_batch_tokens": 256, "precision": "fp32", "compile": "off", "warmup_steps": 2},
+        "train": {"max_steps": 8, "global_batch_tokens": 256}, "runtime": {"precision": "fp32", "compile": "off"},
+        "schedule": {"warmup_steps": 2},
         "eval": {"interval": 4, "max_tokens": 1024}, "sample": {"num_samples": 0},
     })
     res = tune(load_tune_spec(f), 3, out=tmp_path / "study", progress=False)
@@ -154,7 +163,7 @@ def test_lm_trials_share_prepared_data_and_best_config_trains(corpus, tmp_path):
         assert data.stat().st_nlink > 1  # hard-linked from the shared cache, not prepared again
     assert all(0 < t["val_bpb"] < 10 for t in res.trials if t["state"] == "complete")
     cfg = load_config(res.best_config)
-    assert cfg.train.lr == pytest.approx(res.best_params["train.lr"])
+    assert cfg.optim.lr == pytest.approx(res.best_params["optim.lr"])
 
 
 def _trials(db: Path) -> list[tuple]:
@@ -169,10 +178,10 @@ def _trials(db: Path) -> list[tuple]:
 
 def test_killed_study_resumes_without_repeating_finished_trials(corpus, tmp_path):
     f = write(tmp_path / "tune.yaml", {
-        "search": {"train.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "train.warmup_steps": {"low": 1, "high": 5}},
+        "search": {"optim.lr": {"low": 1e-3, "high": 1e-2, "log": True}, "schedule.warmup_steps": {"low": 1, "high": 5}},
         "data": {"path": str(corpus)}, "tokenizer": {"kind": "char"},
         "model": {"n_layer": 1, "n_head": 2, "d_model": 32, "context_len": 32},
-        "train": {"max_steps": 12, "global_batch_tokens": 256, "precision": "fp32", "compile": "off"},
+        "train": {"max_steps": 12, "global_batch_tokens": 256}, "runtime": {"precision": "fp32", "compile": "off"},
         "eval": {"interval": 6, "max_tokens": 1024}, "sample": {"num_samples": 0},
     })
     study = tmp_path / "study"

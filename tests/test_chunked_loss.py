@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lmforge.models import chunked_loss
 from lmforge.models.chunked_loss import linear_cross_entropy
-from lmforge.models.gpt import GPT, GPTShape
+from lmforge.models.gpt import GPT
 
 
 def _plain(x, w, t):
@@ -65,7 +65,7 @@ def test_under_bf16_autocast_matches_the_plain_path(small_chunks):
 
 def test_gpt_loss_and_tied_gradient_match_the_logits_path():
     torch.manual_seed(3)
-    model = GPT(GPTShape(vocab_size=37, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8,
+    model = GPT.from_shape_dict(dict(vocab_size=37, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8,
                          qk_norm=True)).double()
     idx = torch.randint(0, 37, (3, 8))
     tgt = torch.randint(0, 37, (3, 8))

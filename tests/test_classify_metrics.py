@@ -10,9 +10,9 @@ from classify_synth import one_thread  # noqa: F401  (autouse fixture)
 from lmforge.classify.data import (balanced_class_weights, bucketed_batches, kfold_splits, oversample_indices,
                                    stratified_split)
 from lmforge.classify.task import ClassifyTask
-from lmforge.eval.classification import (classification_metrics, confusion_table, predict_labels,
+from lmforge.classify.metrics import (classification_metrics, confusion_table, predict_labels,
                                          save_confusion_png, summarize_folds)
-from lmforge.trainer.distributed import Runtime
+from lmforge.trainer.runtime import Runtime
 
 CPU = Runtime(0, 1, 0, torch.device("cpu"), "fp32")
 

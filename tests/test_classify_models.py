@@ -11,7 +11,7 @@ from lmforge.classify.config import ClassifyConfig
 from lmforge.classify.run import Classifier, train_classifier
 from lmforge.config import load_config
 from lmforge.models.classifiers import BiLSTMClassifier, GPTClassifier, TransformerClassifier
-from lmforge.models.gpt import GPT, GPTShape
+from lmforge.models.gpt import GPT
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +70,8 @@ def test_gpt_finetuning_from_an_lmforge_run(tmp_path):
     lm_cfg = load_config(None, {
         "data.path": str(corpus), "out": str(tmp_path / "lm"), "tokenizer.kind": "bpe", "tokenizer.vocab_size": "400",
         "model.n_layer": "1", "model.n_head": "2", "model.d_model": "32", "model.context_len": "128",
-        "train.max_steps": "20", "train.global_batch_tokens": "2048", "train.lr": "3e-3", "train.min_lr": "3e-4",
-        "train.warmup_steps": "2", "train.precision": "fp32", "train.compile": "off", "eval.interval": "20",
+        "train.max_steps": "20", "train.global_batch_tokens": "2048", "optim.lr": "3e-3", "schedule.min_lr": "3e-4",
+        "schedule.warmup_steps": "2", "runtime.precision": "fp32", "runtime.compile": "off", "eval.interval": "20",
         "eval.max_tokens": "2048", "sample.num_samples": "0"})
     lmforge.train(lm_cfg, progress=False)
     train = write_jsonl(tmp_path / "train.jsonl", recs)
@@ -100,7 +100,7 @@ def test_bilstm_reads_each_direction_at_the_true_end():
 def test_transformer_and_gpt_ignore_padding():
     torch.manual_seed(0)
     enc = TransformerClassifier(30, 2, max_len=16, d_model=16, n_layer=1, n_head=2, dropout=0.0).eval()
-    gpt = GPTClassifier(GPT(GPTShape(vocab_size=30, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32,
+    gpt = GPTClassifier(GPT.from_shape_dict(dict(vocab_size=30, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32,
                                      context_len=16)), 2, pooling="last", dropout=0.0).eval()
     for model in (enc, gpt):
         alone = model(torch.tensor([[3, 4, 5]]), torch.tensor([3]))
@@ -114,7 +114,7 @@ def test_class_weights_and_oversampling_run(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", skewed)
     test = write_jsonl(tmp_path / "test.jsonl", sentiment_records(100, seed=1))
     for opt in ("data.class_weights", "data.oversample"):
-        result = _train(train, test, tmp_path / opt, **{"model.kind": "fasttext", opt: "true", "data.epochs": 10,
+        result = _train(train, test, tmp_path / opt, **{"model.kind": "fasttext", opt: "true", "train.epochs": 10,
                                                         "model.fasttext.ngrams": 1})
         assert result.test["macro_f1"] >= 0.9, (opt, result.test)
         assert result.test["per_class"]["neg"]["recall"] >= 0.8

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lmforge.config import CleanConfig
 from lmforge.data.clean import (
-    CleanConfig,
     CleanReport,
     clean_documents,
     clean_text,

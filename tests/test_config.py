@@ -13,7 +13,7 @@ PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 def test_defaults_validate():
     cfg = Config().validate()
-    assert cfg.train.lr > 0
+    assert cfg.optim.lr > 0
 
 
 def test_every_field_has_a_docstring():
@@ -23,9 +23,9 @@ def test_every_field_has_a_docstring():
 
 def test_yaml_and_dotted_overrides(tmp_path):
     p = tmp_path / "c.yaml"
-    p.write_text("train:\n  lr: 0.01\n  max_steps: 7\nmodel:\n  d_model: 32\n  n_head: 2\n")
-    cfg = load_config(p, {"train.lr": "3e-4", "model.tied_embeddings": "false", "data.path": "x.txt"})
-    assert cfg.train.lr == pytest.approx(3e-4)
+    p.write_text("optim:\n  lr: 0.01\ntrain:\n  max_steps: 7\nmodel:\n  d_model: 32\n  n_head: 2\n")
+    cfg = load_config(p, {"optim.lr": "3e-4", "model.tied_embeddings": "false", "data.path": "x.txt"})
+    assert cfg.optim.lr == pytest.approx(3e-4)
     assert cfg.train.max_steps == 7
     assert cfg.model.d_model == 32
     assert cfg.model.tied_embeddings is False
@@ -33,8 +33,8 @@ def test_yaml_and_dotted_overrides(tmp_path):
 
 
 def test_unknown_key_suggests_closest(tmp_path):
-    with pytest.raises(ConfigError, match="train.lrr.*Did you mean 'train.lr'"):
-        load_config(None, {"train.lrr": "1"})
+    with pytest.raises(ConfigError, match="optim.lrr.*Did you mean 'optim.lr'"):
+        load_config(None, {"optim.lrr": "1"})
     p = tmp_path / "c.yaml"
     p.write_text("model:\n  n_layers: 3\n")
     with pytest.raises(ConfigError, match=r"model.n_layers.*c.yaml.*Did you mean 'model.n_layer'"):
@@ -46,17 +46,17 @@ def test_bad_values_name_the_field():
         load_config(None, {"train.max_steps": "ten"})
     with pytest.raises(ConfigError, match="model.d_model.*divisible"):
         load_config(None, {"model.d_model": "130", "model.n_head": "4"})
-    with pytest.raises(ConfigError, match="train.schedule.*cosine"):
-        load_config(None, {"train.schedule": "cosin"})
-    with pytest.raises(ConfigError, match="train.min_lr"):
-        load_config(None, {"train.lr": "1e-4", "train.min_lr": "1e-3"})
+    with pytest.raises(ConfigError, match="schedule.kind.*cosine"):
+        load_config(None, {"schedule.kind": "cosin"})
+    with pytest.raises(ConfigError, match="schedule.min_lr"):
+        load_config(None, {"optim.lr": "1e-4", "schedule.min_lr": "1e-3"})
 
 
 def test_cli_help_shows_docstrings():
     out = subprocess.run([sys.executable, "-m", "lmforge.cli", "train", "--help"], capture_output=True, text=True,
                          check=True).stdout
-    assert "--train.lr" in out
-    assert field_docs(type(Config().train))["lr"].split()[0] in out
+    assert "--optim.lr" in out
+    assert field_docs(type(Config().optim))["lr"].split()[0] in out
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])

@@ -3,15 +3,15 @@ import torch
 
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
-from lmforge.models.gpt import GPT, GeluMLP, GPTShape, KVCache
-from lmforge.sample import filter_logits, generate_ids
+from lmforge.models.gpt import GPT, GeluMLP, KVCache
+from lmforge.lm.sample import filter_logits, generate_ids
 
 
 def tiny(**kw) -> GPT:
     torch.manual_seed(0)
     s = dict(vocab_size=50, n_layer=2, n_head=4, n_kv_head=4, d_model=32, d_ff=64, context_len=16)
     s.update(kw)
-    return GPT(GPTShape(**s)).eval()
+    return GPT.from_shape_dict(s).eval()
 
 
 def test_logits_shape_and_loss():
@@ -62,7 +62,7 @@ def test_gpt2_options_build_gpt2_layers_and_learn():
         logits = m(torch.full((1, 16), 7))
     assert not torch.allclose(logits[0, 0], logits[0, 9], atol=1e-4)
     # Learned positions lift the even-head-size limit of rotary embeddings.
-    assert tiny(**GPT2, n_head=8, n_kv_head=8, d_model=24).shape.head_dim == 3
+    assert tiny(**GPT2, n_head=8, n_kv_head=8, d_model=24).blocks[0].attn.head_dim == 3
     with pytest.raises(ValueError, match="even"):
         tiny(n_head=8, n_kv_head=8, d_model=24)
     ModelConfig(n_head=8, d_model=24, position="learned").validate()
@@ -86,9 +86,9 @@ def test_gpt2_options_build_gpt2_layers_and_learn():
 
 def test_shapes_saved_before_the_options_load_as_before():
     old = dict(vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8)
-    s = GPTShape(**old)
-    assert (s.norm, s.position, s.mlp, s.qk_norm) == ("rms", "rope", "swiglu", False)
-    assert GPT(s).pos_embed is None
+    m = GPT.from_shape_dict(old)
+    assert (m.cfg.norm, m.cfg.position, m.cfg.mlp, m.cfg.qk_norm) == ("rms", "rope", "swiglu", False)
+    assert m.pos_embed is None
 
 
 def test_tied_embeddings_share_storage():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import lmforge
-from lmforge.config import TrainConfig
-from lmforge.pretrain import train
+from lmforge.config import OptimConfig
+from lmforge.lm.pretrain import train
 from lmforge.trainer.muon import Muon, orthogonalize
 from lmforge.trainer.optim import OptimizerSet, build_optimizer
 from test_train import final_weights, small_cfg
@@ -43,10 +43,10 @@ def test_batched_muon_matches_torch_muon():
 
 
 def test_muon_goes_to_hidden_matrices_only():
-    from lmforge.models.gpt import GPT, GPTShape
+    from lmforge.models.gpt import GPT
 
-    model = GPT(GPTShape(vocab_size=50, n_layer=2, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8))
-    opt = build_optimizer(model, TrainConfig(optimizer="muon"), "cpu")
+    model = GPT.from_shape_dict(dict(vocab_size=50, n_layer=2, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8))
+    opt = build_optimizer(model, OptimConfig(kind="muon"), "cpu")
     assert isinstance(opt, OptimizerSet)
     muon_params = {id(p) for g in opt.optimizers[0].param_groups for p in g["params"]}
     assert id(model.embed.weight) not in muon_params  # tied with the output layer: AdamW
@@ -54,18 +54,18 @@ def test_muon_goes_to_hidden_matrices_only():
     assert all(p.ndim == 2 for g in opt.optimizers[0].param_groups for p in g["params"])
     n_all = sum(1 for _ in model.parameters())
     assert sum(len(g["params"]) for g in opt.param_groups) == n_all
-    assert isinstance(build_optimizer(model, TrainConfig(), "cpu"), torch.optim.AdamW)
+    assert isinstance(build_optimizer(model, OptimConfig(), "cpu"), torch.optim.AdamW)
 
     from lmforge.models.classifiers import NgramBagClassifier
 
     clf = NgramBagClassifier(n_features=100, n_classes=3, embed_dim=8)
     # no hidden matrix at all: the n-gram table and the head stay with AdamW
-    assert isinstance(build_optimizer(clf, TrainConfig(optimizer="muon"), "cpu"), torch.optim.AdamW)
+    assert isinstance(build_optimizer(clf, OptimConfig(kind="muon"), "cpu"), torch.optim.AdamW)
 
 
 def test_muon_training_loss_falls_and_resume_reproduces_the_uninterrupted_run(corpus, tmp_path):
-    over = {"train.optimizer": "muon", "train.max_steps": 40, "eval.interval": 10, "train.lr": 1e-2,
-            "train.min_lr": 1e-3}
+    over = {"optim.kind": "muon", "train.max_steps": 40, "eval.interval": 10, "optim.lr": 1e-2,
+            "schedule.min_lr": 1e-3}
     lmforge.train(small_cfg(corpus, tmp_path / "ref", **over), progress=False)
     records = [json.loads(line) for line in (tmp_path / "ref" / "metrics.jsonl").read_text().splitlines()]
     losses = [r["train_loss"] for r in records]
@@ -87,9 +87,9 @@ def test_muon_training_loss_falls_and_resume_reproduces_the_uninterrupted_run(co
 
 
 def test_resuming_with_another_optimizer_is_refused():
-    from lmforge.models.gpt import GPT, GPTShape
+    from lmforge.models.gpt import GPT
 
-    model = GPT(GPTShape(vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8))
-    adamw_state = build_optimizer(model, TrainConfig(), "cpu").state_dict()
-    with pytest.raises(ValueError, match="different train.optimizer"):
-        build_optimizer(model, TrainConfig(optimizer="muon"), "cpu").load_state_dict(adamw_state)
+    model = GPT.from_shape_dict(dict(vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32, context_len=8))
+    adamw_state = build_optimizer(model, OptimConfig(), "cpu").state_dict()
+    with pytest.raises(ValueError, match="different optim.kind"):
+        build_optimizer(model, OptimConfig(kind="muon"), "cpu").load_state_dict(adamw_state)

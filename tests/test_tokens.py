@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmforge.data.tokenizer import Tokenizer, TokenizerConfig, train_tokenizer
+from lmforge.config import TokenizerConfig
+from lmforge.data.tokenizer import Tokenizer, train_tokenizer
 from lmforge.data.tokens import TokenFile, cache_key, dtype_for, encode_corpus, header_path
 from lmforge.errors import ConfigError, DataError
 

@@ -32,11 +32,11 @@ def small_cfg(corpus: Path, out: Path, **overrides):
         "model.context_len": "32",
         "train.max_steps": "30",
         "train.global_batch_tokens": "256",
-        "train.lr": "3e-3",
-        "train.min_lr": "3e-4",
-        "train.warmup_steps": "5",
-        "train.precision": "fp32",
-        "train.compile": "off",
+        "optim.lr": "3e-3",
+        "schedule.min_lr": "3e-4",
+        "schedule.warmup_steps": "5",
+        "runtime.precision": "fp32",
+        "runtime.compile": "off",
         "train.log_interval": "1",
         "eval.interval": "10",
         "eval.max_tokens": "2048",
@@ -165,7 +165,7 @@ def test_two_process_ddp_matches_one_process(corpus, tmp_path):
 
 def test_nan_loss_stops_with_clear_message_and_keeps_checkpoint(corpus, tmp_path):
     cfg = small_cfg(corpus, tmp_path / "run", **{"train.max_steps": 40, "train.save_interval": 5})
-    from lmforge import lm
+    from lmforge.lm import task as lm
 
     original = lm.LMTask.loss
 
@@ -218,8 +218,8 @@ LM_PRESETS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.s
 def test_every_lm_preset_runs_a_few_steps(preset, corpus, tmp_path):
     cfg = load_config(preset, {
         "data.path": str(corpus), "out": str(tmp_path / "run"), "train.max_steps": "3",
-        "train.time_budget_s": "0", "train.compile": "off", "eval.interval": "3", "eval.max_tokens": "4096",
-        "sample.num_samples": "1", "sample.max_new_tokens": "5", "train.precision": "fp32",
+        "train.time_budget_s": "0", "runtime.compile": "off", "eval.interval": "3", "eval.max_tokens": "4096",
+        "sample.num_samples": "1", "sample.max_new_tokens": "5", "runtime.precision": "fp32",
     })
     result = lmforge.train(cfg, progress=False)
     assert result.steps == 3 and math.isfinite(result.val_loss) and len(result.samples) == 1
@@ -242,4 +242,4 @@ def test_time_budget_stops_and_anneals(corpus, tmp_path):
     assert "time budget" in result.stop_reason
     assert result.wall_s < 3 * 1.5 + 2
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert records[-1]["lr"] < 0.5 * cfg.train.lr  # the schedule decayed within the budget
+    assert records[-1]["lr"] < 0.5 * cfg.optim.lr  # the schedule decayed within the budget

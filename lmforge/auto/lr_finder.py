@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.config import TrainConfig
-from lmforge.trainer.distributed import Runtime
+from lmforge.config import OptimConfig
+from lmforge.trainer.runtime import Runtime
 from lmforge.trainer.optim import build_optimizer, set_lr
 
 
@@ -145,7 +145,7 @@ def suggest_lr(lrs: list[float], losses: list[float]) -> tuple[float, int]:
 
 def lr_range_test(
     task,
-    cfg: TrainConfig,
+    cfg: OptimConfig,
     rt: Runtime,
     *,
     lr_min: float = 1e-5,
@@ -162,7 +162,7 @@ def lr_range_test(
     model = task.model
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if restore else None
     rng = torch.get_rng_state()
-    micro, accum = plan_batches(task.examples_per_step, micro_batch_size or cfg.micro_batch_size, rt.world_size)
+    micro, accum = plan_batches(task.examples_per_step, micro_batch_size or 0, rt.world_size)
     optimizer = build_optimizer(model, cfg, rt.device.type)
     lrs: list[float] = []
     losses: list[float] = []
@@ -216,17 +216,18 @@ def find_lr(cfg, *, steps: int = 100, lr_min: float = 1e-5, lr_max: float = 1.0,
             save: bool = True) -> LRFinderResult:
     """Range test of the language model `cfg` describes, on its data; saves lr_find.png/json in cfg.out."""
     from lmforge.data.prepare import prepare
-    from lmforge.lm import LMTask, build_model, token_byte_lengths
+    from lmforge.lm.model import build_model
+    from lmforge.lm.task import LMTask, token_byte_lengths
     from lmforge.atomic import atomic_write_json
-    from lmforge.trainer.distributed import cpu_has_fast_bf16, init_runtime
+    from lmforge.trainer.runtime import cpu_has_fast_bf16, init_runtime
     from lmforge.trainer.loop import seed_everything
-    from lmforge.trainer.progress import console
+    from lmforge.console import console
 
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare(cfg, quiet=not progress)
-    rt = init_runtime(cfg.train.device)
-    precision = cfg.train.precision
+    rt = init_runtime(cfg.runtime.device)
+    precision = cfg.runtime.precision
     if precision == "auto":
         if rt.device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -239,7 +240,7 @@ def find_lr(cfg, *, steps: int = 100, lr_min: float = 1e-5, lr_max: float = 1.0,
     examples = max(1, cfg.train.global_batch_tokens // T)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples, cfg.seed,
                   cfg.eval.max_tokens)
-    result = lr_range_test(task, cfg.train, rt, lr_min=lr_min, lr_max=lr_max, steps=steps,
+    result = lr_range_test(task, cfg.optim, rt, lr_min=lr_min, lr_max=lr_max, steps=steps,
                            micro_batch_size=cfg.train.micro_batch_size or None, restore=False)
     if save:
         result.plot(run_dir / "lr_find.png", title=f"{run_dir.name}: learning-rate range test")

@@ -45,39 +45,9 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from lmforge.auto.hardware import Hardware
+from lmforge.durations import fmt_duration
 from lmforge.config import Config, ModelConfig, from_dict, to_dict
 from lmforge.errors import ConfigError
-
-# --- durations --------------------------------------------------------------------------------
-
-_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400}
-
-
-def parse_duration(text: str | float | int) -> float:
-    """'90', '90s', '2m', '1h30m', '1.5h' -> seconds."""
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        s = str(text).strip().lower().replace(" ", "")
-        try:
-            seconds = float(s)
-        except ValueError:
-            parts = re.findall(r"(\d+(?:\.\d+)?)([a-z]+)", s)
-            if not parts or "".join(a + b for a, b in parts) != s or any(u not in _UNITS for _, u in parts):
-                raise ConfigError(f"cannot read the duration {text!r}; write it like 90s, 10m, 1h30m") from None
-            seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not seconds > 0:
-        raise ConfigError(f"the duration {text!r} must be positive")
-    return seconds
-
-
-def fmt_duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f}m"
-    return f"{seconds / 3600:.1f}h"
-
 
 # --- inputs -----------------------------------------------------------------------------------
 
@@ -223,7 +193,7 @@ CONTEXTS = (64, 128, 256, 512, 1024, 2048)
 
 
 def _ff(d: int) -> int:
-    from lmforge.models.gpt import swiglu_hidden
+    from lmforge.config import swiglu_hidden
 
     return swiglu_hidden(d)
 
@@ -324,8 +294,8 @@ def rule_lr(d_model: int, batch_tokens: int, optimizer: str = "adamw") -> float:
 
 def plan_optimizer(cfg: Config, fixed: set[str] | frozenset[str], opt: PlanOptions) -> tuple[str, str]:
     """The optimizer a planned run uses, and why."""
-    if "train.optimizer" in fixed:
-        return cfg.train.optimizer, "set by you"
+    if "optim.kind" in fixed:
+        return cfg.optim.kind, "set by you"
     if opt.optimizer == "muon":
         return "muon", ("Muon for the hidden matrices, AdamW for embeddings and norms: in 2 minutes, lower loss than "
                         "AdamW (Tang poems: 2.523 against 2.571 bits per byte; tiny Shakespeare, 8 passes over the "
@@ -369,7 +339,7 @@ def make_plan(
 ) -> Plan:
     """Choose the run's settings. `spent_s`: budget already used (start-up, data preparation).
 
-    `fixed` names config fields ('model.d_model', 'train.lr', ...) the user set; they are kept.
+    `fixed` names config fields ('model.d_model', 'optim.lr', ...) the user set; they are kept.
     `measure` times a training step; `lr_finder(cfg) -> (lr, reason)` is used when
     options.lr_method is 'find'. `set_threads(n)` (CPU) lets the planner compare a training step on
     all cores with one on a single core: when other programs keep the cores busy, threads that wait
@@ -400,8 +370,8 @@ def make_plan(
     t_train_guess = max(1.0, remaining - planning_cap - safety) * (1 - opt.eval_fraction) * 0.97
 
     # Precision to time candidates in.
-    if is_fixed("train.precision") and cfg.train.precision != "auto":
-        precision = cfg.train.precision
+    if is_fixed("runtime.precision") and cfg.runtime.precision != "auto":
+        precision = cfg.runtime.precision
         precision_why = "set by you"
     elif on_gpu:
         precision = "bf16" if hw.fast_bf16 else "fp16"
@@ -415,8 +385,8 @@ def make_plan(
                          else f"bf16 matmuls measured only {hw.bf16_speedup:.1f}x the speed of fp32")
 
     # Compilation: pays when the time it saves exceeds its one-off cost by a margin.
-    if is_fixed("train.compile") and cfg.train.compile != "auto":
-        compile_model = cfg.train.compile == "on"
+    if is_fixed("runtime.compile") and cfg.runtime.compile != "auto":
+        compile_model = cfg.runtime.compile == "on"
         compile_why = "set by you"
     elif not hw.compile_ok:
         compile_model, compile_why = False, f"torch.compile unavailable: {hw.compile_why}"
@@ -557,7 +527,7 @@ def make_plan(
 
     # Precision check on the chosen shape: bf16 must pay at this shape, not just in a matmul.
     over_cap = clock() - t_start > planning_cap
-    if (not on_gpu and precision == "bf16" and not is_fixed("train.precision") and best.measured
+    if (not on_gpu and precision == "bf16" and not is_fixed("runtime.precision") and best.measured
             and not over_cap):
         mb = max(1, measure_tokens // c.context_len)
         t32 = timed(c, mb, "fp32")
@@ -645,7 +615,7 @@ def make_plan(
     epochs_eager = tps * LOOP_EFFICIENCY * (t_train + t_compile) / U
 
     # Optimizer: Muon trains faster per step, but on a small corpus seen many times it overfits sooner.
-    if optimizer == "muon" and not is_fixed("train.optimizer") and epochs_eager > opt.muon_max_epochs:
+    if optimizer == "muon" and not is_fixed("optim.kind") and epochs_eager > opt.muon_max_epochs:
         optimizer = "adamw"
         optimizer_why = (f"{epochs_eager:.0f} passes over the corpus: AdamW, which fits more slowly than Muon and "
                          f"so overfits later (Muon is used up to {opt.muon_max_epochs:g} passes)")
@@ -666,7 +636,7 @@ def make_plan(
     else:
         dropout, dropout_why = 0.2, f"{epochs_eager:.0f} passes over a small corpus: strong regularization"
 
-    if compile_model and dropout > 0 and not on_gpu and not is_fixed("train.compile"):
+    if compile_model and dropout > 0 and not on_gpu and not is_fixed("runtime.compile"):
         # Random masks are slow in compiled CPU code: on tiny Shakespeare (2 layers x 128, dropout
         # 0.1) a compiled step was only 1.16x as fast as an eager one, against 1.8x without dropout,
         # which did not repay 14 s of compiling.
@@ -718,8 +688,8 @@ def make_plan(
     epochs = tokens / U
 
     # Schedule.
-    if is_fixed("train.lr"):
-        lr, lr_why = cfg.train.lr, "set by you"
+    if is_fixed("optim.lr"):
+        lr, lr_why = cfg.optim.lr, "set by you"
     elif opt.lr_method == "find" and lr_finder is not None:
         probe_cfg = _apply_shape(from_dict(Config, to_dict(cfg)), c, micro, batch_tokens, precision)
         lr, lr_why = lr_finder(probe_cfg)
@@ -727,13 +697,13 @@ def make_plan(
         lr = rule_lr(c.d_model, batch_tokens, optimizer)
         lr_why = (("about 1/width capped at 8e-3 (Muon)" if optimizer == "muon" else "about 0.4/width capped at 3e-3")
                   + ", times (batch/8192)^0.25 for batches below 8k tokens")
-    warmup = cfg.train.warmup_steps if is_fixed("train.warmup_steps") else int(min(1000, max(10, 0.04 * steps)))
-    schedule = cfg.train.schedule if is_fixed("train.schedule") else "wsd"
-    min_lr = cfg.train.min_lr if is_fixed("train.min_lr") else lr / 20
+    warmup = cfg.schedule.warmup_steps if is_fixed("schedule.warmup_steps") else int(min(1000, max(10, 0.04 * steps)))
+    schedule = cfg.schedule.kind if is_fixed("schedule.kind") else "wsd"
+    min_lr = cfg.schedule.min_lr if is_fixed("schedule.min_lr") else lr / 20
     min_lr = min(min_lr, lr)
     # Compiling: time the compiled step the run will take (shape, micro-batch, optimizer, dropout).
     # The compile is paid here, once: the run's own compile of the same graph hits the cache.
-    if compile_model and not is_fixed("train.compile"):
+    if compile_model and not is_fixed("runtime.compile"):
         try:
             t_c = measure(c, micro, precision, compiled=True, optimizer=optimizer, dropout=dropout)
         except Exception as e:  # noqa: BLE001 - any compiler failure means: train without it
@@ -763,20 +733,21 @@ def make_plan(
     m, tr, ev = cfg.model, cfg.train, cfg.eval
     _apply_shape(cfg, c, micro, batch_tokens, precision)
     m.dropout = dropout
-    tr.lr, tr.min_lr, tr.warmup_steps, tr.schedule = lr, min_lr, warmup, schedule
-    tr.optimizer = optimizer
-    if schedule == "wsd" and not is_fixed("train.decay_fraction"):
-        tr.decay_fraction = 0.25
+    cfg.optim.lr, cfg.optim.kind = lr, optimizer
+    sc = cfg.schedule
+    sc.min_lr, sc.warmup_steps, sc.kind = min_lr, warmup, schedule
+    if schedule == "wsd" and not is_fixed("schedule.decay_fraction"):
+        sc.decay_fraction = 0.25
     # Only a cap: the clock ends the run (a machine faster than measured must not end it early).
     tr.max_steps = cfg.train.max_steps if is_fixed("train.max_steps") else max(20 * steps, 100_000)
-    tr.compile = "on" if compile_model else "off"
+    cfg.runtime.compile = "on" if compile_model else "off"
     tr.time_budget_s = round(fit_budget, 1)
     tr.save_interval = 0
     eval_interval = max(1, steps // n_evals) if n_evals > 1 else tr.max_steps
     ev.interval = ev.interval if is_fixed("eval.interval") else eval_interval
     ev.max_tokens = int(eval_tokens)
-    if hw.device == "cuda" and not is_fixed("train.device"):
-        tr.device = "cuda"
+    if hw.device == "cuda" and not is_fixed("runtime.device"):
+        cfg.runtime.device = "cuda"
     cfg.validate()
 
     params = total_params(c, vocab)
@@ -815,7 +786,7 @@ def make_plan(
                                  f"(max_steps {tr.max_steps:,} is only a cap) and fits the schedule to the steps done"),
         ("optimizer", optimizer, optimizer_why),
         ("learning rate", f"{lr:.2e} -> {min_lr:.2e}", lr_why),
-        ("schedule", f"{schedule}, warm-up {warmup}", "set by you" if is_fixed("train.schedule") else
+        ("schedule", f"{schedule}, warm-up {warmup}", "set by you" if is_fixed("schedule.kind") else
          "warm-up-stable-decay: the decay (last 25%) starts when the remaining time is known, so a "
          "mis-estimated step count costs nothing"),
         ("dropout", f"{dropout:g}", dropout_why),
@@ -852,7 +823,7 @@ def _apply_shape(cfg: Config, c: Candidate, micro: int, batch_tokens: int, preci
         cfg.model.n_kv_head = 0
     cfg.train.micro_batch_size = micro
     cfg.train.global_batch_tokens = batch_tokens
-    cfg.train.precision = precision
+    cfg.runtime.precision = precision
     return cfg
 
 
@@ -949,10 +920,9 @@ class LMStepTimer:
     def _build(self, c: Candidate, optimizer: str, dropout: float, compiled: bool):
         import torch
 
-        from lmforge.config import TrainConfig
-        from lmforge.lm import model_shape
+        from lmforge.config import OptimConfig
         from lmforge.models.gpt import GPT
-        from lmforge.trainer.distributed import Runtime, wrap_model
+        from lmforge.trainer.runtime import Runtime, wrap_model
         from lmforge.trainer.optim import build_optimizer
 
         key = (c, optimizer, dropout, compiled)
@@ -962,18 +932,17 @@ class LMStepTimer:
         torch.manual_seed(self.seed)
         sizes = replace(self.model, n_layer=c.n_layer, n_head=c.n_head, n_kv_head=0, d_model=c.d_model, d_ff=0,
                         context_len=c.context_len, dropout=dropout)
-        shape = model_shape(sizes, self.vocab)
-        self._model = GPT(shape).to(self.device)
+        self._model = GPT(sizes, self.vocab).to(self.device)
         # Wrapped as the training loop wraps it, so a compiled graph here is the run's graph.
         self._step_model = wrap_model(self._model, Runtime(0, 1, 0, torch.device(self.device), "fp32"), compiled)
-        self._opt = build_optimizer(self._model, TrainConfig(optimizer=optimizer), torch.device(self.device).type)
+        self._opt = build_optimizer(self._model, OptimConfig(kind=optimizer), torch.device(self.device).type)
         self._key = key
 
     def __call__(self, c: Candidate, micro_batch: int, precision: str, *, compiled: bool = False,
                  optimizer: str | None = None, dropout: float = 0.0) -> float:
         import torch
 
-        from lmforge.trainer.distributed import Runtime
+        from lmforge.trainer.runtime import Runtime
 
         self._build(c, optimizer or self.optimizer, dropout, compiled)
         model, step_model, opt = self._model, self._step_model, self._opt

@@ -31,7 +31,7 @@ def plan_run(
     import torch
 
     from lmforge.data.prepare import prepare
-    from lmforge.trainer.progress import console
+    from lmforge.console import console
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("automatic planning runs in one process; run `lmforge plan` first and launch its "
@@ -40,7 +40,7 @@ def plan_run(
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     tokenizer_row = None
-    device = cfg.train.device if "train.device" in fixed else "auto"
+    device = cfg.runtime.device if "runtime.device" in fixed else "auto"
     hw = probe_hardware(device)  # first: the tokenizer's vocabulary depends on the compute at hand
     t0 = time.perf_counter()
     if "tokenizer.kind" not in fixed and cfg.data.path:
@@ -97,7 +97,7 @@ def auto_train(
 ):
     """Plan, then train the plan so that the whole command ends within `budget_s`."""
     from lmforge.atomic import atomic_write_json
-    from lmforge.pretrain import train
+    from lmforge.lm.pretrain import train
 
     t_start = time.perf_counter() if t_start is None else t_start
     plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress)
@@ -116,7 +116,7 @@ def auto_train(
     save_config(run_cfg, Path(run_cfg.out) / "config.yaml")
     deadline = t_start + budget_s - 1.0  # the process still has to exit
     if samples.num_samples and samples.max_new_tokens:
-        result.samples = samples_until(Path(run_cfg.out), samples, run_cfg.seed, deadline, run_cfg.train.device,
+        result.samples = samples_until(Path(run_cfg.out), samples, run_cfg.seed, deadline, run_cfg.runtime.device,
                                        progress)
     wall = time.perf_counter() - t_start
     outcome = {"budget_s": budget_s, "wall_s_so_far": round(wall, 2), "train_budget_s": run_cfg.train.time_budget_s,
@@ -137,10 +137,10 @@ def samples_until(run_dir: Path, cfg: SampleConfig, seed: int, deadline: float, 
     """The run's samples, generated while time is left before `deadline` (a sample is cut short at it)."""
     import torch
 
-    from lmforge.lm import load_run_model
-    from lmforge.sample import generate_ids
+    from lmforge.lm.model import load_run_model
+    from lmforge.lm.sample import generate_ids
     from lmforge.atomic import atomic_write_json
-    from lmforge.trainer.progress import console
+    from lmforge.console import console
 
     if time.perf_counter() > deadline - 0.5:
         return []

@@ -4,7 +4,7 @@ The search space is declared in YAML, beside (or apart from) the base config of 
 
     task: lm                      # or 'classify'
     search:
-      train.lr: {low: 3.0e-4, high: 1.0e-2, log: true}
+      optim.lr: {low: 3.0e-4, high: 1.0e-2, log: true}
       model.n_layer: {low: 2, high: 6}          # an int field: integers
       model.d_model: [64, 128, 192]             # a list: one of these
     data: {path: input.txt}                     # the rest is the base config of every trial
@@ -100,7 +100,7 @@ def _share_lm_data(cfg, study_dir: Path) -> None:
 
 def _lm_task() -> TaskSpec:
     from lmforge.config import Config
-    from lmforge.pretrain import train
+    from lmforge.lm.pretrain import train
 
     return TaskSpec("lm", Config, train, "val_bpb", _share_lm_data)
 
@@ -222,7 +222,7 @@ def load_tune_spec(path: str | Path, space_path: str | Path | None = None, task:
         space = sp
     if space is None:
         raise ConfigError(f"{p} has no 'search:' section and no --space file was given; declare what to search, "
-                          "e.g. search: {{train.lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}}}")
+                          "e.g. search: {{optim.lr: {{low: 1.0e-4, high: 1.0e-2, log: true}}}}")
     task_name = task or file_task or "lm"
     spec = get_task(task_name)
     for dotted, value in (overrides or {}).items():
@@ -388,7 +388,7 @@ def tune(
     """Run (or resume) the study until it holds `n_trials` finished trials or `time_s` has passed."""
     optuna = _optuna()
 
-    from lmforge.trainer.progress import console
+    from lmforge.console import console
 
     task = get_task(spec.task)
     study_dir = Path(out)
@@ -531,7 +531,7 @@ def _finish(study, spec: TuneSpec, task: TaskSpec, study_dir: Path, url: str, se
 
     from lmforge.config import save_config
     from lmforge.atomic import atomic_write_json
-    from lmforge.trainer.progress import console
+    from lmforge.console import console
 
     trials = study.get_trials(deepcopy=False)
     rows = []
@@ -579,7 +579,7 @@ def _finish(study, spec: TuneSpec, task: TaskSpec, study_dir: Path, url: str, se
 def print_results(result: TuneResult, metric: str, names: list[str]) -> None:
     from rich.table import Table
 
-    from lmforge.trainer.progress import console
+    from lmforge.console import console
 
     t = Table(title=f"tune: {result.counts['complete']} complete, {result.counts['pruned']} pruned, "
                     f"{result.counts['failed']} failed")

@@ -1,18 +1,17 @@
-"""Typed configuration of `lmforge classify`: data, text, model, train (shared with the LM), eval.
+"""Typed configuration of `lmforge classify`: data, text, model, optim, schedule, runtime, train, eval.
 
-Each field's docstring becomes its `--section.field` help. `train` is the language model's
-TrainConfig (optimizer, schedule, precision, device, checkpoints, time budget), except that a
-classifier's batch is counted in examples (`data.batch_size`) and each model has its own learning
-rate (`model.bilstm.lr`, ...), so `train.global_batch_tokens` and `train.lr` do not apply.
+Each field's docstring becomes its `--section.field` help. The optimizer, schedule and runtime
+sections are the language model's; `train` is the classifier's own (its batch is counted in
+texts, its length in epochs), and each model has its own learning rate (`model.bilstm.lr`, ...).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmforge.config import TrainConfig, validate_sections
-from lmforge.errors import ConfigError
+from lmforge.config import OptimConfig, RuntimeConfig, ScheduleConfig, check, check_encoding, validate_sections
 
 MODEL_KINDS = ("auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble")
 NEURAL_KINDS = ("bilstm", "fasttext", "transformer", "gpt")
@@ -32,10 +31,8 @@ class ClassifyDataConfig:
     """Field or column holding the label: strings or integers, two classes or more."""
     val_fraction: float = 0.1
     """Share of the training data held out for validation (stratified, seeded) when no valid_path is given."""
-    batch_size: int = 64
-    """Examples per optimizer step, summed over processes and accumulation steps."""
-    epochs: float = 3.0
-    """Passes over the training data; sets train.max_steps (0: use train.max_steps as given)."""
+    encoding: str = "auto"
+    """Text encoding of csv/tsv/json files: 'auto' detects it and stops when unsure; or a codec name such as utf-8, latin-1, gbk."""
     oversample: bool = False
     """Randomly repeat examples of the smaller classes so every class is seen equally often in training."""
     class_weights: bool = False
@@ -44,10 +41,11 @@ class ClassifyDataConfig:
     """Warn when the most common class outnumbers the rarest by this factor or more."""
 
     def validate(self) -> None:
-        _check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
-        _check(self.batch_size >= 1, "data.batch_size", "must be >= 1")
-        _check(self.epochs >= 0, "data.epochs", "must be >= 0")
-        _check(self.skew_warning_ratio >= 1, "data.skew_warning_ratio", "must be >= 1")
+        check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
+        check(self.skew_warning_ratio >= 1, "data.skew_warning_ratio", "must be >= 1")
+        check(bool(self.text_field), "data.text_field", "must name a field, e.g. text")
+        check(bool(self.label_field), "data.label_field", "must name a field, e.g. label")
+        check_encoding(self.encoding, "data.encoding")
 
 
 @dataclass
@@ -76,10 +74,10 @@ class TextConfig:
     """Width of the vectors computed when vectors is 'train'."""
 
     def validate(self) -> None:
-        _check(self.min_freq >= 1, "text.min_freq", "must be >= 1")
-        _check(self.max_vocab >= 3, "text.max_vocab", "must be >= 3 (padding, unknown, and one real token)")
-        _check(self.max_len >= 1, "text.max_len", "must be >= 1")
-        _check(self.vectors_dim >= 2, "text.vectors_dim", "must be >= 2")
+        check(self.min_freq >= 1, "text.min_freq", "must be >= 1")
+        check(self.max_vocab >= 3, "text.max_vocab", "must be >= 3 (padding, unknown, and one real token)")
+        check(self.max_len >= 1, "text.max_len", "must be >= 1")
+        check(self.vectors_dim >= 2, "text.vectors_dim", "must be >= 2")
 
 
 @dataclass
@@ -95,13 +93,13 @@ class BiLSTMConfig:
     pooling: Literal["last", "max", "mean", "last_max"] = "last_max"
     """'last': each direction's state at the text's true end (the tutorial's read-out, done right); 'max'/'mean' over positions; 'last_max' concatenates last and max."""
     lr: float = 2e-3
-    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+    """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        _check(self.lr > 0, "model.bilstm.lr", "must be > 0")
+        check(self.lr > 0, "model.bilstm.lr", "must be > 0")
         for name in ("embed_dim", "hidden_dim", "layers"):
-            _check(getattr(self, name) >= 1, f"model.bilstm.{name}", "must be >= 1")
-        _check(0.0 <= self.dropout < 1.0, "model.bilstm.dropout", "must be in [0, 1)")
+            check(getattr(self, name) >= 1, f"model.bilstm.{name}", "must be >= 1")
+        check(0.0 <= self.dropout < 1.0, "model.bilstm.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -115,14 +113,14 @@ class FastTextConfig:
     dropout: float = 0.3
     """Dropout on the averaged vector."""
     lr: float = 2e-2
-    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+    """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        _check(self.lr > 0, "model.fasttext.lr", "must be > 0")
-        _check(self.embed_dim >= 1, "model.fasttext.embed_dim", "must be >= 1")
-        _check(1 <= self.ngrams <= 3, "model.fasttext.ngrams", "must be 1, 2 or 3")
-        _check(self.min_count >= 1, "model.fasttext.min_count", "must be >= 1")
-        _check(0.0 <= self.dropout < 1.0, "model.fasttext.dropout", "must be in [0, 1)")
+        check(self.lr > 0, "model.fasttext.lr", "must be > 0")
+        check(self.embed_dim >= 1, "model.fasttext.embed_dim", "must be >= 1")
+        check(1 <= self.ngrams <= 3, "model.fasttext.ngrams", "must be 1, 2 or 3")
+        check(self.min_count >= 1, "model.fasttext.min_count", "must be >= 1")
+        check(0.0 <= self.dropout < 1.0, "model.fasttext.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -138,14 +136,14 @@ class EncoderConfig:
     pooling: Literal["mean", "max", "cls"] = "mean"
     """How token states become one vector: masked mean, masked max, or the first token."""
     lr: float = 5e-4
-    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+    """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        _check(self.lr > 0, "model.transformer.lr", "must be > 0")
-        _check(self.d_model >= 1 and self.n_layer >= 1 and self.n_head >= 1, "model.transformer", "sizes must be >= 1")
-        _check(self.d_model % self.n_head == 0, "model.transformer.d_model",
+        check(self.lr > 0, "model.transformer.lr", "must be > 0")
+        check(self.d_model >= 1 and self.n_layer >= 1 and self.n_head >= 1, "model.transformer", "sizes must be >= 1")
+        check(self.d_model % self.n_head == 0, "model.transformer.d_model",
                f"{self.d_model} is not divisible by model.transformer.n_head={self.n_head}")
-        _check(0.0 <= self.dropout < 1.0, "model.transformer.dropout", "must be in [0, 1)")
+        check(0.0 <= self.dropout < 1.0, "model.transformer.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -159,11 +157,11 @@ class GPTHeadConfig:
     freeze: bool = False
     """Train only the classification head (a linear probe), keeping the GPT's weights fixed."""
     lr: float = 1e-4
-    """Peak learning rate of this model (AdamW); it decays to min(train.min_lr, lr/10) on train.schedule."""
+    """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        _check(self.lr > 0, "model.gpt.lr", "must be > 0")
-        _check(0.0 <= self.dropout < 1.0, "model.gpt.dropout", "must be in [0, 1)")
+        check(self.lr > 0, "model.gpt.lr", "must be > 0")
+        check(0.0 <= self.dropout < 1.0, "model.gpt.dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -182,11 +180,11 @@ class LinearConfig:
     """Folds used to pick C when C is 0."""
 
     def validate(self) -> None:
-        _check(-1 <= self.ngrams <= 3, "model.linear.ngrams", "must be -1 (auto), 0, 1, 2 or 3")
-        _check(-1 <= self.char_ngrams <= 5, "model.linear.char_ngrams", "must be between -1 (auto) and 5")
-        _check(self.min_df >= 1, "model.linear.min_df", "must be >= 1")
-        _check(self.C >= 0, "model.linear.C", "must be >= 0")
-        _check(self.cv_folds >= 2, "model.linear.cv_folds", "must be >= 2")
+        check(-1 <= self.ngrams <= 3, "model.linear.ngrams", "must be -1 (auto), 0, 1, 2 or 3")
+        check(-1 <= self.char_ngrams <= 5, "model.linear.char_ngrams", "must be between -1 (auto) and 5")
+        check(self.min_df >= 1, "model.linear.min_df", "must be >= 1")
+        check(self.C >= 0, "model.linear.C", "must be >= 0")
+        check(self.cv_folds >= 2, "model.linear.cv_folds", "must be >= 2")
 
 
 @dataclass
@@ -218,12 +216,43 @@ class ClassifierConfig:
     def validate(self) -> None:
         if self.kind == "ensemble":
             kinds = self.member_kinds()
-            _check(len(kinds) >= 1, "model.members", "name at least one model, e.g. 'linear,fasttext'")
+            check(len(kinds) >= 1, "model.members", "name at least one model, e.g. 'linear,fasttext'")
             for k in kinds:
-                _check(k in MODEL_KINDS[1:6], "model.members",
+                check(k in MODEL_KINDS[1:6], "model.members",
                        f"{k!r} is not one of {', '.join(MODEL_KINDS[1:6])}")
-            _check(kinds.count("linear") <= 1, "model.members", "lists the linear model twice (it has no seed to vary)")
+            check(kinds.count("linear") <= 1, "model.members", "lists the linear model twice (it has no seed to vary)")
         validate_sections(self)
+
+
+@dataclass
+class ClassifyTrainConfig:
+    epochs: float = 3.0
+    """Passes over the training data; sets max_steps (0: use max_steps as given)."""
+    batch_size: int = 64
+    """Texts per optimizer step, summed over processes and accumulation steps."""
+    micro_batch_size: int = 0
+    """Texts per forward pass per process; 0 picks the whole per-process batch (no accumulation)."""
+    max_steps: int = 1000
+    """Optimizer steps per neural model when epochs is 0."""
+    time_budget_s: float = 0.0
+    """Stop each neural model once it has trained this many seconds; 0 means no limit."""
+    log_interval: int = 10
+    """Steps between training-loss log lines in each model's metrics.jsonl."""
+    save_interval: int = 0
+    """Steps between checkpoints; 0 means at every evaluation."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep for resuming."""
+
+    def validate(self) -> None:
+        check(self.epochs >= 0 and math.isfinite(self.epochs), "train.epochs", "must be a number >= 0")
+        check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
+        check(self.max_steps > 0, "train.max_steps", "must be > 0")
+        check(self.time_budget_s >= 0 and math.isfinite(self.time_budget_s), "train.time_budget_s",
+               "must be a finite number of seconds >= 0")
+        check(self.log_interval >= 1, "train.log_interval", "must be >= 1")
+        check(self.save_interval >= 0, "train.save_interval", "must be >= 0")
+        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
 
 
 @dataclass
@@ -238,10 +267,10 @@ class ClassifyEvalConfig:
     """Binary tasks: predict the second class (in sorted label order) when its probability reaches this."""
 
     def validate(self) -> None:
-        _check(self.interval >= 0, "eval.interval", "must be >= 0")
-        _check(self.patience >= 0, "eval.patience", "must be >= 0")
-        _check(self.folds == 0 or self.folds >= 2, "eval.folds", "must be 0 (off) or at least 2")
-        _check(0.0 < self.threshold < 1.0, "eval.threshold", "must be in (0, 1)")
+        check(self.interval >= 0, "eval.interval", "must be >= 0")
+        check(self.patience >= 0, "eval.patience", "must be >= 0")
+        check(self.folds == 0 or self.folds >= 2, "eval.folds", "must be 0 (off) or at least 2")
+        check(0.0 < self.threshold < 1.0, "eval.threshold", "must be in (0, 1)")
 
 
 @dataclass
@@ -253,25 +282,13 @@ class ClassifyConfig:
     data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)
     text: TextConfig = field(default_factory=TextConfig)
     model: ClassifierConfig = field(default_factory=ClassifierConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=0.0))
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
     eval: ClassifyEvalConfig = field(default_factory=ClassifyEvalConfig)
 
     def validate(self) -> ClassifyConfig:
-        # The shared train section's batch and learning rate are counted differently here; a value
-        # set there would silently do nothing, so it is refused with a pointer to the right field.
-        defaults = TrainConfig()
-        _check(self.train.global_batch_tokens == defaults.global_batch_tokens, "train.global_batch_tokens",
-               "does not apply to classifiers; set data.batch_size (examples per step) instead")
-        _check(self.train.lr == defaults.lr, "train.lr",
-               "does not apply to classifiers; each model has its own, e.g. model.bilstm.lr")
         validate_sections(self)
         return self
 
-
-def _check(ok: bool, name: str, reason: str) -> None:
-    if not ok:
-        raise ConfigError(f"config field '{name}': {reason}")
-
-
-# Shared TrainConfig fields that classifiers replace (data.batch_size, model.<kind>.lr): left out of the CLI.
-HIDDEN_FIELDS = ("train.global_batch_tokens", "train.lr")

@@ -120,7 +120,7 @@ class LabelMap:
         return out
 
     def save(self, path: Path) -> None:
-        from lmforge.trainer.checkpoint import atomic_write_json
+        from lmforge.atomic import atomic_write_json
 
         atomic_write_json(path, {"labels": self.names})
 

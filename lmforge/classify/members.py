@@ -12,12 +12,13 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lmforge.atomic import atomic_write_json
 from lmforge.classify.config import ClassifyConfig
 from lmforge.classify.data import balanced_class_weights, oversample_indices
 from lmforge.classify.task import ClassifyTask, predict_proba
@@ -26,7 +27,7 @@ from lmforge.classify.text import (Encoded, NgramIndex, TextEncoder, UnitIds, lo
 from lmforge.config import EvalConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.trainer import checkpoint as ckpt
-from lmforge.trainer.distributed import Runtime, choose_precision, time_step
+from lmforge.trainer.runtime import Runtime, choose_precision, time_step
 from lmforge.trainer.loop import fit, plan_batches, seed_everything
 
 Log = Callable[[str], None]
@@ -55,7 +56,7 @@ class TokenInputs:
 
     def save(self, folder: Path) -> None:
         self.encoder.save(folder / "text.json")
-        ckpt.atomic_write_json(folder / "inputs.json", {"kind": self.kind, "max_len": self.max_len,
+        atomic_write_json(folder / "inputs.json", {"kind": self.kind, "max_len": self.max_len,
                                                         "truncate": self.truncate})
 
 
@@ -96,7 +97,7 @@ class NgramInputs:
         tmp = folder / ".ngrams.safetensors.tmp"
         save_file({"keys": self.index.keys}, str(tmp))
         tmp.replace(folder / "ngrams.safetensors")
-        ckpt.atomic_write_json(folder / "inputs.json", {
+        atomic_write_json(folder / "inputs.json", {
             "kind": self.kind, "language": self.language, "lowercase": self.lowercase,
             "strip_html": self.strip_html, "unit": self.unit, "n": self.index.n, "units": self.units.units})
 
@@ -126,7 +127,7 @@ class LinearMember:
 
     @classmethod
     def load(cls, folder: Path) -> LinearMember:
-        from lmforge.models.linear import LinearTextModel
+        from lmforge.classify.linear import LinearTextModel
 
         return cls(LinearTextModel.load(folder))
 
@@ -165,7 +166,7 @@ def load_member(folder: Path, kind: str, device: torch.device | str = "cpu"):
 
 def train_linear(cfg: ClassifyConfig, texts: Sequence[str], y: np.ndarray, n_classes: int, folder: Path,
                  log: Log) -> LinearMember:
-    from lmforge.models.linear import LinearTextModel
+    from lmforge.classify.linear import LinearTextModel
 
     model = LinearTextModel(cfg.model.linear, cfg.text.language, cfg.text.lowercase, cfg.text.strip_html, n_classes)
     sample = oversample_indices(y, cfg.seed) if cfg.data.oversample else np.arange(len(y))
@@ -255,7 +256,7 @@ def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, tas
         torch.set_rng_state(rng)
         return seconds
 
-    precision, why = choose_precision(cfg.train.precision, rt.device, probe)
+    precision, why = choose_precision(cfg.runtime.precision, rt.device, probe)
     if rt.distributed:
         import torch.distributed as dist
 
@@ -263,7 +264,7 @@ def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, tas
         dist.broadcast(t, src=0)
         precision = ["fp32", "bf16", "fp16"][int(t.item())]
     if rt.is_main:
-        ckpt.atomic_write_json(path, {"precision": precision})
+        atomic_write_json(path, {"precision": precision})
     return precision, why
 
 
@@ -286,11 +287,11 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
         if not cfg.model.gpt.run:
             raise ConfigError("config field 'model.gpt.run': the gpt model fine-tunes a run folder trained by "
                               "`lmforge train`; give its path")
-        from lmforge.lm import load_run_model
+        from lmforge.lm.model import load_run_model
 
         gpt_model, gpt_tok, _ = load_run_model(Path(cfg.model.gpt.run))
-        gpt_shape = asdict(gpt_model.shape)
-        gpt_context = gpt_model.shape.context_len
+        gpt_shape = gpt_model.shape_dict()
+        gpt_context = gpt_model.cfg.context_len
     if resume and (folder / "inputs.json").is_file():
         inputs = load_inputs(folder)  # the vocabulary the checkpoints were trained with
     else:
@@ -322,17 +323,20 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     if rt.is_main:
         folder.mkdir(parents=True, exist_ok=True)
         inputs.save(folder)
-        ckpt.atomic_write_json(folder / "model.json", spec)
+        atomic_write_json(folder / "model.json", spec)
 
     sample = oversample_indices(y, cfg.seed) if cfg.data.oversample else None
     cw = balanced_class_weights(y, n_classes) if cfg.data.class_weights else None
-    task = ClassifyTask(model, enc.ids, y, val_enc.ids, val_y, cfg.data.batch_size, seed, sample, cw, n_classes)
-    lr = getattr(cfg.model, kind).lr
-    train_cfg = replace(cfg.train, lr=lr, min_lr=min(cfg.train.min_lr, lr / 10))
-    if cfg.data.epochs > 0:
-        steps = max(1, math.ceil(cfg.data.epochs * task.steps_per_epoch))
+    task = ClassifyTask(model, enc.ids, y, val_enc.ids, val_y, cfg.train.batch_size, seed, sample, cw, n_classes)
+    lr = cfg.optim.lr or getattr(cfg.model, kind).lr
+    optim_cfg = replace(cfg.optim, lr=lr)
+    schedule_cfg = replace(cfg.schedule, min_lr=min(cfg.schedule.min_lr, lr / 10))
+    train_cfg = cfg.train
+    if cfg.train.epochs > 0:
+        steps = max(1, math.ceil(cfg.train.epochs * task.steps_per_epoch))
+        train_cfg = replace(train_cfg, max_steps=steps)
         # Short runs get a proportionally short warm-up.
-        train_cfg = replace(train_cfg, max_steps=steps, warmup_steps=min(train_cfg.warmup_steps, steps // 5))
+        schedule_cfg = replace(schedule_cfg, warmup_steps=min(schedule_cfg.warmup_steps, steps // 5))
     interval = cfg.eval.interval or min(task.steps_per_epoch, train_cfg.max_steps)
     eval_cfg = EvalConfig(interval=interval, patience=cfg.eval.patience)
     micro_bs, accum = plan_batches(task.examples_per_step, train_cfg.micro_batch_size, rt.world_size)
@@ -345,7 +349,7 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     def save_best(m: torch.nn.Module) -> None:
         ckpt.save_weights(m.state_dict(), folder / "model.safetensors")
 
-    result = fit(task, train_cfg, eval_cfg, rt, folder, compile_model=cfg.train.compile == "on", resume=resume,
+    result = fit(task, train_cfg, optim_cfg, schedule_cfg, eval_cfg, rt, folder, compile_model=cfg.runtime.compile == "on", resume=resume,
                  meta={"task": "classify", "member": kind}, on_best=save_best, progress=progress, on_eval=on_eval)
     rt.barrier()
     ckpt.load_weights(model, folder / "model.safetensors")  # the best validation weights

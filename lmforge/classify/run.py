@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.classify.config import NEURAL_KINDS, ClassifyConfig
 from lmforge.classify.data import (Labeled, LabelMap, kfold_splits, label_distribution, read_labeled, skew_message,
                                    stratified_split)
@@ -30,11 +31,10 @@ from lmforge.classify.members import load_member, train_linear, train_neural
 from lmforge.classify.text import detect_language
 from lmforge.config import from_dict, save_config
 from lmforge.errors import ConfigError, DataError
-from lmforge.eval.classification import (classification_metrics, confusion_table, format_metrics, predict_labels,
+from lmforge.classify.metrics import (classification_metrics, confusion_table, format_metrics, predict_labels,
                                          save_confusion_png, summarize_folds)
-from lmforge.trainer import checkpoint as ckpt
-from lmforge.trainer.distributed import Runtime, init_runtime, shutdown
-from lmforge.trainer.progress import console, print_summary
+from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
+from lmforge.console import console, print_summary
 
 # What 'auto' picks, measured with benchmarks/classify.py on a 2-core CPU: a linear model and a
 # fastText-style bag always (IMDB 92.4% test in about 3 minutes; a BiLSTM added only 0.05%), plus
@@ -80,7 +80,7 @@ def resolve_auto(cfg: ClassifyConfig, texts: list[str]) -> ClassifyConfig:
     if cfg.model.kind == "auto":
         cfg.model.kind = "ensemble"
         cfg.model.members = AUTO_MEMBERS
-        if estimate_tokens(texts, cfg.text.language) * max(cfg.data.epochs, 1) <= AUTO_BILSTM_MAX_TOKENS:
+        if estimate_tokens(texts, cfg.text.language) * max(cfg.train.epochs, 1) <= AUTO_BILSTM_MAX_TOKENS:
             cfg.model.members += ",bilstm"
             if not cfg.text.vectors:
                 cfg.text.vectors = "train"
@@ -207,7 +207,7 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
     elif cfg is None:
         raise ConfigError("train_classifier() needs a config or resume=RUN_DIR")
     cfg.validate()
-    rt = init_runtime(cfg.train.device)
+    rt = init_runtime(cfg.runtime.device)
     try:
         result = _train(cfg, rt, resume is not None, progress, on_eval)
     except BaseException:
@@ -247,7 +247,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     if cfg.eval.folds:
         cv = _cross_validate(cfg, train, y, labels, rt, progress)
         if rt.is_main:
-            ckpt.atomic_write_json(run_dir / "cv.json", cv)
+            atomic_write_json(run_dir / "cv.json", cv)
 
     if valid is None:
         if cfg.data.val_fraction <= 0:
@@ -267,7 +267,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     if not rt.is_main:
         return ClassifyResult(run_dir, None, None, cv)
     kinds = cfg.model.member_names()
-    ckpt.atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),
+    atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),
                                                        "weights": weights})
     train_s = time.perf_counter() - t_start
     result = ClassifyResult(run_dir, None, None, cv, kinds, weights, train_s, facts, cfg.text.language)
@@ -288,7 +288,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     if shown:
         save_confusion_png(shown["confusion_matrix"], labels.names, run_dir / f"confusion_{split}.png",
                            title=f"{run_dir.name}: {split}")
-    ckpt.atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
+    atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
                                                       "member_facts": facts})
     if progress:
@@ -416,7 +416,7 @@ def format_predictions(rows: list[dict], fmt: str = "jsonl", delimiter: str = ",
 def write_predictions(rows: list[dict], path: Path, fmt: str | None = None) -> None:
     suffix = path.suffix.lower()
     fmt = fmt or ("csv" if suffix in (".csv", ".tsv") else "jsonl")
-    ckpt.atomic_write_text(path, format_predictions(rows, fmt, "\t" if suffix == ".tsv" else ","))
+    atomic_write_text(path, format_predictions(rows, fmt, "\t" if suffix == ".tsv" else ","))
 
 
 def result_json(result: ClassifyResult) -> str:

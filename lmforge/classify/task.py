@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.classify.data import bucketed_batches
-from lmforge.trainer.distributed import Runtime
+from lmforge.trainer.runtime import Runtime
 
 
 # Padded lengths are rounded up to a multiple of this: with every batch a different length, the

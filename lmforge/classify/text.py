@@ -184,7 +184,7 @@ class TextEncoder:
         return d
 
     def save(self, path: Path) -> None:
-        from lmforge.trainer.checkpoint import atomic_write_json
+        from lmforge.atomic import atomic_write_json
 
         atomic_write_json(path, self.to_json())
         if self.bpe is not None:

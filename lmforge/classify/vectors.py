@@ -29,7 +29,7 @@ class WordVectors:
 
     def save(self, path: str | Path) -> Path:
         """word2vec text format: a 'count dim' header, then 'word v1 v2 ...' per line."""
-        from lmforge.trainer.checkpoint import atomic_write_text
+        from lmforge.atomic import atomic_write_text
 
         lines = [f"{len(self.words)} {self.matrix.shape[1]}"]
         for w, row in zip(self.words, self.matrix):
@@ -117,7 +117,7 @@ def vectors_from_file(data: str | Path | list, out: str | Path, text_field: str 
     """Read texts (plain text or records; one path or several), train vectors, write them to `out`
     in word2vec text format."""
     from lmforge.data.readers import read_texts
-    from lmforge.trainer.progress import console
+    from lmforge.console import console
 
     def log(msg: str) -> None:
         if progress:

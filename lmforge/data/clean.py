@@ -9,16 +9,8 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+from lmforge.config import CleanConfig
 from lmforge.errors import DataError
-
-
-@dataclass
-class CleanConfig:
-    nfkc: bool = False  # Unicode NFKC normalization
-    strip_control: bool = True  # remove control characters (category Cc) except \n and \t
-    normalize_whitespace: bool = True  # line endings, trailing spaces, blank-line runs, Zs spaces
-    dedup: bool = True  # drop exact duplicate documents (after cleaning)
-    min_chars: int = 1  # drop documents shorter than this after cleaning
 
 
 @dataclass

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from lmforge.config import Config, DataConfig
 from lmforge.data import default_corpus
-from lmforge.data.clean import CleanConfig, CleanReport, clean_documents, split_documents
+from lmforge.data.clean import CleanReport, clean_documents, split_documents
 from lmforge.data.readers import find_files, read_texts
 from lmforge.data.tokenizer import Tokenizer, train_tokenizer
 from lmforge.data.tokens import TokenFile, cache_key, encode_corpus
 from lmforge.errors import DataError
-from lmforge.trainer.checkpoint import atomic_write_json
-from lmforge.trainer.progress import console
+from lmforge.atomic import atomic_write_json
+from lmforge.console import console
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -32,16 +32,6 @@ class PreparedData:
     val: TokenFile
     summary: dict
     reused: bool
-
-
-def clean_config(data: DataConfig) -> CleanConfig:
-    return CleanConfig(
-        nfkc=data.nfkc,
-        strip_control=data.strip_control,
-        normalize_whitespace=data.normalize_whitespace,
-        dedup=data.dedup,
-        min_chars=data.min_chars,
-    )
 
 
 def _file_signature(path: str | None) -> list:
@@ -64,6 +54,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     key = cache_key(
         {"train": _file_signature(data.path), "valid": _file_signature(data.valid_path) if data.valid_path else None},
         asdict(data) | {"num_workers": 0},
+        asdict(cfg.clean),
         asdict(cfg.tokenizer),
         {"seed": cfg.seed, "version": 1},
     )
@@ -87,7 +78,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     t0 = time.perf_counter()
     source = data.path or default_corpus.describe()
     docs = _load_documents(data, data.path)
-    cleaning = clean_config(data)
+    cleaning = cfg.clean
     docs, report = clean_documents(docs, cleaning)
     if data.valid_path:
         train_docs = docs

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.atomic import atomic_write_bytes as write_atomic
-from lmforge.atomic import fsync_dir  # noqa: F401  (used by tokens.py)
-from lmforge.config import TokenizerConfig  # noqa: F401  (re-exported)
+from lmforge.config import TokenizerConfig
 from lmforge.errors import DataError
 
 EOT_TOKEN = "<|endoftext|>"

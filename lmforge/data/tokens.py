@@ -24,7 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from lmforge.data.tokenizer import Tokenizer, fsync_dir, write_atomic
+from lmforge.atomic import atomic_write_bytes as write_atomic
+from lmforge.atomic import fsync_dir
+from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)

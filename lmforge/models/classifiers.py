@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lmforge.models.gpt import GPT, GPTShape
+from lmforge.models.gpt import GPT
 
 
 def length_mask(lengths: torch.Tensor, T: int) -> torch.Tensor:
@@ -153,17 +153,17 @@ class GPTClassifier(nn.Module):
         self.gpt = gpt
         self.pooling = pooling
         # The language-model head plays no part here; without a gradient it would also break DDP.
-        if not gpt.shape.tied_embeddings:
+        if not gpt.cfg.tied_embeddings:
             gpt.lm_head.weight.requires_grad_(False)
         if freeze:
             gpt.requires_grad_(False)
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(gpt.shape.d_model, n_classes)
+        self.head = nn.Linear(gpt.cfg.d_model, n_classes)
         nn.init.normal_(self.head.weight, 0, 0.02)
         nn.init.zeros_(self.head.bias)
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        ids = ids[:, : self.gpt.shape.context_len]  # batches may be padded past the context
+        ids = ids[:, : self.gpt.cfg.context_len]  # batches may be padded past the context
         B, T = ids.shape
         lengths = lengths.clamp_min(1)
         h = self.gpt.hidden_states(ids)  # causal: padding on the right never reaches real tokens
@@ -185,8 +185,7 @@ def build_classifier(spec: dict[str, Any]) -> nn.Module:
     if kind == "transformer":
         return TransformerClassifier(**args)
     if kind == "gpt":
-        shape = GPTShape(**args.pop("gpt_shape"))
-        return GPTClassifier(GPT(shape), **args)
+        return GPTClassifier(GPT.from_shape_dict(args.pop("gpt_shape")), **args)
     raise ValueError(f"unknown classifier kind {kind!r}")
 
 

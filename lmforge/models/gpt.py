@@ -4,56 +4,23 @@ GPT-2's choices (LayerNorm, learned positions, GELU MLP, no QK-norm) are options
 settings can be reproduced as they are and compared against.
 
 Plain single-device PyTorch. Distributed wrapping and compilation are applied from outside
-(`lmforge.trainer.distributed`), never here.
+(`lmforge.trainer.runtime`), never here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from lmforge.config import ModelConfig
 from lmforge.models.chunked_loss import linear_cross_entropy
 
 
-@dataclass
-class GPTShape:
-    """The numbers that define a model's weights; saved beside every checkpoint."""
-
-    vocab_size: int
-    n_layer: int
-    n_head: int
-    n_kv_head: int
-    d_model: int
-    d_ff: int
-    context_len: int
-    dropout: float = 0.0
-    tied_embeddings: bool = True
-    # Defaults below are what shapes saved before each option existed used.
-    qk_norm: bool = False
-    norm: str = "rms"  # "rms" or "layer"
-    position: str = "rope"  # "rope" or "learned"
-    mlp: str = "swiglu"  # "swiglu" or "gelu"
-    rope_base: float = 10000.0
-    norm_eps: float = 1e-5
-
-    @property
-    def head_dim(self) -> int:
-        return self.d_model // self.n_head
-
-
-def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
-    """SwiGLU hidden width with about the parameter count of a 4x GELU MLP (8/3 * d_model)."""
-    hidden = int(8 * d_model / 3)
-    return multiple_of * math.ceil(hidden / multiple_of)
-
-
-def default_d_ff(d_model: int, mlp: str) -> int:
-    """GPT-2's 4x for a GELU MLP; for SwiGLU the width with about the same parameter count."""
-    return 4 * d_model if mlp == "gelu" else swiglu_hidden(d_model)
+# What a model.json written before a field existed meant by its absence.
+LEGACY_SHAPE_DEFAULTS = {"qk_norm": False, "norm": "rms", "position": "rope", "mlp": "swiglu"}
 
 
 def rope_tables(head_dim: int, context_len: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,16 +110,16 @@ class KVCache:
 
 
 class Attention(nn.Module):
-    def __init__(self, s: GPTShape, layer: int):
+    def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.n_head, self.n_kv_head, self.head_dim = s.n_head, s.n_kv_head, s.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = s.n_head, s.n_kv_head, s.d_model // s.n_head
         # One fused projection for q, k and v: one matmul instead of three matters on CPU,
         # where small steps are bound by per-op overhead.
-        self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * s.head_dim, bias=False)
+        self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * self.head_dim, bias=False)
         self.proj = nn.Linear(s.d_model, s.d_model, bias=False)
         # One gain vector serves queries and keys alike: attention sees only their product.
-        self.qk_norm = RMSNorm(s.head_dim, s.norm_eps) if s.qk_norm else None
+        self.qk_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm else None
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -206,7 +173,7 @@ class Attention(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, s: GPTShape):
+    def __init__(self, s: ModelConfig):
         super().__init__()
         self.gate_up = nn.Linear(s.d_model, 2 * s.d_ff, bias=False)
         self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
@@ -217,7 +184,7 @@ class SwiGLU(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    def __init__(self, s: GPTShape):
+    def __init__(self, s: ModelConfig):
         super().__init__()
         self.up = nn.Linear(s.d_model, s.d_ff, bias=False)
         self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
@@ -227,7 +194,7 @@ class GeluMLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, s: GPTShape, layer: int):
+    def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
         self.attn_norm = make_norm(s.norm, s.d_model, s.norm_eps)
         self.attn = Attention(s, layer)
@@ -242,38 +209,46 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    def __init__(self, shape: GPTShape):
+    """`cfg` is the model's section of the config; its 'choose for me' zeros are resolved here."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int):
         super().__init__()
-        s = shape
-        if s.d_model % s.n_head:
-            raise ValueError(f"d_model {s.d_model} is not divisible by n_head {s.n_head}")
-        if s.n_head % s.n_kv_head:
-            raise ValueError(f"n_head {s.n_head} is not divisible by n_kv_head {s.n_kv_head}")
-        for field, allowed in (("norm", ("rms", "layer")), ("position", ("rope", "learned")), ("mlp", ("swiglu", "gelu"))):
-            if getattr(s, field) not in allowed:
-                raise ValueError(f"{field} must be one of {allowed}, got {getattr(s, field)!r}")
-        if s.position == "rope" and s.head_dim % 2:
-            raise ValueError(f"head size {s.head_dim} must be even for rotary embeddings")
-        self.shape = s
-        self.embed = nn.Embedding(s.vocab_size, s.d_model)
+        cfg.validate()
+        s = self.cfg = cfg.resolved()
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, s.d_model)
         self.pos_embed = nn.Embedding(s.context_len, s.d_model) if s.position == "learned" else None
         self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(s, i) for i in range(s.n_layer))
         self.norm = make_norm(s.norm, s.d_model, s.norm_eps)
-        self.lm_head = nn.Linear(s.d_model, s.vocab_size, bias=False)
+        self.lm_head = nn.Linear(s.d_model, vocab_size, bias=False)
         if s.tied_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(s.head_dim, s.context_len, s.rope_base)
+        cos, sin = rope_tables(s.d_model // s.n_head, s.context_len, s.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
+
+    def shape_dict(self) -> dict:
+        """The resolved model section and the vocabulary size: what a run saves as model.json."""
+        return {"vocab_size": self.vocab_size, **dataclasses.asdict(self.cfg)}
+
+    @classmethod
+    def from_shape_dict(cls, shape: dict) -> GPT:
+        """The inverse of shape_dict(). Fields missing from a file written before they existed take
+        the value those runs trained with (no QK-norm, RMSNorm, rotary positions, SwiGLU)."""
+        shape = dict(shape)
+        vocab_size = int(shape.pop("vocab_size"))
+        for key, value in LEGACY_SHAPE_DEFAULTS.items():
+            shape.setdefault(key, value)
+        return cls(ModelConfig(**shape), vocab_size)
 
     def init_weights(self, seed: int | None = None) -> None:
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         std = 0.02
         # Residual output projections are scaled down with depth so the residual stream's
         # variance does not grow with the number of layers (GPT-2's scheme).
-        resid_std = std / math.sqrt(2 * self.shape.n_layer)
+        resid_std = std / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
             if p.ndim < 2:
                 continue
@@ -283,13 +258,13 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        if non_embedding and not self.shape.tied_embeddings:
+        if non_embedding and not self.cfg.tied_embeddings:
             n -= self.embed.weight.numel()
         return n
 
     def flops_per_token(self, context_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward): 6 per weight plus attention scores."""
-        s = self.shape
+        s = self.cfg
         T = context_len or s.context_len
         n = self.num_params(non_embedding=False) - self.embed.weight.numel() * (0 if s.tied_embeddings else 1)
         if self.pos_embed is not None:
@@ -307,8 +282,8 @@ class GPT(nn.Module):
         """idx: (B, T) token ids. Returns logits (B, T, V), or the mean loss when targets are given."""
         B, T = idx.shape
         start = cache.length if cache is not None else 0
-        if start + T > self.shape.context_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds context_len {self.shape.context_len}")
+        if start + T > self.cfg.context_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds context_len {self.cfg.context_len}")
         x, cos, sin = self._embed(idx, start)  # x: (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, cache)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmforge.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, fsync_dir, fsync_file  # noqa: F401
+from lmforge.atomic import atomic_write_json, fsync_dir, fsync_file
 from lmforge.errors import TrainingError
 
 

@@ -18,12 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lmforge.config import EvalConfig, TrainConfig
+from lmforge.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig
 from lmforge.errors import ConfigError, TrainingError
 from lmforge.trainer import checkpoint as ckpt
-from lmforge.trainer.distributed import Runtime, all_reduce_mean, no_sync, wrap_model
+from lmforge.trainer.runtime import Runtime, all_reduce_mean, no_sync, wrap_model
 from lmforge.trainer.optim import build_optimizer, lr_at, set_lr
-from lmforge.trainer.progress import MetricsLog, fmt, make_progress
+from lmforge.console import fmt, make_progress
+from lmforge.trainer.metrics import MetricsLog
 
 
 class Task(Protocol):
@@ -119,6 +120,8 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
 def fit(
     task: Task,
     cfg: TrainConfig,
+    optim_cfg: OptimConfig,
+    schedule_cfg: ScheduleConfig,
     eval_cfg: EvalConfig,
     rt: Runtime,
     run_dir: Path,
@@ -142,7 +145,7 @@ def fit(
     run_dir = Path(run_dir)
     model = task.model
     micro_bs, accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.world_size)
-    optimizer = build_optimizer(model, cfg, rt.device.type)
+    optimizer = build_optimizer(model, optim_cfg, rt.device.type)
     scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=rt.is_main)
 
@@ -222,7 +225,7 @@ def fit(
             return loss_sum
 
         while step < cfg.max_steps:
-            lr = lr_at(step, cfg, sched_total)
+            lr = lr_at(step, schedule_cfg, optim_cfg.lr, sched_total)
             set_lr(optimizer, lr)
             rng_at_step = _rng_state()
             while True:
@@ -255,7 +258,8 @@ def fit(
             if scaler is not None:
                 scaler.unscale_(optimizer)
             grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+                torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip) if optim_cfg.grad_clip > 0
+                else None
             )
             train_loss = float(loss_sum)
             if rt.distributed:
@@ -264,8 +268,8 @@ def fit(
                 last = ckpt.latest_checkpoint(run_dir)
                 where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
                 raise TrainingError(
-                    f"loss became {train_loss} at step {step}; {where}. Lower train.lr, raise train.warmup_steps, "
-                    "or use train.precision fp32/bf16 instead of fp16."
+                    f"loss became {train_loss} at step {step}; {where}. Lower optim.lr, raise schedule.warmup_steps, "
+                    "or use runtime.precision fp32/bf16 instead of fp16."
                 )
             if scaler is not None:
                 scaler.step(optimizer)

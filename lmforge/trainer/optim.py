@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from lmforge.config import TrainConfig
+from lmforge.config import OptimConfig, ScheduleConfig
 
 
 class OptimizerSet:
@@ -33,12 +33,12 @@ class OptimizerSet:
     def load_state_dict(self, state: dict) -> None:
         saved = state.get("optimizers")
         if saved is None or len(saved) != len(self.optimizers):
-            raise ValueError("the checkpoint's optimizer state was saved with a different train.optimizer")
+            raise ValueError("the checkpoint's optimizer state was saved with a different optim.kind")
         for opt, s in zip(self.optimizers, saved):
             opt.load_state_dict(s)
 
 
-def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
+def _adamw(groups: list[dict], cfg: OptimConfig) -> torch.optim.AdamW:
     # The fused kernel exists for CPU and CUDA in current PyTorch and saves a visible share of a
     # small model's step; fall back to foreach where it is unavailable.
     try:
@@ -47,7 +47,7 @@ def _adamw(groups: list[dict], cfg: TrainConfig) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str):
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str):
     """Weight decay on matrices only: decaying norms, biases and embeddings hurts and buys nothing.
 
     With `optimizer: muon`, the hidden weight matrices (everything 2-D except embedding tables and
@@ -65,7 +65,7 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str):
             continue
         if p.ndim < 2 or id(p) in embeddings:
             no_decay.append(p)
-        elif cfg.optimizer == "muon" and p.ndim == 2 and id(p) not in not_muon:
+        elif cfg.kind == "muon" and p.ndim == 2 and id(p) not in not_muon:
             hidden.append(p)
         else:
             decay.append(p)
@@ -80,24 +80,24 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str):
     return OptimizerSet([muon, adamw])
 
 
-def lr_at(step: int, cfg: TrainConfig, total_steps: int | None = None) -> float:
-    """Learning rate for optimizer step `step` (0-based)."""
-    total = total_steps or cfg.max_steps
+def lr_at(step: int, cfg: ScheduleConfig, peak_lr: float, total_steps: int) -> float:
+    """Learning rate for optimizer step `step` (0-based) of `total_steps`, peaking at `peak_lr`."""
+    total, lr, min_lr = total_steps, peak_lr, cfg.min_lr
     if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "cosine":
+        return lr * (step + 1) / cfg.warmup_steps
+    if cfg.kind == "constant":
+        return lr
+    if cfg.kind == "cosine":
         span = max(1, total - cfg.warmup_steps)
         progress = min(1.0, (step - cfg.warmup_steps) / span)
-        return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
     # wsd: hold the peak, then decay linearly to min_lr over the last decay_fraction of the run.
     decay_steps = max(1, int(round(cfg.decay_fraction * total)))
     decay_start = total - decay_steps
     if step < decay_start:
-        return cfg.lr
+        return lr
     progress = min(1.0, (step - decay_start) / decay_steps)
-    return cfg.lr + progress * (cfg.min_lr - cfg.lr)
+    return lr + progress * (min_lr - lr)
 
 
 def set_lr(optimizer, lr: float) -> None:

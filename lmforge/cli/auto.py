@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Callable
+
+from lmforge.cli.options import add_config_options, make_config, overrides_from
 
 COMMANDS = ("plan", "lr-find", "tune")
 
@@ -26,7 +27,7 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
                    help="with --auto: take the learning rate from a range test instead of the width/batch rule")
 
 
-def add_commands(sub, add_config_options: Callable) -> None:
+def add_commands(sub) -> None:
     p = sub.add_parser("plan", help="probe the hardware, time candidate shapes and print the plan for a time budget")
     p.add_argument("data_pos", nargs="?", metavar="DATA", help="training text (same as --data)")
     p.add_argument("--data")
@@ -67,17 +68,27 @@ def add_commands(sub, add_config_options: Callable) -> None:
     p.add_argument("--json", action="store_true", help="print the best trial as one JSON line")
 
 
-def _fixed(args, overrides: dict) -> set[str]:
+def _fixed(args) -> set[str]:
     from lmforge.auto.planner import explicit_fields
 
-    return explicit_fields(args.config, overrides)
+    return explicit_fields(args.config, _explicit_overrides(args))
 
 
-def train_auto(args, make_config: Callable, overrides: dict) -> int:
+def _explicit_overrides(args) -> dict:
+    """Fields the command line sets, the --data/--out shortcuts included."""
+    over = overrides_from(args)
+    if getattr(args, "data", None) or getattr(args, "data_pos", None):
+        over["data.path"] = args.data or args.data_pos
+    if getattr(args, "out", None):
+        over["out"] = args.out
+    return over
+
+
+def train_auto(args) -> int:
     """`lmforge train --auto --time D` (plan, then train) or `lmforge train --time D` (a plain budget)."""
-    from lmforge.auto.planner import parse_duration
+    from lmforge.durations import parse_duration
     from lmforge.errors import ConfigError
-    from lmforge.pretrain import result_json, train
+    from lmforge.lm.pretrain import result_json, train
 
     if args.resume:
         raise ConfigError("--resume continues a run with its saved settings; do not combine it with --auto/--time")
@@ -89,7 +100,7 @@ def train_auto(args, make_config: Callable, overrides: dict) -> int:
 
         cfg = make_config(args)
         result = auto_train(cfg, parse_duration(args.time), t_start=getattr(args, "t_start", None),
-                            fixed=_fixed(args, overrides),
+                            fixed=_fixed(args),
                             options=PlanOptions(lr_method="find" if args.lr_find else "rule"))
     else:
         cfg = make_config(args)
@@ -100,14 +111,16 @@ def train_auto(args, make_config: Callable, overrides: dict) -> int:
     return 0
 
 
-def dispatch(args, make_config: Callable, overrides: dict) -> int:
+def dispatch(args) -> int:
+
     if args.command == "plan":
-        from lmforge.auto.planner import PlanOptions, parse_duration
+        from lmforge.auto.planner import PlanOptions
+        from lmforge.durations import parse_duration
         from lmforge.auto.run import plan_run
 
         cfg = make_config(args)
         plan = plan_run(cfg, parse_duration(args.time), t_start=getattr(args, "t_start", None),
-                        fixed=_fixed(args, overrides), options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
+                        fixed=_fixed(args), options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
                         progress=not args.json)
         if args.json:
             print(json.dumps(plan.to_dict()))
@@ -122,14 +135,14 @@ def dispatch(args, make_config: Callable, overrides: dict) -> int:
                               "plot": os.path.join(cfg.out, "lr_find.png")}))
         return 0
     if args.command == "tune":
-        from lmforge.auto.planner import parse_duration
+        from lmforge.durations import parse_duration
         from lmforge.auto.tune import load_tune_spec, tune
         from lmforge.errors import ConfigError
 
         sets = {}
         for item in args.set:
             if "=" not in item:
-                raise ConfigError(f"--set {item!r}: write FIELD=VALUE, e.g. --set train.lr=3e-4")
+                raise ConfigError(f"--set {item!r}: write FIELD=VALUE, e.g. --set optim.lr=3e-4")
             k, v = item.split("=", 1)
             sets[k.strip()] = v.strip()
         if args.data:

@@ -54,7 +54,7 @@ def init_runtime(device: str = "auto") -> Runtime:
         if not torch.cuda.is_available():
             from lmforge.errors import ConfigError
 
-            raise ConfigError("config field 'train.device': cuda was asked for but no CUDA device is available")
+            raise ConfigError("config field 'runtime.device': cuda was asked for but no CUDA device is available")
         dev = torch.device("cuda", local)
         torch.cuda.set_device(dev)
     else:

@@ -44,17 +44,17 @@ def generate_ids(
     stop_id: int | None = None,
     on_token: Callable[[int], None] | None = None,
 ) -> list[int]:
-    T = model.shape.context_len
+    T = model.cfg.context_len
     gen = torch.Generator(device="cpu").manual_seed(seed)
     ids = list(prompt_ids) or [stop_id if stop_id is not None else 0]
-    cache = KVCache(model.shape.n_layer)
+    cache = KVCache(model.cfg.n_layer)
     pending = ids[-T:]
     out: list[int] = []
     for _ in range(max_new_tokens):
         if cache.length + len(pending) > T:
             # Out of context: restart the cache from the most recent half-window of tokens, so
             # the re-encoding cost is paid once per T/2 tokens rather than every token.
-            cache = KVCache(model.shape.n_layer)
+            cache = KVCache(model.cfg.n_layer)
             pending = ids[-(T // 2) :]
         x = torch.tensor([pending], dtype=torch.long, device=device)
         logits = model(x, cache=cache)[0, -1]
@@ -115,7 +115,7 @@ def generate(
     device: str = "cpu",
 ) -> list[str]:
     """Generate from a trained run folder. With `prompt=None` the prompt is read from stdin."""
-    from lmforge.lm import load_run_model
+    from lmforge.lm.model import load_run_model
 
     cfg = cfg or SampleConfig()
     if prompt is None:

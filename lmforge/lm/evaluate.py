@@ -14,9 +14,9 @@ from lmforge.data.clean import clean_documents
 from lmforge.data.readers import read_texts
 from lmforge.data.tokens import TokenFile, encode_corpus
 from lmforge.errors import DataError
-from lmforge.lm import load_run_model, token_byte_lengths, window_batch
-from lmforge.data.prepare import clean_config
-from lmforge.trainer.distributed import Runtime
+from lmforge.lm.model import load_run_model
+from lmforge.lm.task import token_byte_lengths, window_batch
+from lmforge.trainer.runtime import Runtime
 
 
 def evaluate_stream(
@@ -68,12 +68,12 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, max_tokens: in
     model, tok, info = load_run_model(Path(run_dir), device)
     cfg = info["config"]
     rt = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device(device), precision="fp32")
-    T = model.shape.context_len
+    T = model.cfg.context_len
     if data is None:
         tokens = TokenFile(Path(run_dir) / "data" / "val.bin").tokens
         source = "validation split"
     else:
-        docs, _ = clean_documents(read_texts(data, cfg.data.text_field, cfg.data.doc_split), clean_config(cfg.data))
+        docs, _ = clean_documents(read_texts(data, cfg.data.text_field, cfg.data.doc_split), cfg.clean)
         if not docs:
             raise DataError(f"{data}: no text left after cleaning")
         with tempfile.TemporaryDirectory() as tmp:

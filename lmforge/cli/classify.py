@@ -6,7 +6,10 @@ import argparse
 import json
 import os
 
-from lmforge.classify.config import HIDDEN_FIELDS, MODEL_KINDS, ClassifyConfig
+from lmforge.classify.config import MODEL_KINDS, ClassifyConfig
+from lmforge.cli.options import add_config_options, overrides_from
+
+COMMANDS = ("classify",)
 
 # Shortcut options and the config field each sets.
 _SHORTCUTS = {"data": "data.path", "valid": "data.valid_path", "test": "data.test_path",
@@ -14,9 +17,7 @@ _SHORTCUTS = {"data": "data.path", "valid": "data.valid_path", "test": "data.tes
               "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold"}
 
 
-def add_classify_parser(sub) -> None:
-    from lmforge.cli import add_config_options
-
+def add_commands(sub) -> None:
     p = sub.add_parser("classify", help="train, evaluate and apply text classifiers (sentiment, topics, ...)")
     csub = p.add_subparsers(dest="classify_command", required=True)
 
@@ -33,8 +34,6 @@ def add_classify_parser(sub) -> None:
     t.add_argument("--threshold", type=float, help="binary tasks: decision threshold for the second class")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
     t.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
-    for name in HIDDEN_FIELDS:  # declared hidden so the generic options below skip them
-        t.add_argument(f"--{name}", help=argparse.SUPPRESS)
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
@@ -73,7 +72,6 @@ def _add_vectors_parser(csub) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ClassifyConfig:
-    from lmforge.cli import overrides_from
     from lmforge.config import load_config
 
     overrides = overrides_from(args)
@@ -99,13 +97,13 @@ def dispatch(args: argparse.Namespace) -> int:
     if cmd == "eval":
         metrics = run.evaluate_run(args.run, args.data, args.threshold, args.device, args.text_field, args.label_field)
         if args.confusion_png:
-            from lmforge.eval.classification import save_confusion_png
+            from lmforge.classify.metrics import save_confusion_png
 
             save_confusion_png(metrics["confusion_matrix"], metrics["labels"], args.confusion_png)
         if args.json:
             print(json.dumps(metrics, ensure_ascii=False))
         else:
-            from lmforge.eval.classification import confusion_table, format_metrics
+            from lmforge.classify.metrics import confusion_table, format_metrics
 
             for k, v in format_metrics(metrics):
                 print(f"{k:>20}: {v}")

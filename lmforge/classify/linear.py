@@ -230,7 +230,7 @@ class LinearTextModel:
     def save(self, folder: Path) -> None:
         from safetensors.numpy import save_file
 
-        from lmforge.trainer.checkpoint import atomic_write_json
+        from lmforge.atomic import atomic_write_json
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)

@@ -1,36 +1,15 @@
-"""The language-modelling task: batches from token files, loss, evaluation, model construction."""
+"""The language-modelling task for the training loop: batches from token files, loss, evaluation."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lmforge.config import ModelConfig
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.data.tokens import TokenFile
 from lmforge.errors import DataError
-from lmforge.models.gpt import GPT, GPTShape, default_d_ff
-from lmforge.trainer.distributed import Runtime
-
-
-def model_shape(cfg: ModelConfig, vocab_size: int) -> GPTShape:
-    return GPTShape(
-        vocab_size=vocab_size,
-        n_layer=cfg.n_layer,
-        n_head=cfg.n_head,
-        n_kv_head=cfg.n_kv_head or cfg.n_head,
-        d_model=cfg.d_model,
-        d_ff=cfg.d_ff or default_d_ff(cfg.d_model, cfg.mlp),
-        context_len=cfg.context_len,
-        dropout=cfg.dropout,
-        tied_embeddings=cfg.tied_embeddings,
-        qk_norm=cfg.qk_norm,
-        norm=cfg.norm,
-        position=cfg.position,
-        mlp=cfg.mlp,
-    )
+from lmforge.models.gpt import GPT
+from lmforge.trainer.runtime import Runtime
 
 
 def token_byte_lengths(tok: Tokenizer) -> np.ndarray:
@@ -62,7 +41,7 @@ class LMTask:
         eval_max_tokens: int,
     ):
         self.model = model
-        self.context_len = model.shape.context_len
+        self.context_len = model.cfg.context_len
         self.train_tokens = train.tokens
         self.val_tokens = val.tokens
         self.byte_lengths = byte_lengths
@@ -97,42 +76,7 @@ class LMTask:
         return model(x, y)
 
     def evaluate(self, model: torch.nn.Module, rt: Runtime, batch_size: int = 32) -> dict[str, float]:
-        from lmforge.eval.lm import evaluate_stream
+        from lmforge.lm.evaluate import evaluate_stream
 
         return evaluate_stream(model, self.val_tokens, self.byte_lengths, self.context_len,
                                self.eval_max_tokens, rt, batch_size)
-
-
-def build_model(cfg: ModelConfig, vocab_size: int, seed: int) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(model_shape(cfg, vocab_size))
-
-
-def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """The trained model of a run folder (best validation weights), its tokenizer and config."""
-    import json
-
-    from lmforge.config import Config, from_dict
-    from lmforge.trainer.checkpoint import load_weights
-    import yaml
-
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise DataError(f"{run_dir} is not an lmforge run folder (no config.yaml); pass the folder given as --out")
-    cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text(encoding="utf-8")), source=str(cfg_path))
-    tok = Tokenizer.load(run_dir / "data" / "tokenizer.json")
-    shape_path = run_dir / "model.json"
-    shape = GPTShape(**json.loads(shape_path.read_text(encoding="utf-8")))
-    model = GPT(shape)
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        from lmforge.trainer.checkpoint import latest_checkpoint
-
-        last = latest_checkpoint(run_dir)
-        if last is None:
-            raise DataError(f"{run_dir} has no trained weights yet (no model.safetensors, no checkpoint)")
-        weights = last / "model.safetensors"
-    load_weights(model, weights)
-    model.to(device).eval()
-    return model, tok, {"config": cfg, "weights": str(weights)}

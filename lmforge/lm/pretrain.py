@@ -1,4 +1,4 @@
-"""Stage 2: train the decoder-only LM. `train(cfg)` is the API; the CLI only calls it."""
+"""Train the decoder-only LM: prepare, build, fit, evaluate, sample. `train(cfg)` is the API; the CLI only calls it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,17 @@ from pathlib import Path
 
 import torch
 
+from lmforge.atomic import atomic_write_json
 from lmforge.config import Config, from_dict, save_config
 from lmforge.errors import ConfigError
-from lmforge.lm import LMTask, build_model, token_byte_lengths
+from lmforge.lm.model import build_model, save_shape
+from lmforge.lm.task import LMTask, token_byte_lengths
 from lmforge.data.prepare import prepare
 from lmforge.trainer import checkpoint as ckpt
-from lmforge.trainer.distributed import Runtime, choose_precision, init_runtime, shutdown, time_step
+from lmforge.trainer.runtime import Runtime, choose_precision, init_runtime, shutdown, time_step
 from lmforge.trainer.loop import FitResult, fit, plan_batches, seed_everything
-from lmforge.trainer.progress import console, fmt, plot_loss_curve, print_summary
+from lmforge.console import console, fmt, print_summary
+from lmforge.trainer.metrics import plot_loss_curve
 
 # Below this many steps the one-off compile (tens of seconds on a small CPU) costs more than it saves.
 COMPILE_MIN_STEPS = 1000
@@ -68,12 +71,12 @@ def _runtime_choices(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, task
         torch.set_rng_state(rng)
         return seconds
 
-    precision, precision_why = choose_precision(cfg.train.precision, rt.device, probe)
+    precision, precision_why = choose_precision(cfg.runtime.precision, rt.device, probe)
     if rt.distributed:  # every rank must use the same precision
         precision = _broadcast_choice(precision, ["fp32", "bf16", "fp16"], rt)
-    compile_model, compile_why = resolve_compile(cfg.train.compile, cfg, rt.device)
+    compile_model, compile_why = resolve_compile(cfg.runtime.compile, cfg, rt.device)
     if rt.is_main:
-        ckpt.atomic_write_json(path, {"precision": precision, "compile": compile_model})
+        atomic_write_json(path, {"precision": precision, "compile": compile_model})
     return precision, precision_why, compile_model, compile_why
 
 
@@ -109,7 +112,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         raise ConfigError("train() needs a config or resume=RUN_DIR")
     cfg.validate()
     run_dir = Path(cfg.out)
-    rt = init_runtime(cfg.train.device)
+    rt = init_runtime(cfg.runtime.device)
     try:
         result = _train(cfg, rt, run_dir, resume is not None, progress, on_eval)
     except BaseException:
@@ -135,20 +138,14 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
 
     seed_everything(cfg.seed)
     model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed).to(rt.device)
-    T = cfg.model.context_len
-    examples_per_step = cfg.train.global_batch_tokens // T
-    if examples_per_step * T != cfg.train.global_batch_tokens or examples_per_step == 0:
-        raise ConfigError(
-            f"config field 'train.global_batch_tokens': {cfg.train.global_batch_tokens} is not a multiple of "
-            f"model.context_len={T}"
-        )
+    examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
     micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.world_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,
                   cfg.seed, cfg.eval.max_tokens)
     rt.precision, precision_why, compile_model, compile_why = _runtime_choices(cfg, rt, run_dir, resume, task, micro_bs)
-    shape = model.shape
+    shape = model.cfg
     if rt.is_main:
-        ckpt.atomic_write_json(run_dir / "model.json", asdict(shape))
+        save_shape(model, run_dir / "model.json")
     if rt.is_main and progress:
         n_params = model.num_params(non_embedding=False)
         print_summary(
@@ -156,14 +153,14 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
             [
                 ("parameters", f"{n_params:,} ({model.num_params():,} non-embedding)"),
                 ("shape", f"{shape.n_layer} layers x {shape.d_model} wide, {shape.n_head} heads "
-                          f"({shape.n_kv_head} kv), context {shape.context_len}, vocab {shape.vocab_size}"),
+                          f"({shape.n_kv_head} kv), context {shape.context_len}, vocab {model.vocab_size}"),
                 ("FLOPs per token", f"{model.flops_per_token() / 1e6:,.1f} M (training, fwd+bwd)"),
                 ("global batch", f"{examples_per_step} sequences = {cfg.train.global_batch_tokens:,} tokens; "
                                  f"micro-batch {micro_bs} x {accum} accumulation x {rt.world_size} processes"),
                 ("device / precision", f"{rt.device} / {rt.precision} ({precision_why})"),
                 ("compile", f"{'on' if compile_model else 'off'} ({compile_why})"),
-                ("schedule", f"{cfg.train.schedule}, lr {cfg.train.lr:g} -> {cfg.train.min_lr:g}, "
-                             f"warm-up {cfg.train.warmup_steps}, {cfg.train.max_steps} steps"),
+                ("schedule", f"{cfg.optim.kind}, {cfg.schedule.kind}, lr {cfg.optim.lr:g} -> {cfg.schedule.min_lr:g}, "
+                             f"warm-up {cfg.schedule.warmup_steps}, {cfg.train.max_steps} steps"),
             ],
         )
 
@@ -171,13 +168,13 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
         ckpt.save_weights(m.state_dict(), run_dir / "model.safetensors")
 
     meta = {"task": "lm", "tokens_per_step": cfg.train.global_batch_tokens}
-    result: FitResult = fit(task, cfg.train, cfg.eval, rt, run_dir, compile_model=compile_model,
+    result: FitResult = fit(task, cfg.train, cfg.optim, cfg.schedule, cfg.eval, rt, run_dir, compile_model=compile_model,
                             resume=resume, meta=meta, on_best=save_best, progress=progress, on_eval=on_eval)
     samples: list[str] = []
     if rt.is_main:
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{run_dir.name}: loss")
         m = result.last_metrics
-        ckpt.atomic_write_json(run_dir / "result.json", {
+        atomic_write_json(run_dir / "result.json", {
             "steps": result.steps, "val_loss": m.get("val_loss"), "val_bpb": m.get("val_bpb"),
             "val_ppl": m.get("val_ppl"), "best_val_loss": result.best_val_loss,
             "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "stop_reason": result.stop_reason,
@@ -196,7 +193,7 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
                 ],
             )
         if cfg.sample.num_samples and cfg.sample.max_new_tokens:
-            from lmforge.sample import sample_text
+            from lmforge.lm.sample import sample_text
 
             model.eval()
             for i in range(cfg.sample.num_samples):
@@ -206,7 +203,7 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
                 if progress:
                     console.rule(f"sample {i + 1}")
                     console.print(text, markup=False, highlight=False)
-            ckpt.atomic_write_json(run_dir / "samples.json", samples)
+            atomic_write_json(run_dir / "samples.json", samples)
     m = result.last_metrics
     return TrainResult(
         run_dir=run_dir, steps=result.steps, val_loss=m.get("val_loss"), val_bpb=m.get("val_bpb"),

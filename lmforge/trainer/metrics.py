@@ -1,18 +1,11 @@
-"""Progress bar, metrics.jsonl, summary table and loss-curve plot for any training run."""
+"""metrics.jsonl (one JSON line per log line or evaluation) and the loss-curve plot of any training run."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
-import sys
 from pathlib import Path
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table
-
-console = Console(stderr=True)
 
 
 class MetricsLog:
@@ -56,38 +49,6 @@ def read_metrics(path: Path) -> list[dict]:
     return out
 
 
-def make_progress(enabled: bool) -> Progress:
-    # On a non-terminal (CI logs, pipes) rich prints nothing live, which is what we want there.
-    disable = not enabled or os.environ.get("LMFORGE_NO_PROGRESS") == "1"
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=disable,
-        transient=False,
-    )
-
-
-def fmt(x: float | None, digits: int = 4) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:.{digits}f}"
-
-
-def print_summary(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=title, show_header=False)
-    table.add_column("what", style="bold")
-    table.add_column("value")
-    for k, v in rows:
-        table.add_row(k, v)
-    console.print(table)
-
-
 def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path | None:
     records = read_metrics(metrics_path)
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
@@ -116,6 +77,3 @@ def plot_loss_curve(metrics_path: Path, out_png: Path, title: str = "") -> Path 
     os.replace(tmp, out_png)
     return out_png
 
-
-def is_tty() -> bool:
-    return sys.stderr.isatty()

@@ -1,0 +1,50 @@
+"""Command line: parses arguments and calls the API. No logic of its own.
+
+One module per command family: `lm` (train, prepare, eval, generate, config), `classify`, `auto`
+(plan, lr-find, tune). Every config field is an option `--section.field` (see `options`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from lmforge.errors import LmforgeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmforge.cli import auto, classify, lm
+
+    parser = argparse.ArgumentParser(
+        prog="lmforge",
+        description="Raw text to a trained, evaluated language model or text classifier in one command.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    lm.add_commands(sub)
+    auto.add_commands(sub)  # plan, lr-find, tune
+    classify.add_commands(sub)  # classify train|eval|predict|vectors
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.perf_counter()  # a --time budget counts from here
+    args = build_parser().parse_args(argv)
+    args.t_start = t_start
+    try:
+        return _dispatch(args)
+    except LmforgeError as e:
+        print(f"lmforge: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lmforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from lmforge.cli import auto, classify, lm
+
+    for family in (lm, auto, classify):
+        if args.command in family.COMMANDS:
+            return family.dispatch(args)
+    raise AssertionError(args.command)

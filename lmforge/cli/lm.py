@@ -1,0 +1,108 @@
+"""`lmforge train | prepare | eval | generate | config`: argument definitions and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from lmforge.cli.options import add_config_options, make_config, overrides_from
+
+COMMANDS = ("train", "prepare", "eval", "generate", "config")
+
+
+def add_commands(sub) -> None:
+    from lmforge.cli import auto
+
+    p = sub.add_parser("train", help="prepare data, train a GPT, evaluate it and print samples")
+    p.add_argument("data_pos", nargs="?", metavar="DATA", help="training text (same as --data)")
+    p.add_argument("--data", help="file, folder or glob of training text; omit for the embedded Shakespeare corpus")
+    p.add_argument("--out", help="run folder (same as --out on the config)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    auto.add_train_options(p)
+    add_config_options(p)
+
+    p = sub.add_parser("prepare", help="clean text, train the tokenizer and write token files (no training)")
+    p.add_argument("data_pos", nargs="?", metavar="DATA")
+    p.add_argument("--data")
+    p.add_argument("--out")
+    add_config_options(p)
+
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained run on some text")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--data", help="text to score (default: the run's validation split)")
+    p.add_argument("--max-tokens", type=int, default=0, help="score at most this many tokens (0: all)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = sub.add_parser("generate", help="sample text from a trained run, streaming to the terminal")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--prompt", help="text to continue; read from stdin when omitted")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("config", help="show every config field with its default and meaning, or a resolved config")
+    p.add_argument("--show", metavar="FILE", help="print this preset resolved with defaults and overrides")
+    add_config_options(p)
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        from lmforge.cli import auto
+        from lmforge.lm.pretrain import result_json, train
+
+        if args.auto or args.time:
+            return auto.train_auto(args)
+        if args.resume:
+            result = train(resume=args.resume)
+        else:
+            result = train(make_config(args))
+        if args.json and int(os.environ.get("RANK", 0)) == 0:
+            print(result_json(result))
+        return 0
+    if args.command == "prepare":
+        from pathlib import Path
+
+        from lmforge.data.prepare import prepare
+
+        cfg = make_config(args)
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)
+        prepare(cfg)
+        return 0
+    if args.command == "eval":
+        from lmforge.lm.evaluate import evaluate
+
+        metrics = evaluate(args.run, args.data, args.max_tokens, args.device)
+        if args.json:
+            print(json.dumps(metrics))
+        else:
+            for k, v in metrics.items():
+                print(f"{k:>12}: {v}")
+        return 0
+    if args.command == "generate":
+        from lmforge.config import SampleConfig
+        from lmforge.lm.sample import generate
+
+        cfg = SampleConfig(prompt=args.prompt or "", num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+        cfg.validate()
+        generate(args.run, args.prompt, cfg, seed=args.seed, device=args.device)
+        return 0
+    if args.command == "config":
+        import yaml
+
+        from lmforge.config import describe, to_dict
+
+        if args.show or overrides_from(args):
+            args.config = args.show or args.config
+            print(yaml.safe_dump(to_dict(make_config(args)), sort_keys=False, allow_unicode=True), end="")
+        else:
+            print(describe())
+        return 0
+    raise AssertionError(args.command)
