@@ -8,7 +8,7 @@ import torch
 import lmforge
 from lmforge.errors import TrainingError
 from lmforge.lm.task import LMTask
-from lmforge.trainer.loop import backoff_micro_batch, is_oom_error
+from lmforge.trainer.step import backoff_micro_batch, is_oom_error
 from test_train import final_weights, small_cfg
 
 COMMON = {"train.max_steps": 6, "train.global_batch_tokens": 8 * 32, "eval.interval": 3, "train.micro_batch_size": 8}

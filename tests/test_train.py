@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import lmforge
-from lmforge.config import load_config
+from lmforge.config import iter_fields, load_config
 from lmforge.errors import TrainingError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,9 +107,10 @@ def _cli(*args: str, **kw) -> subprocess.Popen:
 def _cfg_args(corpus: Path, out: Path, **overrides) -> list[str]:
     cfg = small_cfg(corpus, out, **overrides)
     args = []
-    for section in ("tokenizer", "model", "train", "eval", "sample"):
-        for k, v in vars(getattr(cfg, section)).items():
-            args += [f"--{section}.{k}", str(v)]
+    for name, _tp, _default, _doc in iter_fields(type(cfg)):
+        if "." in name and not name.startswith("data."):
+            section, key = name.split(".", 1)
+            args += [f"--{name}", str(getattr(getattr(cfg, section), key))]
     return ["train", "--data", str(corpus), "--out", str(out), *args]
 
 

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from lmforge.trainer.loop import is_oom_error
+from lmforge.trainer.step import is_oom_error
 
 
 @dataclass

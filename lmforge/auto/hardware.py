@@ -142,7 +142,7 @@ def probe_hardware(device: str = "auto", measure: bool = True) -> Hardware:
         memory = int(free)
         size = 4096
     else:
-        from lmforge.trainer.runtime import cpu_has_fast_bf16
+        from lmforge.trainer.precision import cpu_has_fast_bf16
 
         torch.set_flush_denormal(True)
         name = cpu_name()

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lmforge.config import OptimConfig
-from lmforge.trainer.runtime import Runtime
+from lmforge.trainer.runtime import Runtime, wrap_model
 from lmforge.trainer.optim import build_optimizer, set_lr
 
 
@@ -157,13 +157,14 @@ def lr_range_test(
     restore: bool = True,
 ) -> LRFinderResult:
     """Run the range test on `task` (its model is trained and, with `restore`, put back afterwards)."""
-    from lmforge.trainer.loop import plan_batches
+    from lmforge.trainer.step import forward_backward, optimizer_step, plan_batches
 
     model = task.model
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()} if restore else None
     rng = torch.get_rng_state()
     micro, accum = plan_batches(task.examples_per_step, micro_batch_size or 0, rt.world_size)
     optimizer = build_optimizer(model, cfg, rt.device.type)
+    step_model = wrap_model(model, rt, compile_model=False)
     lrs: list[float] = []
     losses: list[float] = []
     best, avg = math.inf, 0.0
@@ -175,17 +176,10 @@ def lr_range_test(
         for step in range(steps):
             lr = lr_min * ratio ** (step / max(1, steps - 1))
             set_lr(optimizer, lr)
-            total = 0.0
-            for m in range(accum):
-                batch = task.micro_batch(step, m, micro, rt)
-                with rt.autocast():
-                    loss = task.loss(model, batch) / accum
-                loss.backward()
-                total += float(loss.detach())
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            total = float(forward_backward(step_model, task.loss, lambda m: task.micro_batch(step, m, micro, rt), accum,
+                                           rt))
+            if math.isfinite(total):  # a non-finite loss ends the test; its update is never applied
+                optimizer_step(model, optimizer, cfg.grad_clip)
             lrs.append(lr)
             losses.append(total)
             if not math.isfinite(total):
@@ -219,27 +213,23 @@ def find_lr(cfg, *, steps: int = 100, lr_min: float = 1e-5, lr_max: float = 1.0,
     from lmforge.lm.model import build_model
     from lmforge.lm.task import LMTask, token_byte_lengths
     from lmforge.atomic import atomic_write_json
-    from lmforge.trainer.runtime import cpu_has_fast_bf16, init_runtime
     from lmforge.trainer.loop import seed_everything
+    from lmforge.trainer.precision import decide_precision, step_probe
+    from lmforge.trainer.runtime import init_runtime
     from lmforge.console import console
 
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare(cfg, quiet=not progress)
-    rt = init_runtime(cfg.runtime.device)
-    precision = cfg.runtime.precision
-    if precision == "auto":
-        if rt.device.type == "cuda":
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            precision = "bf16" if cpu_has_fast_bf16() and cfg.model.d_model >= 128 else "fp32"
-    rt.precision = precision
+    rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     seed_everything(cfg.seed)
     model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed).to(rt.device)
-    T = cfg.model.context_len
-    examples = max(1, cfg.train.global_batch_tokens // T)
+    examples = max(1, cfg.train.global_batch_tokens // cfg.model.context_len)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples, cfg.seed,
                   cfg.eval.max_tokens)
+    micro = cfg.train.micro_batch_size or examples // rt.world_size
+    probe = step_probe(model, task.loss, task.micro_batch(0, 0, micro, rt), rt)
+    rt.precision, _ = decide_precision(cfg.runtime.precision, rt, probe)
     result = lr_range_test(task, cfg.optim, rt, lr_min=lr_min, lr_max=lr_max, steps=steps,
                            micro_batch_size=cfg.train.micro_batch_size or None, restore=False)
     if save:

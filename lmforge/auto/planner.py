@@ -465,7 +465,7 @@ def make_plan(
         try:
             return measure(c, mb, prec)
         except Exception as e:  # noqa: BLE001 - a shape that cannot run is just not a candidate
-            from lmforge.trainer.loop import is_oom_error
+            from lmforge.trainer.step import is_oom_error
 
             if is_oom_error(e):
                 return None
@@ -900,8 +900,9 @@ class LMStepTimer:
     """
 
     def __init__(self, vocab_size: int, device: str = "cpu", repeats: int = 3, slow_s: float = 0.5,
-                 model: ModelConfig | None = None, seed: int = 0, optimizer: str = "adamw"):
+                 model: ModelConfig | None = None, seed: int = 0, optimizer: str = "adamw", grad_clip: float = 1.0):
         self.vocab = vocab_size
+        self.grad_clip = grad_clip
         self.optimizer = optimizer
         self.device = device
         self.repeats = repeats
@@ -943,6 +944,7 @@ class LMStepTimer:
         import torch
 
         from lmforge.trainer.runtime import Runtime
+        from lmforge.trainer.step import make_scaler, train_step
 
         self._build(c, optimizer or self.optimizer, dropout, compiled)
         model, step_model, opt = self._model, self._step_model, self._opt
@@ -951,23 +953,12 @@ class LMStepTimer:
         g = torch.Generator().manual_seed(self.seed)
         x = torch.randint(0, self.vocab, (micro_batch, c.context_len), generator=g).to(dev)
         y = torch.randint(0, self.vocab, (micro_batch, c.context_len), generator=g).to(dev)
-        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        scaler = make_scaler(precision)
 
         def step() -> None:
-            with rt.autocast():
-                loss = step_model(x, y)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(opt)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if scaler is not None:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
+            # The run's own step (trainer.step), clipping as the run's optimizer section says.
+            train_step(step_model, model, lambda m, batch: m(*batch), lambda _i: (x, y), 1, opt, rt,
+                       self.grad_clip, scaler)
 
         def timed() -> float:
             if dev.type == "cuda":

@@ -59,7 +59,7 @@ def plan_run(
     prepare_s = time.perf_counter() - t0
     facts = DataFacts.from_prepared(data)
     # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
-    timer = LMStepTimer(facts.vocab_size, hw.device, model=cfg.model, seed=cfg.seed,
+    timer = LMStepTimer(facts.vocab_size, hw.device, model=cfg.model, seed=cfg.seed, grad_clip=cfg.optim.grad_clip,
                         slow_s=max(0.25, budget_s / 400),
                         optimizer=plan_optimizer(cfg, fixed, options or PlanOptions())[0])
 

@@ -462,7 +462,7 @@ def tune(
                 console.print(f"  pruned after {time.perf_counter() - t0:.0f}s: {e}")
             raise
         except Exception as e:  # noqa: BLE001 - recorded; the study goes on
-            from lmforge.trainer.loop import is_oom_error
+            from lmforge.trainer.step import is_oom_error
 
             oom = is_oom_error(e) or "out of memory" in str(e).lower()
             msg = f"{type(e).__name__}: {e}"

@@ -27,8 +27,10 @@ from lmforge.classify.text import (Encoded, NgramIndex, TextEncoder, UnitIds, lo
 from lmforge.config import EvalConfig
 from lmforge.errors import ConfigError, DataError
 from lmforge.trainer import checkpoint as ckpt
-from lmforge.trainer.runtime import Runtime, choose_precision, time_step
-from lmforge.trainer.loop import fit, plan_batches, seed_everything
+from lmforge.trainer.loop import fit, seed_everything
+from lmforge.trainer.precision import decide_precision, step_probe
+from lmforge.trainer.runtime import Runtime
+from lmforge.trainer.step import plan_batches
 
 Log = Callable[[str], None]
 
@@ -238,31 +240,10 @@ def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, tas
     if resume and path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))["precision"], "kept from the run being resumed"
 
-    def probe(precision: str) -> float:
-        # The longest batches dominate an epoch's time, so time one of them.
-        model = task.model
-        step = int(np.argmax([len(b) and task.lengths[b].max() for b in task.epoch_batches(0)]))
-        batch = task.micro_batch(step, 0, micro_bs, rt)
-        rng = torch.get_rng_state()
-        probe_rt = Runtime(rt.rank, 1, rt.local_rank, rt.device, precision)
-
-        def run() -> None:
-            with probe_rt.autocast():
-                loss = task.loss(model, batch)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        seconds = time_step(run, repeats=2)
-        torch.set_rng_state(rng)
-        return seconds
-
-    precision, why = choose_precision(cfg.runtime.precision, rt.device, probe)
-    if rt.distributed:
-        import torch.distributed as dist
-
-        t = torch.tensor([["fp32", "bf16", "fp16"].index(precision)], device=rt.device)
-        dist.broadcast(t, src=0)
-        precision = ["fp32", "bf16", "fp16"][int(t.item())]
+    # The longest batches dominate an epoch's time, so time one of them.
+    step = int(np.argmax([len(b) and task.lengths[b].max() for b in task.epoch_batches(0)]))
+    probe = step_probe(task.model, task.loss, task.micro_batch(step, 0, micro_bs, rt), rt, repeats=2)
+    precision, why = decide_precision(cfg.runtime.precision, rt, probe)
     if rt.is_main:
         atomic_write_json(path, {"precision": precision})
     return precision, why

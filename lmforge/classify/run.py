@@ -207,7 +207,7 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
     elif cfg is None:
         raise ConfigError("train_classifier() needs a config or resume=RUN_DIR")
     cfg.validate()
-    rt = init_runtime(cfg.runtime.device)
+    rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
         result = _train(cfg, rt, resume is not None, progress, on_eval)
     except BaseException:

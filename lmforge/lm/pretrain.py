@@ -15,8 +15,10 @@ from lmforge.lm.model import build_model, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
 from lmforge.data.prepare import prepare
 from lmforge.trainer import checkpoint as ckpt
-from lmforge.trainer.runtime import Runtime, choose_precision, init_runtime, shutdown, time_step
-from lmforge.trainer.loop import FitResult, fit, plan_batches, seed_everything
+from lmforge.trainer.loop import FitResult, fit, seed_everything
+from lmforge.trainer.precision import decide_precision, step_probe
+from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
+from lmforge.trainer.step import plan_batches
 from lmforge.console import console, fmt, print_summary
 from lmforge.trainer.metrics import plot_loss_curve
 
@@ -55,37 +57,12 @@ def _runtime_choices(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, task
         saved = json.loads(path.read_text(encoding="utf-8"))
         return saved["precision"], "kept from the run being resumed", saved["compile"], "kept from the run being resumed"
 
-    def probe(precision: str) -> float:
-        model = task.model
-        batch = task.micro_batch(0, 0, micro_bs, rt)
-        rng = torch.get_rng_state()
-        probe_rt = Runtime(rt.rank, 1, rt.local_rank, rt.device, precision)
-
-        def step() -> None:
-            with probe_rt.autocast():
-                loss = task.loss(model, batch)
-            loss.backward()
-            model.zero_grad(set_to_none=True)
-
-        seconds = time_step(step)
-        torch.set_rng_state(rng)
-        return seconds
-
-    precision, precision_why = choose_precision(cfg.runtime.precision, rt.device, probe)
-    if rt.distributed:  # every rank must use the same precision
-        precision = _broadcast_choice(precision, ["fp32", "bf16", "fp16"], rt)
+    probe = step_probe(task.model, task.loss, task.micro_batch(0, 0, micro_bs, rt), rt)
+    precision, precision_why = decide_precision(cfg.runtime.precision, rt, probe)
     compile_model, compile_why = resolve_compile(cfg.runtime.compile, cfg, rt.device)
     if rt.is_main:
         atomic_write_json(path, {"precision": precision, "compile": compile_model})
     return precision, precision_why, compile_model, compile_why
-
-
-def _broadcast_choice(value: str, options: list[str], rt: Runtime) -> str:
-    import torch.distributed as dist
-
-    t = torch.tensor([options.index(value)], device=rt.device)
-    dist.broadcast(t, src=0)
-    return options[int(t.item())]
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -112,7 +89,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         raise ConfigError("train() needs a config or resume=RUN_DIR")
     cfg.validate()
     run_dir = Path(cfg.out)
-    rt = init_runtime(cfg.runtime.device)
+    rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
         result = _train(cfg, rt, run_dir, resume is not None, progress, on_eval)
     except BaseException:

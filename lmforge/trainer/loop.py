@@ -1,9 +1,10 @@
 """The one training loop, shared by the language model and the classifiers.
 
 A task supplies the model, deterministic batches and an evaluation; the loop owns the optimizer,
-schedule, accumulation, precision, DDP, checkpoints, early stopping and logging. Batches are a
-pure function of (step, micro-step, rank), so a resumed run sees exactly the data the
-uninterrupted run would have seen, and N processes see the same global batch as one.
+schedule, precision, DDP, checkpoints, early stopping and logging, and calls the one training step
+(`trainer.step`). Batches are a pure function of (step, micro-step, rank), so a resumed run sees
+exactly the data the uninterrupted run would have seen, and N processes see the same global batch
+as one.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from lmforge.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig
-from lmforge.errors import ConfigError, TrainingError
-from lmforge.trainer import checkpoint as ckpt
-from lmforge.trainer.runtime import Runtime, all_reduce_mean, no_sync, wrap_model
-from lmforge.trainer.optim import build_optimizer, lr_at, set_lr
+from lmforge.config import EvalConfig, OptimConfig, ScheduleConfig
 from lmforge.console import fmt, make_progress
+from lmforge.errors import TrainingError
+from lmforge.trainer import checkpoint as ckpt
+from lmforge.trainer.budget import fit_to_budget
 from lmforge.trainer.metrics import MetricsLog
+from lmforge.trainer.optim import build_optimizer, lr_at, set_lr
+from lmforge.trainer.runtime import Runtime, all_reduce_mean, wrap_model
+from lmforge.trainer.step import (backoff_micro_batch, forward_backward, is_oom_error, make_scaler, optimizer_step,
+                                  plan_batches)
+from lmforge.trainer.threads import StepTimer, ThreadGovernor
 
 
 class Task(Protocol):
@@ -44,6 +49,17 @@ class Task(Protocol):
         """Validation metrics; must contain 'val_loss'. Called on every rank (may all-reduce)."""
 
 
+class LoopSettings(Protocol):
+    """The run-control part of a task's `train` section (the LM's and the classifier's both have it)."""
+
+    max_steps: int
+    micro_batch_size: int
+    time_budget_s: float
+    log_interval: int
+    save_interval: int
+    keep_checkpoints: int
+
+
 @dataclass
 class FitResult:
     steps: int
@@ -59,43 +75,15 @@ class FitResult:
     oom_backoffs: int = 0
 
 
-def plan_batches(examples_per_step: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
-    """(micro_batch_size, accumulation steps) for one process; the global batch is fixed."""
-    if examples_per_step % world_size:
-        raise ConfigError(
-            f"the global batch of {examples_per_step} examples is not divisible by {world_size} processes; "
-            "change train.global_batch_tokens"
-        )
-    per_rank = examples_per_step // world_size
-    micro = micro_batch_size or per_rank
-    if per_rank % micro:
-        raise ConfigError(
-            f"config field 'train.micro_batch_size': {micro} does not divide the per-process batch of "
-            f"{per_rank} examples ({examples_per_step} global / {world_size} processes)"
-        )
-    return micro, per_rank // micro
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides weights and optimizer: where the run is."""
 
-
-def is_oom_error(exc: BaseException) -> bool:
-    """True for an out-of-memory error from any device's allocator."""
-    if isinstance(exc, MemoryError):
-        return True
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(exc, oom_type):
-        return True
-    if isinstance(exc, RuntimeError):
-        msg = str(exc).lower()
-        return "out of memory" in msg or "can't allocate memory" in msg or "failed to allocate" in msg
-    return False
-
-
-def backoff_micro_batch(micro_batch_size: int, per_rank: int) -> int:
-    """The next smaller micro-batch after an out-of-memory error: half, or the largest divisor of the
-    per-process batch below half; 0 when it cannot shrink further."""
-    for size in range(micro_batch_size // 2, 0, -1):
-        if per_rank % size == 0:
-            return size
-    return 0
+    step: int = 0
+    best_val: float = math.inf
+    bad_evals: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -117,9 +105,218 @@ def _set_rng_state(state: dict[str, torch.Tensor]) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+class _Fit:
+    """One call of `fit`: the run's moving parts, and the stages of a step as small methods."""
+
+    def __init__(self, task: Task, cfg: LoopSettings, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig,
+                 eval_cfg: EvalConfig, rt: Runtime, run_dir: Path, progress: bool):
+        self.task, self.cfg, self.optim_cfg, self.schedule_cfg, self.eval_cfg = task, cfg, optim_cfg, schedule_cfg, eval_cfg
+        self.rt, self.run_dir, self.progress = rt, Path(run_dir), progress and rt.is_main
+        self.model = task.model
+        self.micro_bs, self.accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.world_size)
+        self.optimizer = build_optimizer(self.model, optim_cfg, rt.device.type)
+        self.scaler = make_scaler(rt.precision)
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=rt.is_main)
+        self.state = TrainState()
+        self.tokens_per_step = task.examples_per_step * task.tokens_per_example
+        self.oom_backoffs = 0
+        self.threads = ThreadGovernor(torch.get_num_threads() if rt.adapt_threads else 1, torch.set_num_threads)
+        self.total_steps = cfg.max_steps  # the schedule's length; under a time budget, what fits
+        self.first: tuple[int, float] | None = None  # (step, elapsed) after the first step
+        self.last_eval_s = 0.0
+        self.last_metrics: dict[str, float] = {}
+        self.history: list[dict] = []
+        self.stop_reason = "max_steps"
+        self.steps_here = 0  # steps taken by this call (not before a resume)
+        self.tokens_per_s = 0.0
+        self.t0 = time.perf_counter()
+        self.window = (self.t0, 0)  # (time, tokens) at the start of the throughput window
+
+    def restore(self) -> None:
+        last = ckpt.latest_checkpoint(self.run_dir)
+        if last is None:
+            raise TrainingError(f"nothing to resume in {self.run_dir}: no complete checkpoint under "
+                                f"{self.run_dir}/checkpoints")
+        ckpt.load_weights(self.model, last / "model.safetensors")
+        saved = ckpt.load_train_state(last)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler is not None and "scaler" in saved:
+            self.scaler.load_state_dict(saved["scaler"])
+        _set_rng_state(saved["rng"])
+        self.state = TrainState(step=int(saved["step"]), best_val=float(saved["best_val"]),
+                                bad_evals=int(saved["bad_evals"]), tokens_seen=int(saved["tokens_seen"]),
+                                elapsed_s=float(saved["elapsed_s"]))
+        self.log.truncate_after(self.state.step)
+
+    def elapsed(self) -> float:
+        return self.state.elapsed_s + time.perf_counter() - self.t0
+
+    def save(self, meta: dict) -> None:
+        if not self.rt.is_main:
+            return
+        s = self.state
+        saved = {"optimizer": self.optimizer.state_dict(), "rng": _rng_state(), "step": torch.tensor(s.step),
+                 "best_val": torch.tensor(s.best_val, dtype=torch.float64), "bad_evals": torch.tensor(s.bad_evals),
+                 "tokens_seen": torch.tensor(s.tokens_seen),
+                 "elapsed_s": torch.tensor(self.elapsed(), dtype=torch.float64)}
+        if self.scaler is not None:
+            saved["scaler"] = self.scaler.state_dict()
+        ckpt.save_checkpoint(self.run_dir, s.step, self.model.state_dict(), saved, meta, self.cfg.keep_checkpoints)
+
+    def gradients(self, step_model: torch.nn.Module, bar) -> torch.Tensor:
+        """Forward and backward of the step's micro-batches; an out-of-memory error (one process)
+        halves the micro-batch, doubles the accumulation and redoes the step from its start."""
+        rng_at_step = _rng_state()
+        while True:
+            step, mb = self.state.step, self.micro_bs
+            try:
+                return forward_backward(step_model, self.task.loss,
+                                        lambda i: self.task.micro_batch(step, i, mb, self.rt), self.accum, self.rt,
+                                        self.scaler)
+            except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled
+                if not is_oom_error(e):
+                    raise
+                failed_with = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            # Outside the except block, so the failed step's tensors (held by the traceback) are freed.
+            self._back_off(failed_with, bar)
+            _set_rng_state(rng_at_step)
+
+    def _back_off(self, failed_with: str, bar) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.rt.device.type == "cuda":
+            torch.cuda.empty_cache()
+        per_rank = self.micro_bs * self.accum
+        smaller = backoff_micro_batch(self.micro_bs, per_rank)
+        if self.rt.distributed or smaller == 0:
+            why = ("other processes cannot follow a back-off in a distributed run" if self.rt.distributed
+                   else "the micro-batch is already 1")
+            raise TrainingError(
+                f"out of memory at step {self.state.step} with micro-batch {self.micro_bs} ({failed_with}); {why}. "
+                "Set a smaller train.micro_batch_size, a smaller model or a shorter model.context_len.")
+        if self.progress:
+            bar.console.print(f"out of memory at step {self.state.step} with micro-batch {self.micro_bs}: retrying "
+                              f"the step with micro-batch {smaller} x {per_rank // smaller} accumulation")
+        self.micro_bs, self.accum = smaller, per_rank // smaller
+        self.oom_backoffs += 1
+
+    def check_finite(self, train_loss: float) -> None:
+        if math.isfinite(train_loss):
+            return
+        last = ckpt.latest_checkpoint(self.run_dir)
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
+        raise TrainingError(
+            f"loss became {train_loss} at step {self.state.step}; {where}. Lower optim.lr, raise "
+            "schedule.warmup_steps, or use runtime.precision fp32/bf16 instead of fp16.")
+
+    def keep_time(self) -> bool:
+        """Refit the schedule to the steps that fit in the budget; True when the budget is reached."""
+        elapsed = self.elapsed()
+        if self.cfg.time_budget_s > 0 and self.first is None:
+            self.first = (self.state.step, elapsed)
+        total, over = fit_to_budget(self.state.step, elapsed, self.first, self.cfg.time_budget_s,
+                                    self.last_eval_s, self.cfg.max_steps)
+        if self.rt.distributed and self.cfg.time_budget_s > 0:
+            # Ranks' clocks differ slightly; all must agree or DDP hangs or diverges.
+            over = all_reduce_mean(float(over), self.rt) > 0
+            total = max(self.state.step + 1, int(all_reduce_mean(float(total), self.rt)))
+        self.total_steps = total
+        return over
+
+    def evaluate(self) -> dict[str, float]:
+        t = time.perf_counter()
+        self.model.eval()
+        with torch.no_grad(), self.rt.autocast():
+            metrics = self.task.evaluate(self.model, self.rt)
+        self.model.train()
+        self.last_eval_s = time.perf_counter() - t
+        return metrics
+
+    def record_eval(self, metrics: dict[str, float], on_best) -> bool:
+        """Track the best validation loss; True when early stopping says stop."""
+        s = self.state
+        if metrics["val_loss"] < s.best_val:
+            s.best_val, s.bad_evals = metrics["val_loss"], 0
+            if self.rt.is_main and on_best is not None:
+                on_best(self.model)
+        else:
+            s.bad_evals += 1
+        return bool(self.eval_cfg.patience) and s.bad_evals >= self.eval_cfg.patience
+
+    def train_step(self, step_model: torch.nn.Module, bar) -> tuple[float, float, float | None]:
+        """One optimizer step at the schedule's learning rate: (loss, learning rate, gradient norm)."""
+        lr = lr_at(self.state.step, self.schedule_cfg, self.optim_cfg.lr, self.total_steps)
+        set_lr(self.optimizer, lr)
+        with StepTimer() as timed:
+            loss = float(self.gradients(step_model, bar))  # float() waits for the device: part of the step
+        if self.rt.distributed:
+            loss = all_reduce_mean(loss, self.rt)
+        self.check_finite(loss)
+        grad_norm = optimizer_step(self.model, self.optimizer, self.optim_cfg.grad_clip, self.scaler)
+        message = self.threads.observe(timed.wall_s, timed.cpu_s)
+        if message and self.progress:
+            bar.console.print(message)
+        self.state.step += 1
+        self.state.tokens_seen += self.tokens_per_step
+        self.steps_here += 1
+        return loss, lr, grad_norm
+
+    def throughput(self) -> float:
+        """Tokens per second since the last call (the last log line)."""
+        now, done = time.perf_counter(), self.steps_here * self.tokens_per_step
+        rate = (done - self.window[1]) / max(now - self.window[0], 1e-9)
+        self.window = (now, done)
+        return rate
+
+    def after_step(self, loss: float, lr: float, grad_norm: float | None, hooks: dict, bar) -> bool:
+        """Log, keep time, evaluate, save and report after a step; True when the run should end."""
+        s, cfg = self.state, self.cfg
+        record: dict[str, Any] = {}
+        if s.step % cfg.log_interval == 0 or s.step == cfg.max_steps:
+            self.tokens_per_s = self.throughput()
+            record = {"step": s.step, "train_loss": loss, "lr": lr, "tokens": s.tokens_seen,
+                      "tokens_per_s": self.tokens_per_s, "elapsed_s": self.elapsed()}
+            if grad_norm is not None:
+                record["grad_norm"] = grad_norm
+        over_budget = self.keep_time()
+        last = s.step == cfg.max_steps or over_budget
+        if s.step % self.eval_cfg.interval == 0 or last:
+            metrics = self.last_metrics = self.evaluate()
+            record.update({"step": s.step, "train_loss": loss, "tokens": s.tokens_seen,
+                           "tokens_per_s": self.tokens_per_s, "elapsed_s": self.elapsed(), **metrics})
+            if self.record_eval(metrics, hooks["on_best"]):
+                self.stop_reason = f"early stop: no better validation loss in {s.bad_evals} evaluations"
+                last = True
+            if self.progress:
+                bpb = f"  bpb {fmt(metrics['val_bpb'])}" if "val_bpb" in metrics else ""
+                bar.console.print(f"step {s.step:>6}  train {fmt(loss)}  val {fmt(metrics['val_loss'])}{bpb}"
+                                  f"  {self.tokens_per_s:,.0f} tok/s")
+        if over_budget and self.stop_reason == "max_steps":
+            self.stop_reason = f"time budget of {cfg.time_budget_s:.0f}s reached"
+        if record:
+            self.log.write(record)
+            self.history.append(record)
+        if s.step % (cfg.save_interval or self.eval_cfg.interval) == 0 or last:
+            self.save(hooks["meta"])
+        if hooks["on_eval"] is not None and "val_loss" in record:
+            hooks["on_eval"](s.step, dict(record))
+        # Under a time budget the bar's length (and so its ETA) is the steps that fit in it.
+        bar.update(bar.task_ids[0], completed=s.step, total=self.total_steps,
+                   info=f"loss {loss:.4f}  lr {lr:.2e}  {self.tokens_per_s:,.0f} tok/s")
+        return last
+
+    def result(self) -> FitResult:
+        wall = time.perf_counter() - self.t0
+        return FitResult(
+            steps=self.state.step, best_val_loss=None if math.isinf(self.state.best_val) else self.state.best_val,
+            last_metrics=self.last_metrics, tokens_per_s=self.steps_here * self.tokens_per_step / max(wall, 1e-9),
+            wall_s=self.state.elapsed_s + wall, stopped_early=self.stop_reason != "max_steps",
+            stop_reason=self.stop_reason, history=self.history, micro_batch_size=self.micro_bs,
+            accumulation=self.accum, oom_backoffs=self.oom_backoffs)
+
+
 def fit(
     task: Task,
-    cfg: TrainConfig,
+    cfg: LoopSettings,
     optim_cfg: OptimConfig,
     schedule_cfg: ScheduleConfig,
     eval_cfg: EvalConfig,
@@ -137,225 +334,19 @@ def fit(
     `on_eval(step, record)` is called on every rank after each evaluation, once the step's log line
     and checkpoint are written; an exception raised from it (e.g. optuna.TrialPruned) ends training
     and propagates, leaving the run folder consistent.
-
-    An out-of-memory error in a micro-step (single process) halves the micro-batch, doubles the
-    accumulation and redoes the step from its start: batches are a pure function of the step, so the
-    global batch and the results stay the same.
     """
-    run_dir = Path(run_dir)
-    model = task.model
-    micro_bs, accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.world_size)
-    optimizer = build_optimizer(model, optim_cfg, rt.device.type)
-    scaler = torch.amp.GradScaler("cuda") if rt.precision == "fp16" else None
-    log = MetricsLog(run_dir / "metrics.jsonl", enabled=rt.is_main)
-
-    start_step, best_val, bad_evals, tokens_seen, elapsed_before = 0, math.inf, 0, 0, 0.0
+    run = _Fit(task, cfg, optim_cfg, schedule_cfg, eval_cfg, rt, run_dir, progress)
     if resume:
-        last = ckpt.latest_checkpoint(run_dir)
-        if last is None:
-            raise TrainingError(f"nothing to resume in {run_dir}: no complete checkpoint under {run_dir}/checkpoints")
-        ckpt.load_weights(model, last / "model.safetensors")
-        state = ckpt.load_train_state(last)
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
-        start_step = int(state["step"])
-        best_val = float(state["best_val"])
-        bad_evals = int(state["bad_evals"])
-        tokens_seen = int(state["tokens_seen"])
-        elapsed_before = float(state["elapsed_s"])
-        log.truncate_after(start_step)
-
-    step_model = wrap_model(model, rt, compile_model)
-    tokens_per_step = task.examples_per_step * task.tokens_per_example
-
-    def save(step: int) -> None:
-        if not rt.is_main:
-            return
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "rng": _rng_state(),
-            "step": torch.tensor(step),
-            "best_val": torch.tensor(best_val, dtype=torch.float64),
-            "bad_evals": torch.tensor(bad_evals),
-            "tokens_seen": torch.tensor(tokens_seen),
-            "elapsed_s": torch.tensor(elapsed_before + (time.perf_counter() - t0), dtype=torch.float64),
-        }
-        if scaler is not None:
-            state["scaler"] = scaler.state_dict()
-        ckpt.save_checkpoint(run_dir, step, model.state_dict(), state, meta or {}, cfg.keep_checkpoints)
-
-    def evaluate(step: int) -> dict[str, float]:
-        model.eval()
-        with torch.no_grad(), rt.autocast():
-            metrics = task.evaluate(model, rt)
-        model.train()
-        return metrics
-
-    save_every = cfg.save_interval or eval_cfg.interval
-    history: list[dict] = []
-    last_metrics: dict[str, float] = {}
-    stop_reason = "max_steps"
-    oom_backoffs = 0
-    last_eval_s = 0.0
-    step = start_step
-    t0 = time.perf_counter()
-    window_t, window_tokens = time.perf_counter(), 0
-    tokens_per_s = 0.0
-    model.train()
-    bar = make_progress(progress and rt.is_main)
-    with bar:
-        task_id = bar.add_task("train", total=cfg.max_steps, completed=start_step, info="")
-        sched_total = cfg.max_steps
-        first: tuple[int, float] | None = None
-
-        def micro_steps() -> torch.Tensor | float:
-            loss_sum = 0.0
-            for micro in range(accum):
-                batch = task.micro_batch(step, micro, micro_bs, rt)
-                with no_sync(step_model, skip=micro < accum - 1):
-                    with rt.autocast():
-                        loss = task.loss(step_model, batch) / accum
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                    else:
-                        loss.backward()
-                loss_sum += loss.detach()
-            return loss_sum
-
-        while step < cfg.max_steps:
-            lr = lr_at(step, schedule_cfg, optim_cfg.lr, sched_total)
-            set_lr(optimizer, lr)
-            rng_at_step = _rng_state()
-            while True:
-                try:
-                    loss_sum = micro_steps()
-                    break
-                except Exception as e:  # noqa: BLE001 - only out-of-memory errors are handled
-                    if not is_oom_error(e):
-                        raise
-                    failed_with = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                # Outside the except block, so the failed step's tensors (held by the traceback) are freed.
-                optimizer.zero_grad(set_to_none=True)
-                if rt.device.type == "cuda":
-                    torch.cuda.empty_cache()
-                per_rank = micro_bs * accum
-                smaller = backoff_micro_batch(micro_bs, per_rank)
-                if rt.distributed or smaller == 0:
-                    why = ("other processes cannot follow a back-off in a distributed run" if rt.distributed
-                           else "the micro-batch is already 1")
-                    raise TrainingError(
-                        f"out of memory at step {step} with micro-batch {micro_bs} ({failed_with}); {why}. "
-                        "Set a smaller train.micro_batch_size, a smaller model or a shorter model.context_len."
-                    )
-                if rt.is_main and progress:
-                    bar.console.print(f"out of memory at step {step} with micro-batch {micro_bs}: retrying the "
-                                      f"step with micro-batch {smaller} x {per_rank // smaller} accumulation")
-                micro_bs, accum = smaller, per_rank // smaller
-                oom_backoffs += 1
-                _set_rng_state(rng_at_step)
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), optim_cfg.grad_clip) if optim_cfg.grad_clip > 0
-                else None
-            )
-            train_loss = float(loss_sum)
-            if rt.distributed:
-                train_loss = all_reduce_mean(train_loss, rt)
-            if not math.isfinite(train_loss):
-                last = ckpt.latest_checkpoint(run_dir)
-                where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
-                raise TrainingError(
-                    f"loss became {train_loss} at step {step}; {where}. Lower optim.lr, raise schedule.warmup_steps, "
-                    "or use runtime.precision fp32/bf16 instead of fp16."
-                )
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            tokens_seen += tokens_per_step
-            window_tokens += tokens_per_step
-
-            record: dict[str, Any] = {}
-            if step % cfg.log_interval == 0 or step == cfg.max_steps:
-                now = time.perf_counter()
-                tokens_per_s = window_tokens / max(now - window_t, 1e-9)
-                window_t, window_tokens = now, 0
-                record = {"step": step, "train_loss": train_loss, "lr": lr, "tokens": tokens_seen,
-                          "tokens_per_s": tokens_per_s,
-                          "elapsed_s": elapsed_before + now - t0}
-                if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-            elapsed = elapsed_before + time.perf_counter() - t0
-            # The budget includes the final evaluation: stop when the time left is what the last
-            # evaluation took.
-            over_budget = cfg.time_budget_s > 0 and elapsed + last_eval_s >= cfg.time_budget_s
-            if cfg.time_budget_s > 0:
-                # Under a time budget the schedule decays over the steps that fit in it, so the run
-                # ends annealed rather than cut off at a high learning rate.
-                # The first step carries one-off costs (compilation), so the rate is measured after it.
-                if first is None:
-                    first = (step, elapsed)
-                rate = (step - first[0]) / max(elapsed - first[1], 1e-9) if step > first[0] else 0.0
-                left = cfg.time_budget_s - elapsed - last_eval_s
-                reachable = step + max(0.0, left) * rate if rate else cfg.max_steps
-                if rt.distributed:
-                    # Ranks' clocks differ slightly; all must agree or DDP hangs or diverges.
-                    over_budget = all_reduce_mean(float(over_budget), rt) > 0
-                    reachable = all_reduce_mean(reachable, rt)
-                sched_total = max(step + 1, min(cfg.max_steps, int(reachable)))
-            last_step = step == cfg.max_steps or over_budget
-            if step % eval_cfg.interval == 0 or last_step:
-                t_eval = time.perf_counter()
-                metrics = evaluate(step)
-                last_eval_s = time.perf_counter() - t_eval
-                last_metrics = metrics
-                record.update({"step": step, "train_loss": train_loss, "tokens": tokens_seen,
-                               "tokens_per_s": tokens_per_s, "elapsed_s": elapsed, **metrics})
-                val = metrics["val_loss"]
-                if val < best_val:
-                    best_val, bad_evals = val, 0
-                    if rt.is_main and on_best is not None:
-                        on_best(model)
-                else:
-                    bad_evals += 1
-                if eval_cfg.patience and bad_evals >= eval_cfg.patience:
-                    stop_reason = f"early stop: no better validation loss in {bad_evals} evaluations"
-                    last_step = True
-                if rt.is_main and progress:
-                    bpb = f"  bpb {fmt(metrics['val_bpb'])}" if "val_bpb" in metrics else ""
-                    bar.console.print(f"step {step:>6}  train {fmt(train_loss)}  val {fmt(val)}{bpb}"
-                                      f"  {tokens_per_s:,.0f} tok/s")
-            if over_budget and stop_reason == "max_steps":
-                stop_reason = f"time budget of {cfg.time_budget_s:.0f}s reached"
-            if record:
-                log.write(record)
-                history.append(record)
-            if step % save_every == 0 or last_step:
-                save(step)
-            if on_eval is not None and "val_loss" in record:
-                on_eval(step, dict(record))
-            bar.update(task_id, completed=step,
-                       info=f"loss {train_loss:.4f}  lr {lr:.2e}  {tokens_per_s:,.0f} tok/s")
-            if last_step:
+        run.restore()
+    step_model = wrap_model(task.model, rt, compile_model)
+    hooks = {"on_best": on_best, "on_eval": on_eval, "meta": meta or {}}
+    run.t0 = time.perf_counter()
+    run.window = (run.t0, 0)
+    task.model.train()
+    with make_progress(run.progress) as bar:
+        bar.add_task("train", total=cfg.max_steps, completed=run.state.step, info="")
+        while run.state.step < cfg.max_steps:
+            loss, lr, grad_norm = run.train_step(step_model, bar)
+            if run.after_step(loss, lr, grad_norm, hooks, bar):
                 break
-    wall = time.perf_counter() - t0
-    ran = step - start_step
-    return FitResult(
-        steps=step,
-        best_val_loss=None if math.isinf(best_val) else best_val,
-        last_metrics=last_metrics,
-        tokens_per_s=ran * tokens_per_step / max(wall, 1e-9),
-        wall_s=elapsed_before + wall,
-        stopped_early=stop_reason != "max_steps",
-        stop_reason=stop_reason,
-        history=history,
-        micro_batch_size=micro_bs,
-        accumulation=accum,
-        oom_backoffs=oom_backoffs,
-    )
+    return run.result()

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -23,6 +21,7 @@ class Runtime:
     local_rank: int
     device: torch.device
     precision: str  # "fp32", "bf16" or "fp16"
+    adapt_threads: bool = False  # CPU: drop to one thread when other programs make threads stall
 
     @property
     def is_main(self) -> bool:
@@ -43,8 +42,11 @@ class Runtime:
             dist.barrier()
 
 
-def init_runtime(device: str = "auto") -> Runtime:
-    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the process group."""
+def init_runtime(device: str = "auto", threads: int = 0) -> Runtime:
+    """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the process group.
+
+    `threads`: CPU threads per process; 0 shares the cores among the processes and lets the
+    training loop drop to one thread when other programs make threads stall."""
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -61,12 +63,15 @@ def init_runtime(device: str = "auto") -> Runtime:
         dev = torch.device("cpu")
         # Denormal floats made long backward passes about 10x slower on this class of CPU.
         torch.set_flush_denormal(True)
-        if world > 1:
+        if threads:
+            torch.set_num_threads(threads)
+        elif world > 1:
             # Share the cores among the processes instead of oversubscribing them.
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-    return Runtime(rank=rank, world_size=world, local_rank=local, device=dev, precision="fp32")
+    return Runtime(rank=rank, world_size=world, local_rank=local, device=dev, precision="fp32",
+                   adapt_threads=dev.type == "cpu" and not threads)
 
 
 def shutdown(rt: Runtime, finished: bool = False) -> None:
@@ -76,53 +81,6 @@ def shutdown(rt: Runtime, finished: bool = False) -> None:
         if finished:
             dist.barrier()
         dist.destroy_process_group()
-
-
-def cpu_has_fast_bf16() -> bool:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = line
-                    break
-    except OSError:
-        pass
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def time_step(step: Callable[[], None], repeats: int = 3) -> float:
-    """Seconds per call of `step`, after one warm-up call; the minimum, to shrug off noise."""
-    step()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def choose_precision(requested: str, device: torch.device, probe: Callable[[str], float] | None) -> tuple[str, str]:
-    """Resolve 'auto' to a precision and say why.
-
-    On CPU, bf16 pays only where AMX has enough work (about width 256 and up, and not for every
-    op), so the decision is measured: `probe(precision)` times a real training micro-step.
-    """
-    if requested != "auto":
-        return requested, "set in the config"
-    if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
-            return "bf16", "GPU supports bf16"
-        return "fp16", "GPU lacks bf16; fp16 with loss scaling"
-    if not cpu_has_fast_bf16():
-        return "fp32", "CPU has no AMX/AVX512-BF16"
-    if probe is None:
-        return "bf16", "CPU has AMX/AVX512-BF16"
-    fp32, bf16 = probe("fp32"), probe("bf16")
-    speedup = fp32 / max(bf16, 1e-9)
-    if speedup >= 1.1:
-        return "bf16", f"measured a training step {speedup:.2f}x faster than fp32 on this CPU"
-    return "fp32", f"bf16 measured only {speedup:.2f}x the speed of fp32 at this shape"
 
 
 def wrap_model(model: torch.nn.Module, rt: Runtime, compile_model: bool) -> torch.nn.Module:
