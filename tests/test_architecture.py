@@ -26,7 +26,7 @@ def test_import_contracts_are_kept():
     # What `lint-imports` runs, in its own process (it changes sys.path and logging). No cache: no
     # folder written into the checkout, and no stale graph read from one.
     code = ("import sys; from importlinter.cli import lint_imports; "
-            "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True, no_logo=True))")
+            "sys.exit(lint_imports(config_filename='pyproject.toml', no_cache=True))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     report = done.stdout + done.stderr
     assert done.returncode == 0, report
