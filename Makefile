@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/lmforge train --config configs/demo.yaml --out runs/demo
+	$(VENV)/bin/lmforge train --config configs/demo.yaml   # a new folder under runs/ each time; runs/latest links to it
 
 test: install
 	$(PY) -m pytest

@@ -273,8 +273,8 @@ class SampleConfig:
 
 @dataclass
 class Config:
-    out: str = "runs/latest"
-    """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here."""
+    out: str = ""
+    """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here; empty: a new dated folder under runs/ (runs/latest links to it)."""
     seed: int = 1337
     """Seed for the data split, initialization, batch order and dropout."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -275,8 +275,8 @@ class ClassifyEvalConfig:
 
 @dataclass
 class ClassifyConfig:
-    out: str = "runs/classify"
-    """Run folder: config, label map, vocabulary, weights, metrics and plots go here."""
+    out: str = ""
+    """Run folder: config, label map, vocabulary, weights, metrics and plots go here; empty: a new dated folder under runs/ (runs/latest-classify links to it)."""
     seed: int = 1337
     """Seed for the validation split, initialization, batch order and dropout."""
     data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)

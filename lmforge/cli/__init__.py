@@ -36,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     except LmforgeError as e:
         print(f"lmforge: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write refused by the system (disk full, read-only, permissions): no traceback
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lmforge: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("lmforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130

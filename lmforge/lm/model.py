@@ -43,25 +43,32 @@ def model_from_shape(path: Path) -> GPT:
 
 
 def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
-    """The trained model of a run folder (best validation weights), its tokenizer and config."""
+    """The trained model of a run folder, its tokenizer and config.
+
+    The weights are the best-validation ones (model.safetensors), verified against their checksum;
+    when they are missing or damaged, the newest intact checkpoint's (with a warning).
+    """
     import yaml
 
     from lmforge.config import Config, from_dict
-    from lmforge.trainer.checkpoint import latest_checkpoint, load_weights
+    from lmforge.runs import guess_kind
+    from lmforge.trainer.checkpoint import apply_weights, run_weights
 
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
+    kind = guess_kind(run_dir) if run_dir.is_dir() else None
+    if kind not in (None, "lm"):
+        raise DataError(f"{run_dir} holds an lmforge {kind} run, not a language model"
+                        + ("; use `lmforge classify eval/predict` with it" if kind == "classify" else ""))
     if not cfg_path.is_file():
         raise DataError(f"{run_dir} is not an lmforge run folder (no config.yaml); pass the folder given as --out")
-    cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text(encoding="utf-8")), source=str(cfg_path))
+    try:
+        cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}, source=str(cfg_path))
+    except yaml.YAMLError as e:
+        raise DataError(f"{cfg_path} is damaged (not valid YAML: {str(e).splitlines()[0]})") from None
     tok = Tokenizer.load(run_dir / "data" / "tokenizer.json")
     model = model_from_shape(run_dir / "model.json")
-    weights = run_dir / "model.safetensors"
-    if not weights.is_file():
-        last = latest_checkpoint(run_dir)
-        if last is None:
-            raise DataError(f"{run_dir} has no trained weights yet (no model.safetensors, no checkpoint)")
-        weights = last / "model.safetensors"
-    load_weights(model, weights)
+    weights, tensors = run_weights(run_dir)
+    apply_weights(model, tensors, weights)
     model.to(device).eval()
     return model, tok, {"config": cfg, "weights": str(weights)}

@@ -132,13 +132,12 @@ class _Fit:
         self.t0 = time.perf_counter()
         self.window = (self.t0, 0)  # (time, tokens) at the start of the throughput window
 
-    def restore(self) -> None:
-        last = ckpt.latest_checkpoint(self.run_dir)
-        if last is None:
-            raise TrainingError(f"nothing to resume in {self.run_dir}: no complete checkpoint under "
+    def restore(self, run_id: str | None = None) -> None:
+        found = ckpt.restore_latest(self.run_dir, self.model, run_id)  # skips damaged ones, refuses other runs'
+        if found is None:
+            raise TrainingError(f"nothing to resume in {self.run_dir}: no intact checkpoint under "
                                 f"{self.run_dir}/checkpoints")
-        ckpt.load_weights(self.model, last / "model.safetensors")
-        saved = ckpt.load_train_state(last)
+        saved = found[1]
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scaler is not None and "scaler" in saved:
             self.scaler.load_state_dict(saved["scaler"])
@@ -337,7 +336,7 @@ def fit(
     """
     run = _Fit(task, cfg, optim_cfg, schedule_cfg, eval_cfg, rt, run_dir, progress)
     if resume:
-        run.restore()
+        run.restore((meta or {}).get("run_id"))
     step_model = wrap_model(task.model, rt, compile_model)
     hooks = {"on_best": on_best, "on_eval": on_eval, "meta": meta or {}}
     run.t0 = time.perf_counter()
