@@ -65,9 +65,12 @@ def command_line() -> str:
 
 
 def _version() -> str:
-    from lmforge import __version__
+    from importlib.metadata import PackageNotFoundError, version
 
-    return __version__
+    try:
+        return version("lmforge")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 # --- what a folder holds -------------------------------------------------------------------------
