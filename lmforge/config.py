@@ -200,9 +200,12 @@ class RuntimeConfig:
     """torch.compile the model; 'auto' compiles runs long enough to repay the compile time."""
     threads: int = 0
     """CPU threads per process; 0: all cores, dropping to one when other programs make threads stall."""
+    timeout_s: float = 1800.0
+    """Several processes: seconds one waits for the others (joining the process group, each collective operation) before it stops with an error naming its rank, its host and the likely cause."""
 
     def validate(self) -> None:
         check(self.threads >= 0, "runtime.threads", "must be >= 0 (0: automatic)")
+        check(self.timeout_s > 0 and math.isfinite(self.timeout_s), "runtime.timeout_s", "must be a number of seconds > 0")
 
 
 @dataclass
@@ -221,9 +224,16 @@ class TrainConfig:
     """Steps between checkpoints; 0 means at every evaluation."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep for resuming."""
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
+    """Several processes: 'ddp' keeps a whole copy of the weights, gradients and optimizer state in each; 'fsdp' shards them across the processes (FSDP2; checkpoints are sharded too and resume on any number of processes); 'auto' picks DDP while they fit comfortably on one device, FSDP otherwise (the run header says why). One process trains unsharded."""
+    tensor_parallel: int = 1
+    """Processes that split each attention and MLP projection between them (tensor parallelism, on a data x tensor mesh, with FSDP over the data dimension); must divide the number of processes, model.n_kv_head and the MLP width. 1: off."""
+    activation_checkpointing: Literal["auto", "none", "blocks"] = "auto"
+    """'blocks' keeps only each transformer block's input for the backward pass and recomputes the rest (about a third more compute, far less memory); 'auto' does so when the memory estimate says the activations would not fit; 'none' never."""
 
     def validate(self) -> None:
         check(self.max_steps > 0, "train.max_steps", "must be > 0")
+        check(self.tensor_parallel >= 1, "train.tensor_parallel", "must be >= 1 (1: off)")
         check(self.global_batch_tokens > 0, "train.global_batch_tokens", "must be > 0")
         check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
         check(self.time_budget_s >= 0 and math.isfinite(self.time_budget_s), "train.time_budget_s",

@@ -18,8 +18,10 @@ from lmforge.lm.task import LMTask, token_byte_lengths
 from lmforge.data.prepare import input_changes, load_prepared, prepare
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.loop import FitResult, fit, seed_everything
-from lmforge.trainer.precision import decide_precision, step_probe
-from lmforge.trainer.runtime import Runtime, init_runtime, on_main, shutdown
+from lmforge.trainer import parallelize
+from lmforge.trainer.precision import choose_precision, decide_precision, step_probe
+from lmforge.trainer.runtime import (Runtime, describe_dist_failure, init_runtime, is_dist_failure, on_main, rank_logs,
+                                     shutdown)
 from lmforge.trainer.step import plan_batches
 from lmforge.console import console, fmt, print_summary, say, warn
 from lmforge.trainer.metrics import plot_loss_curve
@@ -32,7 +34,8 @@ COMPILE_MIN_STEPS = 1000
 # or schedule gives the remaining steps a new learning-rate tail. Any other change is refused.
 RESUMABLE = ("train.max_steps", "train.time_budget_s", "train.log_interval", "train.save_interval",
              "train.keep_checkpoints", "train.micro_batch_size", "eval.interval", "eval.patience", "schedule.*",
-             "optim.lr", "runtime.device", "runtime.threads", "runtime.compile", "sample.*", "data.num_workers")
+             "optim.lr", "runtime.device", "runtime.threads", "runtime.compile", "runtime.timeout_s", "sample.*",
+             "data.num_workers", "train.parallel", "train.tensor_parallel", "train.activation_checkpointing")
 KEPT_ON_RESUME = "model, data, cleaning, tokenizer, seed, optimizer kind, batch, precision and evaluation set"
 
 
@@ -220,7 +223,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     elif cfg is None:
         raise ConfigError("train() needs a config or resume=RUN_DIR")
     cfg.validate()
-    rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
+    rt = init_runtime(cfg.runtime.device, cfg.runtime.threads, cfg.runtime.timeout_s)
     try:
         def open_folder() -> tuple[str, str]:
             if plan is not None:
@@ -231,9 +234,12 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         out, run_id = on_main(open_folder, rt)
         cfg.out = out
         changed = {name for name, _, _ in plan.changes} if plan else set()
-        result = _train(cfg, rt, Path(out), run_id, plan is not None, progress, on_eval, changed)
-    except BaseException:
+        with rank_logs(rt, Path(out)):
+            result = _train(cfg, rt, Path(out), run_id, plan is not None, progress, on_eval, changed)
+    except BaseException as e:
         shutdown(rt)
+        if rt.distributed and is_dist_failure(e):
+            raise describe_dist_failure(e, rt) from None
         raise
     shutdown(rt, finished=True)
     return result
@@ -266,36 +272,20 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
         data = _load_data(cfg, resume, quiet=True)  # reuses what rank 0 built
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed).to(rt.device)
     examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
-    micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.world_size)
+    layout, model = _build(cfg, rt, run_dir, resume, data.tokenizer.vocab_size, examples_per_step)
+    micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.dp_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,
                   cfg.seed, cfg.eval.max_tokens)
     rt.precision, precision_why, compile_model, compile_why = _runtime_choices(cfg, rt, run_dir, resume, task, micro_bs,
                                                                                 changed)
-    shape = model.cfg
     if rt.is_main:
         save_shape(model, run_dir / "model.json")
     if rt.is_main and progress:
-        n_params = model.num_params(non_embedding=False)
-        print_summary(
-            "model and training",
-            [
-                ("parameters", f"{n_params:,} ({model.num_params():,} non-embedding)"),
-                ("shape", f"{shape.n_layer} layers x {shape.d_model} wide, {shape.n_head} heads "
-                          f"({shape.n_kv_head} kv), context {shape.context_len}, vocab {model.vocab_size}"),
-                ("FLOPs per token", f"{model.flops_per_token() / 1e6:,.1f} M (training, fwd+bwd)"),
-                ("global batch", f"{examples_per_step} sequences = {cfg.train.global_batch_tokens:,} tokens; "
-                                 f"micro-batch {micro_bs} x {accum} accumulation x {rt.world_size} processes"),
-                ("device / precision", f"{rt.device} / {rt.precision} ({precision_why})"),
-                ("compile", f"{'on' if compile_model else 'off'} ({compile_why})"),
-                ("schedule", f"{cfg.optim.kind}, {cfg.schedule.kind}, lr {cfg.optim.lr:g} -> {cfg.schedule.min_lr:g}, "
-                             f"warm-up {cfg.schedule.warmup_steps}, {cfg.train.max_steps} steps"),
-            ],
-        )
+        _print_header(cfg, rt, model, layout, (micro_bs, accum), (precision_why, compile_model, compile_why))
 
-    def save_best(m: torch.nn.Module) -> None:
-        ckpt.save_weights(m.state_dict(), run_dir / "model.safetensors", run_dir=run_dir)
+    def save_best(weights: dict[str, torch.Tensor]) -> None:
+        ckpt.save_weights(weights, run_dir / "model.safetensors", run_dir=run_dir)
 
     meta = {"task": "lm", "run_id": run_id, "tokens_per_step": cfg.train.global_batch_tokens,
             "tokenizer": data.tokenizer.fingerprint()}
@@ -304,13 +294,14 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
     with ckpt.guard_writes(run_dir):
         result: FitResult = fit(task, cfg.train, cfg.optim, cfg.schedule, cfg.eval, rt, run_dir,
                                 compile_model=compile_model, resume=resume, meta=meta, on_best=save_best,
-                                progress=progress, on_eval=on_eval)
+                                progress=progress, on_eval=on_eval, layout=layout)
     if not result.last_metrics:  # resumed at its last step (killed after the final checkpoint): score it now
         model.eval()
         with torch.no_grad(), rt.autocast():
             result.last_metrics = task.evaluate(model, rt)
+    sampler = _sampling_model(model, rt) if cfg.sample.num_samples and cfg.sample.max_new_tokens else None
     with ckpt.guard_writes(run_dir):
-        samples = _finish(cfg, rt, run_dir, result, model, data, progress)
+        samples = _finish(cfg, rt, run_dir, result, model, sampler, data, progress)
     m = result.last_metrics
     return TrainResult(
         run_dir=run_dir, steps=result.steps, val_loss=m.get("val_loss"), val_bpb=m.get("val_bpb"),
@@ -319,7 +310,65 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
     )
 
 
-def _finish(cfg: Config, rt: Runtime, run_dir: Path, result: FitResult, model, data, progress: bool) -> list[str]:
+def _build(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, vocab_size: int, examples_per_step: int):
+    """Decide how the model is spread over the processes (see trainer.parallelize), then build it."""
+    def make():
+        return build_model(cfg.model, vocab_size, cfg.seed)
+
+    parallelize.check_tensor_parallel(cfg.train.tensor_parallel, cfg.model, rt)
+    micro_bs, _ = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.dp_size)
+    layout = parallelize.choose_layout(cfg.train.parallel, cfg.train.tensor_parallel, cfg.train.activation_checkpointing,
+                                       cfg.model, vocab_size, parallelize.count_parameters(make), micro_bs,
+                                       cfg.optim.kind, rt)
+    if layout.sharded and rt.device.type == "cuda":
+        # FSDP's mixed precision (bf16 weights in compute, fp32 gradient reduction) is fixed when the
+        # model is sharded, before the precision probe; on a GPU the choice needs no probe.
+        saved = run_dir / "runtime.json"
+        precision = (json.loads(saved.read_text(encoding="utf-8"))["precision"] if resume and saved.is_file()
+                     else choose_precision(cfg.runtime.precision, rt.device, None)[0])
+        layout.param_dtype = torch.bfloat16 if precision == "bf16" else None
+    return layout, parallelize.build_model(make, layout, rt)
+
+
+def _print_header(cfg: Config, rt: Runtime, model, layout, batches: tuple[int, int], why: tuple) -> None:
+    shape, (micro_bs, accum), (precision_why, compile_model, compile_why) = model.cfg, batches, why
+    n_params = model.num_params(non_embedding=False)
+    examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
+    tp = f" x {layout.tensor_parallel} tensor-parallel" if layout.tensor_parallel > 1 else ""
+    print_summary(
+        "model and training",
+        [
+            ("parameters", f"{n_params:,} ({model.num_params():,} non-embedding)"),
+            ("shape", f"{shape.n_layer} layers x {shape.d_model} wide, {shape.n_head} heads "
+                      f"({shape.n_kv_head} kv), context {shape.context_len}, vocab {model.vocab_size}"),
+            ("FLOPs per token", f"{model.flops_per_token() / 1e6:,.1f} M (training, fwd+bwd)"),
+            ("global batch", f"{examples_per_step} sequences = {cfg.train.global_batch_tokens:,} tokens; "
+                             f"micro-batch {micro_bs} x {accum} accumulation x {rt.dp_size} processes{tp}"),
+            ("parallel", layout.describe()),
+            ("activation checkpointing", f"{'on' if layout.checkpointing else 'off'} ({layout.checkpointing_why})"),
+            ("device / precision", f"{rt.device} / {rt.precision} ({precision_why})"),
+            ("compile", f"{'on' if compile_model else 'off'} ({compile_why})"),
+            ("schedule", f"{cfg.optim.kind}, {cfg.schedule.kind}, lr {cfg.optim.lr:g} -> {cfg.schedule.min_lr:g}, "
+                         f"warm-up {cfg.schedule.warmup_steps}, {cfg.train.max_steps} steps"),
+        ],
+    )
+
+
+def _sampling_model(model, rt: Runtime):
+    """The model rank 0 samples from: the trained one, or, when it is sharded, a whole copy (gathered
+    by every process) on rank 0's device."""
+    if not parallelize.is_sharded(model):
+        return model
+    weights = parallelize.full_state(model)
+    if not rt.is_main:
+        return None
+    whole = type(model).from_shape_dict(model.shape_dict())
+    ckpt.apply_weights(whole, weights, Path("(the trained weights)"))
+    return whole.to(rt.device)
+
+
+def _finish(cfg: Config, rt: Runtime, run_dir: Path, result: FitResult, model, sampler, data,
+            progress: bool) -> list[str]:
     """On rank 0: the loss plot, result.json, the summary, the samples; the run marked finished."""
     samples: list[str] = []
     if rt.is_main:
@@ -347,9 +396,9 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, result: FitResult, model, d
         if cfg.sample.num_samples and cfg.sample.max_new_tokens:
             from lmforge.lm.sample import sample_text
 
-            model.eval()
+            sampler.eval()
             for i in range(cfg.sample.num_samples):
-                text = sample_text(model, data.tokenizer, cfg.sample.prompt, cfg.sample, seed=cfg.seed + i,
+                text = sample_text(sampler, data.tokenizer, cfg.sample.prompt, cfg.sample, seed=cfg.seed + i,
                                    device=rt.device, stream=None)
                 samples.append(text)
                 if progress:

@@ -41,19 +41,25 @@ def evaluate_stream(
 ) -> dict[str, float]:
     """Loss, perplexity and bits per byte over non-overlapping windows from the start of `tokens`.
 
-    Deterministic (no sampling noise between evaluations); ranks score interleaved windows and
-    the sums are all-reduced.
+    Deterministic (no sampling noise between evaluations); data-parallel ranks score interleaved
+    windows and the sums are all-reduced. Every rank runs the same number of forward passes (a
+    sharded model gathers its weights in each), the last ones on a spare window whose score is
+    dropped where a rank has run out; tensor-parallel peers score the same windows and count once.
     """
     T = context_len
     n_windows = max(1, min((len(tokens) - 1) // T, max_tokens // T))
     starts = np.arange(n_windows) * T
-    mine = starts[rt.rank :: rt.world_size]
+    mine = starts[rt.dp_rank :: rt.dp_size]
+    passes = -(-n_windows // rt.dp_size)  # the most windows any rank scores
     nats = torch.zeros((), dtype=torch.float64)
     count = torch.zeros((), dtype=torch.float64)
     nbytes = torch.zeros((), dtype=torch.float64)
-    for i in range(0, len(mine), batch_size):
-        x, y = window_batch(tokens, mine[i : i + batch_size], T, rt.device)
+    for i in range(0, passes, batch_size):
+        chunk = mine[i : i + batch_size]
+        x, y = window_batch(tokens, chunk if len(chunk) else starts[:1], T, rt.device)
         logits = model(x)
+        if not len(chunk) or rt.tp_rank:
+            continue
         nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
         nats += nll.double().cpu()
         count += y.numel()
@@ -112,8 +118,8 @@ class LMTask:
         return rng.integers(0, len(self.train_tokens) - self.context_len - 1, size=self.examples_per_step)
 
     def micro_batch(self, step: int, micro: int, micro_batch_size: int, rt: Runtime):
-        per_rank = self.examples_per_step // rt.world_size
-        lo = rt.rank * per_rank + micro * micro_batch_size
+        per_rank = self.examples_per_step // rt.dp_size
+        lo = rt.dp_rank * per_rank + micro * micro_batch_size
         starts = self.step_starts(step)[lo : lo + micro_batch_size]
         return window_batch(self.train_tokens, starts, self.context_len, rt.device)
 

@@ -46,6 +46,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
@@ -229,6 +232,14 @@ class GPT(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
 
+    def reset_buffers(self) -> None:
+        """Recompute the rotary tables (after the model was built on the meta device and materialised)."""
+        s = self.cfg
+        cos, sin = rope_tables(s.d_model // s.n_head, s.context_len, s.rope_base)
+        with torch.no_grad():
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
+
     def shape_dict(self) -> dict:
         """The resolved model section and the vocabulary size: what a run saves as model.json."""
         return {"vocab_size": self.vocab_size, **dataclasses.asdict(self.cfg)}
@@ -243,18 +254,23 @@ class GPT(nn.Module):
             shape.setdefault(key, value)
         return cls(ModelConfig(**shape), vocab_size)
 
-    def init_weights(self, seed: int | None = None) -> None:
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    def init_std(self, name: str) -> float:
+        """Standard deviation of the normal draw that initialises matrix parameter `name`."""
         std = 0.02
         # Residual output projections are scaled down with depth so the residual stream's
         # variance does not grow with the number of layers (GPT-2's scheme).
-        resid_std = std / math.sqrt(2 * self.cfg.n_layer)
+        return std / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else std
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """Every matrix from N(0, init_std(name)), drawn in named_parameters() order; vectors (norm
+        gains) keep their constructor value. A sharded model (trainer.parallelize) makes the same
+        draws, a whole tensor at a time, and keeps its shard of each."""
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         for name, p in self.named_parameters():
             if p.ndim < 2:
                 continue
-            s = resid_std if name.endswith(("proj.weight", "down.weight")) else std
             with torch.no_grad():
-                p.normal_(0.0, s, generator=gen)
+                p.normal_(0.0, self.init_std(name), generator=gen)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -7,6 +7,16 @@ Layout of a run folder's checkpoints:
 A checkpoint folder is assembled under a temporary name and renamed into place, so a kill at any
 moment leaves the previous checkpoints intact; older ones are pruned only after the new one exists.
 
+A sharded run (FSDP, tensor parallelism: `trainer.parallelize`) writes a sharded checkpoint instead:
+    checkpoints/step_000500/sharded/            torch.distributed.checkpoint (DCP): each process's shards
+                                                (__RANK_N.distcp) and the .metadata that maps them
+    checkpoints/step_000500/state.pt            as above, without the optimizer (it is in the shards)
+    checkpoints/step_000500/meta.json           written last, with the sha256 of every file
+Every process writes its shards into the temporary folder, then rank 0 renames it into place, so a
+kill (of any process) during a save leaves the previous checkpoint as it was. DCP reshards on
+loading: a checkpoint saved by N processes resumes on M, sharded or not; `run_weights` consolidates
+one into whole weights on the fly (for eval, generate, export).
+
 Every weights file also carries a sha256 of its tensors in its safetensors header, so a lone
 weights file (a run's best weights, model.safetensors) can be verified too. Readers go through
 `latest_intact` / `restore_latest` / `run_weights`, which skip a damaged file with a one-line
@@ -30,10 +40,11 @@ from safetensors.torch import save_file
 
 from lmforge.atomic import atomic_write_json, file_mode, fsync_dir, fsync_file, temp_dir, temp_file
 from lmforge.console import warn
-from lmforge.errors import DataError, StorageError, TrainingError
+from lmforge.errors import DataError, LmforgeError, StorageError, TrainingError
 
 DIGEST_KEY = "lmforge.tensors_sha256"
 CHECKSUMMED = ("model.safetensors", "state.pt")
+SHARDED = "sharded"  # the DCP folder of a sharded checkpoint
 
 
 class Damaged(Exception):
@@ -186,14 +197,111 @@ def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tenso
         if _is_io_error(e):
             raise storage_error(e, final, run_dir) from None
         raise
+    _prune(run_dir, step, keep)
+    return final
+
+
+def _prune(run_dir: Path, step: int, keep: int) -> None:
     done = list_checkpoints(run_dir)
     newer = [p for p in done if _step_of(p) > step]
     older = [p for p in done if _step_of(p) <= step]
     for old in newer + older[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp_step_*"):  # left by a kill during an earlier save
+    for stale in checkpoint_dir(run_dir).glob(".tmp_step_*"):  # left by a kill during an earlier save
         shutil.rmtree(stale, ignore_errors=True)
+
+
+def is_sharded(ckpt: Path) -> bool:
+    return (Path(ckpt) / SHARDED).is_dir()
+
+
+def save_sharded_checkpoint(run_dir: Path, step: int, state: dict, train_state: dict[str, Any],
+                            meta: dict[str, Any], keep: int, rt) -> Path:
+    """Write checkpoints/step_N as a sharded checkpoint. Every process calls it: each writes its
+    shards of `state` (see parallelize.sharded_state) and their checksums; rank 0 adds state.pt and
+    meta.json and renames the folder into place. `rt`: the run's Runtime."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    from lmforge.trainer.runtime import on_main
+
+    root = checkpoint_dir(run_dir)
+    final = root / f"step_{step:07d}"
+
+    def fresh() -> str:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            return str(temp_dir(root, f".tmp_step_{step:07d}_"))
+        except OSError as e:
+            raise storage_error(e, final, run_dir) from None
+
+    tmp = Path(on_main(fresh, rt))
+    try:
+        dcp.save(state, storage_writer=dcp.FileSystemWriter(str(tmp / SHARDED)), no_dist=not rt.distributed)
+        mine = {f"{SHARDED}/{p.name}": file_sha256(p) for p in sorted((tmp / SHARDED).glob(f"__{rt.rank}_*"))}
+        every = [mine]
+        if rt.distributed:
+            every = [None] * rt.world_size
+            dist.all_gather_object(every, mine)
+        sums = {k: v for d in every for k, v in d.items()}
+        return Path(on_main(lambda: str(_finish_sharded(run_dir, tmp, final, step, sums, train_state, meta, keep)),
+                            rt))
+    except BaseException as e:
+        if rt.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, LmforgeError):
+            raise
+        if _is_io_error(e) or "CheckpointException" in type(e).__name__:
+            raise storage_error(e, final, run_dir) from None
+        raise
+
+
+def _finish_sharded(run_dir: Path, tmp: Path, final: Path, step: int, sums: dict[str, str],
+                    train_state: dict[str, Any], meta: dict[str, Any], keep: int) -> Path:
+    """Rank 0's part of a sharded save: the training state, the checksums, the rename, the pruning."""
+    try:
+        torch.save(train_state, tmp / "state.pt")
+        fsync_file(tmp / "state.pt")
+        sums = {**sums, "state.pt": file_sha256(tmp / "state.pt"),
+                f"{SHARDED}/.metadata": file_sha256(tmp / SHARDED / ".metadata")}
+        atomic_write_json(tmp / "meta.json", {"step": step, **meta, "format": "dcp", "sha256": sums})
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except OSError as e:
+        raise storage_error(e, final, run_dir) from None
+    _prune(run_dir, step, keep)
     return final
+
+
+def load_sharded(ckpt: Path, state: dict) -> None:
+    """Load a sharded checkpoint into `state` (parallelize.sharded_state), resharded to this run's
+    layout. Every process of a run calls it."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    dcp.load(state, storage_reader=dcp.FileSystemReader(str(Path(ckpt) / SHARDED)),
+             no_dist=not (dist.is_available() and dist.is_initialized()))
+
+
+def read_sharded_weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The whole weights of a sharded checkpoint, consolidated in this process (on the CPU) and keyed
+    as the unsharded model's."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    from lmforge.trainer.parallelize import fuse_state
+
+    reader = dcp.FileSystemReader(str(Path(ckpt) / SHARDED))
+    try:
+        entries = reader.read_metadata().state_dict_metadata
+        weights = {k.removeprefix("model."): torch.empty(v.size, dtype=v.properties.dtype)
+                   for k, v in entries.items() if k.startswith("model.") and isinstance(v, TensorStorageMetadata)}
+        dcp.load({"model": weights}, storage_reader=reader, no_dist=True)
+    except Exception as e:  # noqa: BLE001 - DCP wraps a bad file in several error types
+        raise Damaged(f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0][:120]}") from None
+    return fuse_state(weights)
 
 
 # --- reading and verifying -------------------------------------------------------------------------
@@ -293,8 +401,12 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
 
 
 def restore_latest(run_dir: Path, model: torch.nn.Module, run_id: str | None = None,
-                   warn: Callable[[str], None] = _warn) -> tuple[Path, dict[str, Any]] | None:
-    """Load the newest intact checkpoint's weights into `model`; (its path, its training state), or None."""
+                   warn: Callable[[str], None] = _warn,
+                   load: Callable[[Path], None] | None = None) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest intact checkpoint's weights into `model`; (its path, its training state), or None.
+
+    `load(checkpoint)`, when given, loads the checkpoint instead (the training loop's, which also
+    restores the optimizer and reads sharded checkpoints)."""
     skip: set[Path] = set()
     while True:
         ckpt = None
@@ -311,9 +423,14 @@ def restore_latest(run_dir: Path, model: torch.nn.Module, run_id: str | None = N
             return None
         _owner_check(ckpt, run_id)
         try:  # checksums catch damage; this catches it in a checkpoint of an older lmforge (none stored)
-            tensors = load_verified(ckpt / "model.safetensors")
             state = load_train_state(ckpt)
+            if load is not None:
+                load(ckpt)
+                return ckpt, state
+            tensors = load_verified(ckpt / "model.safetensors")
         except (Damaged, RuntimeError, OSError, EOFError) as e:
+            if isinstance(e, LmforgeError):
+                raise
             warn(f"checkpoint {ckpt} is damaged ({(str(e).splitlines() or [''])[0][:120]}); trying the one before it")
             skip.add(ckpt)
             continue
@@ -337,8 +454,8 @@ def run_weights(run_dir: Path, warn: Callable[[str], None] = _warn) -> tuple[Pat
         if list_checkpoints(run_dir) or best.is_file():
             raise DataError(f"{run_dir} has no intact weights: model.safetensors and every checkpoint are damaged")
         raise DataError(f"{run_dir} has no trained weights yet (no model.safetensors, no checkpoint)")
-    path = ckpt / "model.safetensors"
+    path = ckpt / SHARDED if is_sharded(ckpt) else ckpt / "model.safetensors"
     try:
-        return path, load_verified(path)
+        return path, read_sharded_weights(ckpt) if is_sharded(ckpt) else load_verified(path)
     except Damaged as e:
         raise DataError(f"{path} is damaged ({e})") from None

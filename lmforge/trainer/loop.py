@@ -26,7 +26,8 @@ from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.budget import fit_to_budget
 from lmforge.trainer.metrics import MetricsLog
 from lmforge.trainer.optim import build_optimizer, lr_at, set_lr
-from lmforge.trainer.runtime import Runtime, all_reduce_mean, wrap_model
+from lmforge.trainer.parallelize import Layout, full_state, is_sharded, sharded_state
+from lmforge.trainer.runtime import Runtime, Watchdog, all_reduce_mean, on_main, wrap_model
 from lmforge.trainer.step import (backoff_micro_batch, forward_backward, is_oom_error, make_scaler, optimizer_step,
                                   plan_batches)
 from lmforge.trainer.threads import StepTimer, ThreadGovernor
@@ -109,11 +110,12 @@ class _Fit:
     """One call of `fit`: the run's moving parts, and the stages of a step as small methods."""
 
     def __init__(self, task: Task, cfg: LoopSettings, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig,
-                 eval_cfg: EvalConfig, rt: Runtime, run_dir: Path, progress: bool):
+                 eval_cfg: EvalConfig, rt: Runtime, run_dir: Path, progress: bool, layout: Layout | None = None):
         self.task, self.cfg, self.optim_cfg, self.schedule_cfg, self.eval_cfg = task, cfg, optim_cfg, schedule_cfg, eval_cfg
         self.rt, self.run_dir, self.progress = rt, Path(run_dir), progress and rt.is_main
+        self.layout = layout or Layout("ddp" if rt.distributed else "single")
         self.model = task.model
-        self.micro_bs, self.accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.world_size)
+        self.micro_bs, self.accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.dp_size)
         self.optimizer = build_optimizer(self.model, optim_cfg, rt.device.type)
         self.scaler = make_scaler(rt.precision)
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=rt.is_main)
@@ -133,12 +135,17 @@ class _Fit:
         self.window = (self.t0, 0)  # (time, tokens) at the start of the throughput window
 
     def restore(self, run_id: str | None = None) -> None:
-        found = ckpt.restore_latest(self.run_dir, self.model, run_id)  # skips damaged ones, refuses other runs'
+        if self.rt.distributed:  # rank 0 picks the checkpoint (verifying it once); every process loads it
+            path = on_main(lambda: ckpt.latest_intact(self.run_dir, run_id), self.rt)
+            if path is not None:
+                self._load(path)
+            found = None if path is None else (path, ckpt.load_train_state(path))
+        else:  # skips damaged ones, refuses other runs'
+            found = ckpt.restore_latest(self.run_dir, self.model, run_id, load=self._load)
         if found is None:
             raise TrainingError(f"nothing to resume in {self.run_dir}: no intact checkpoint under "
                                 f"{self.run_dir}/checkpoints")
         saved = found[1]
-        self.optimizer.load_state_dict(saved["optimizer"])
         if self.scaler is not None and "scaler" in saved:
             self.scaler.load_state_dict(saved["scaler"])
         _set_rng_state(saved["rng"])
@@ -147,19 +154,40 @@ class _Fit:
                                 elapsed_s=float(saved["elapsed_s"]))
         self.log.truncate_after(self.state.step)
 
+    def _load(self, path: Path) -> None:
+        """Weights and optimizer state from checkpoint `path`, whichever layout saved it."""
+        if ckpt.is_sharded(path):
+            state, apply = sharded_state(self.model, self.optimizer)
+            ckpt.load_sharded(path, state)
+            apply()
+            return
+        if is_sharded(self.model):
+            raise TrainingError(
+                f"checkpoint {path} holds whole-model files (saved by a DDP or one-process run), which a sharded "
+                "run does not read; resume it with --train.parallel ddp (or on one process), or from a sharded "
+                "checkpoint (train.parallel fsdp saves them, on any number of processes).")
+        ckpt.apply_weights(self.model, ckpt.load_verified(path / "model.safetensors"), path / "model.safetensors")
+        self.optimizer.load_state_dict(ckpt.load_train_state(path)["optimizer"])
+
     def elapsed(self) -> float:
         return self.state.elapsed_s + time.perf_counter() - self.t0
 
     def save(self, meta: dict) -> None:
-        if not self.rt.is_main:
-            return
+        """A checkpoint: sharded (every process writes its shards) or whole files written by rank 0."""
         s = self.state
-        saved = {"optimizer": self.optimizer.state_dict(), "rng": _rng_state(), "step": torch.tensor(s.step),
+        saved = {"rng": _rng_state(), "step": torch.tensor(s.step),
                  "best_val": torch.tensor(s.best_val, dtype=torch.float64), "bad_evals": torch.tensor(s.bad_evals),
                  "tokens_seen": torch.tensor(s.tokens_seen),
                  "elapsed_s": torch.tensor(self.elapsed(), dtype=torch.float64)}
         if self.scaler is not None:
             saved["scaler"] = self.scaler.state_dict()
+        if self.layout.sharded:
+            state, _ = sharded_state(self.model, self.optimizer)
+            ckpt.save_sharded_checkpoint(self.run_dir, s.step, state, saved, meta, self.cfg.keep_checkpoints, self.rt)
+            return
+        if not self.rt.is_main:
+            return
+        saved["optimizer"] = self.optimizer.state_dict()
         ckpt.save_checkpoint(self.run_dir, s.step, self.model.state_dict(), saved, meta, self.cfg.keep_checkpoints)
 
     def gradients(self, step_model: torch.nn.Module, bar) -> torch.Tensor:
@@ -235,8 +263,10 @@ class _Fit:
         s = self.state
         if metrics["val_loss"] < s.best_val:
             s.best_val, s.bad_evals = metrics["val_loss"], 0
-            if self.rt.is_main and on_best is not None:
-                on_best(self.model)
+            if on_best is not None:
+                weights = full_state(self.model)  # every process: a sharded model gathers its shards
+                if self.rt.is_main:
+                    on_best(weights)
         else:
             s.bad_evals += 1
         return bool(self.eval_cfg.patience) and s.bad_evals >= self.eval_cfg.patience
@@ -327,14 +357,17 @@ def fit(
     on_best: Any = None,
     progress: bool = True,
     on_eval: Any = None,
+    layout: Layout | None = None,
 ) -> FitResult:
-    """Train task.model in place. `on_best(model)` is called on rank 0 when validation improves.
+    """Train task.model in place. `on_best(weights)` is called on rank 0 with the whole weights
+    (a state dict) when validation improves. `layout` is how the model is spread over the processes
+    (trainer.parallelize; None: DDP or one process); a sharded layout saves sharded checkpoints.
 
     `on_eval(step, record)` is called on every rank after each evaluation, once the step's log line
     and checkpoint are written; an exception raised from it (e.g. optuna.TrialPruned) ends training
     and propagates, leaving the run folder consistent.
     """
-    run = _Fit(task, cfg, optim_cfg, schedule_cfg, eval_cfg, rt, run_dir, progress)
+    run = _Fit(task, cfg, optim_cfg, schedule_cfg, eval_cfg, rt, run_dir, progress, layout)
     if resume:
         run.restore((meta or {}).get("run_id"))
     step_model = wrap_model(task.model, rt, compile_model)
@@ -342,10 +375,11 @@ def fit(
     run.t0 = time.perf_counter()
     run.window = (run.t0, 0)
     task.model.train()
-    with make_progress(run.progress) as bar:
+    with make_progress(run.progress) as bar, Watchdog(rt) as watchdog:
         bar.add_task("train", total=cfg.max_steps, completed=run.state.step, info="")
         while run.state.step < cfg.max_steps:
             loss, lr, grad_norm = run.train_step(step_model, bar)
             if run.after_step(loss, lr, grad_norm, hooks, bar):
                 break
+            watchdog.pet()
     return run.result()

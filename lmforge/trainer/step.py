@@ -14,13 +14,15 @@ from typing import Any
 import torch
 
 from lmforge.errors import ConfigError
+from lmforge.trainer.parallelize import clip_grad_norm, sum_partial_grads
 from lmforge.trainer.runtime import Runtime, no_sync
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 
 def plan_batches(examples_per_step: int, micro_batch_size: int, world_size: int) -> tuple[int, int]:
-    """(micro_batch_size, accumulation steps) for one process; the global batch is fixed."""
+    """(micro_batch_size, accumulation steps) for one process; the global batch is fixed.
+    `world_size`: the processes that split the batch (tensor-parallel peers count once: rt.dp_size)."""
     if examples_per_step % world_size:
         raise ConfigError(
             f"the global batch of {examples_per_step} examples is not divisible by {world_size} processes; "
@@ -85,9 +87,10 @@ def forward_backward(step_model: torch.nn.Module, loss_fn: LossFn, micro_batch: 
 def optimizer_step(model: torch.nn.Module, optimizer, grad_clip: float,
                    scaler: torch.amp.GradScaler | None = None) -> float | None:
     """Clip the gradients (0: no clipping), step the optimizer, clear the gradients; returns the norm."""
+    sum_partial_grads(model)
     if scaler is not None:
         scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
+    norm = clip_grad_norm(model.parameters(), grad_clip) if grad_clip > 0 else None
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
