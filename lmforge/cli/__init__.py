@@ -14,7 +14,7 @@ from lmforge.errors import LmforgeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lmforge.cli import auto, classify, lm
+    from lmforge.cli import auto, classify, env, lm
 
     parser = argparse.ArgumentParser(
         prog="lmforge",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_commands(sub)
     auto.add_commands(sub)  # plan, lr-find, tune
     classify.add_commands(sub)  # classify train|eval|predict|vectors
+    env.add_commands(sub)  # env
     return parser
 
 
@@ -46,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from lmforge.cli import auto, classify, lm
+    from lmforge.cli import auto, classify, env, lm
 
-    for family in (lm, auto, classify):
+    for family in (lm, auto, classify, env):
         if args.command in family.COMMANDS:
             return family.dispatch(args)
     raise AssertionError(args.command)

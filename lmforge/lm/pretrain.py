@@ -326,6 +326,9 @@ def _build(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, vocab_size: in
         saved = run_dir / "runtime.json"
         precision = (json.loads(saved.read_text(encoding="utf-8"))["precision"] if resume and saved.is_file()
                      else choose_precision(cfg.runtime.precision, rt.device, None)[0])
+        if precision == "fp16":
+            raise ConfigError("config field 'runtime.precision': fp16 (with loss scaling) is not supported for a sharded "
+                              "model (train.parallel fsdp, tensor parallelism); use bf16 on a GPU that has it, or fp32")
         layout.param_dtype = torch.bfloat16 if precision == "bf16" else None
     return layout, parallelize.build_model(make, layout, rt)
 

@@ -219,7 +219,9 @@ class _Fit:
                    else "the micro-batch is already 1")
             raise TrainingError(
                 f"out of memory at step {self.state.step} with micro-batch {self.micro_bs} ({failed_with}); {why}. "
-                "Set a smaller train.micro_batch_size, a smaller model or a shorter model.context_len.")
+                "Set a smaller train.micro_batch_size, train.activation_checkpointing blocks (recomputes activations "
+                "instead of keeping them), train.parallel fsdp with more processes (shards the model state), a "
+                "smaller model or a shorter model.context_len.")
         if self.progress:
             bar.console.print(f"out of memory at step {self.state.step} with micro-batch {self.micro_bs}: retrying "
                               f"the step with micro-batch {smaller} x {per_rank // smaller} accumulation")

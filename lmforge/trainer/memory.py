@@ -50,13 +50,14 @@ def activation_bytes(n_layer: int, d_model: int, context_len: int, vocab_size: i
     With checkpointing, a block keeps only its input, and one block at a time holds its full set
     while it is recomputed. Tensor parallelism splits the attention and MLP inner activations
     (about two thirds of a block's) between its processes. The output layer's logits are counted
-    three times (logits, softmax, gradient) in fp32."""
+    twice (logits and their gradient) in fp32: what a compiled step holds; the uncompiled step's
+    chunked loss holds far less."""
     tokens = micro_batch * context_len
     per_block = BLOCK_VALUES_PER_TOKEN * d_model * tokens * bytes_per_value
     if tensor_parallel > 1:
         per_block = per_block / 3 + per_block * 2 / 3 / tensor_parallel
     blocks = (n_layer * d_model * tokens * bytes_per_value + per_block) if checkpointing else n_layer * per_block
-    return blocks + 3 * 4 * tokens * vocab_size
+    return blocks + 2 * 4 * tokens * vocab_size
 
 
 def estimate(n_params: int, n_layer: int, d_model: int, context_len: int, vocab_size: int, micro_batch: int,

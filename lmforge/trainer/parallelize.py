@@ -74,7 +74,8 @@ def check_tensor_parallel(tp: int, cfg: ModelConfig, rt: Runtime) -> int:
     if tp > 1:
         if rt.world_size % tp:
             raise ConfigError(f"config field 'train.tensor_parallel': {tp} does not divide the {rt.world_size} "
-                              "processes; start a multiple of it (torchrun --nproc-per-node)")
+                              "processes; start a multiple of it (torchrun --nproc-per-node), or, resuming on fewer "
+                              "processes, pass a smaller --train.tensor_parallel")
         if s.n_kv_head % tp:
             raise ConfigError(f"config field 'train.tensor_parallel': {tp} does not divide model.n_kv_head="
                               f"{s.n_kv_head}; each process must hold whole heads")

@@ -122,7 +122,7 @@ def join_process_group(rank: int, world: int, backend: str, timeout_s: float) ->
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[-1] if text else type(e).__name__)[:200]
+    return (text.splitlines()[-1] if text else type(e).__name__)[:200].rstrip(".")
 
 
 def is_dist_failure(e: BaseException) -> bool:
