@@ -262,7 +262,8 @@ def _write(param: torch.Tensor, full: torch.Tensor) -> None:
     """Put this process's shard of `full` (the whole tensor) into `param`."""
     with torch.no_grad():
         if isinstance(param, DTensor):
-            mine = distribute_tensor(full, param.device_mesh, param.placements, src_data_rank=None).to_local()
+            mine = distribute_tensor(full.to(param.device), param.device_mesh, param.placements,
+                                     src_data_rank=None).to_local()
             param.to_local().copy_(mine)
         else:
             param.copy_(full)
@@ -286,6 +287,27 @@ def _materialise(model: nn.Module, initial: _Initial, device: torch.device) -> N
     model.reset_buffers()
 
 
+def _return_gather_buffers(model: nn.Module) -> None:
+    """On a CPU, have glibc give FSDP's per-block gather and gradient buffers back to the system.
+
+    FSDP allocates and frees a block's whole parameters and gradients at every block of every
+    step. glibc serves such sizes from its heap once one was freed (its mmap threshold adapts
+    upward) and keeps the freed memory, so a process's resident memory grew to about what an
+    unsharded model needs (measured: 1.7 GB against 0.8 GB live, 12 x 768). A fixed threshold
+    at half a block's weights maps those buffers directly and unmaps them when freed; smaller
+    allocations (activations) stay on the heap."""
+    import ctypes
+    import ctypes.util
+
+    block_bytes = min(sum(p.numel() * p.element_size() for p in b.parameters()) for b in model.blocks)
+    threshold = max(1 << 20, min(32 << 20, block_bytes // 2))
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def make_mesh(rt: Runtime, tensor_parallel: int):
     """The data x tensor device mesh: ranks r*tp .. r*tp+tp-1 form one tensor-parallel group."""
     from torch.distributed.device_mesh import init_device_mesh
@@ -304,6 +326,8 @@ def build_model(make: Callable[[], nn.Module], layout: Layout, rt: Runtime) -> n
         return model
     with torch.device("meta"):
         model = make()
+    if rt.device.type == "cpu":
+        _return_gather_buffers(model)
     initial = _initial_values(model)
     mesh = make_mesh(rt, layout.tensor_parallel)
     _split_fused(model)

@@ -164,6 +164,9 @@ def wrap_model(model: torch.nn.Module, rt: Runtime, compile_model: bool) -> torc
     A model sharded by `trainer.parallelize` (FSDP, tensor parallel) already does its own
     communication and was compiled block by block there; it is returned as it is."""
     if any(isinstance(p, DTensor) for p in model.parameters()):
+        if compile_model:
+            for block in getattr(model, "blocks", ()):
+                block.compile()  # in place: parameter names (and so checkpoints) stay as they are
         return model
     wrapped = model
     if compile_model:
