@@ -31,9 +31,10 @@ from lmforge.classify.members import load_member, train_linear, train_neural
 from lmforge.classify.text import detect_language
 from lmforge.config import from_dict, save_config
 from lmforge.errors import ConfigError, DataError
-from lmforge.classify.metrics import (classification_metrics, confusion_table, format_metrics, predict_labels,
-                                         save_confusion_png, summarize_folds)
+from lmforge.classify.metrics import (classification_metrics, confusion_table, flat_metrics, format_metrics,
+                                      predict_labels, save_confusion_png, summarize_folds)
 from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
+from lmforge.trainer.tracking import log_final
 from lmforge.console import console, print_summary
 
 # What 'auto' picks, measured with benchmarks/classify.py on a 2-core CPU: a linear model and a
@@ -291,6 +292,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
                                                       "member_facts": facts})
+    log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     if progress:
         _print_result(result, labels, split)
     return result

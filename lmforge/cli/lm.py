@@ -20,6 +20,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out", help="run folder (same as --out on the config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    p.add_argument("--track", choices=("tensorboard", "mlflow", "none"), help="experiment tracking (train.track)")
     auto.add_train_options(p)
     add_config_options(p)
 
