@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
@@ -31,6 +31,14 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return probs
 
 
+def pick_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
+    """The next token id from one position's logits (V,): greedy at temperature 0, else sampled."""
+    if temperature == 0:
+        return int(torch.argmax(logits))
+    probs = filter_logits(logits, temperature, top_k, top_p).cpu()
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
 @torch.no_grad()
 def generate_ids(
     model: GPT,
@@ -43,9 +51,12 @@ def generate_ids(
     device: torch.device | str = "cpu",
     stop_id: int | None = None,
     on_token: Callable[[int], None] | None = None,
+    stop_ids: Collection[int] = (),
 ) -> list[int]:
+    """Sample up to max_new_tokens after the prompt; generation ends before `stop_id` or any of `stop_ids`."""
     T = model.cfg.context_len
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    stops = set(stop_ids) | ({stop_id} if stop_id is not None else set())
     ids = list(prompt_ids) or [stop_id if stop_id is not None else 0]
     cache = KVCache(model.cfg.n_layer)
     pending = ids[-T:]
@@ -58,12 +69,8 @@ def generate_ids(
             pending = ids[-(T // 2) :]
         x = torch.tensor([pending], dtype=torch.long, device=device)
         logits = model(x, cache=cache)[0, -1]
-        if temperature == 0:
-            nxt = int(torch.argmax(logits))
-        else:
-            probs = filter_logits(logits, temperature, top_k, top_p).cpu()
-            nxt = int(torch.multinomial(probs, 1, generator=gen))
-        if stop_id is not None and nxt == stop_id:
+        nxt = pick_token(logits, temperature, top_k, top_p, gen)
+        if nxt in stops:
             break
         ids.append(nxt)
         out.append(nxt)
