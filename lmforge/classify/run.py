@@ -35,6 +35,7 @@ from lmforge.classify.metrics import (classification_metrics, confusion_table, f
                                       predict_labels, save_confusion_png, summarize_folds)
 from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
 from lmforge.trainer.tracking import log_final
+from lmforge.report.card import save_eval_details, try_write_report
 from lmforge.console import console, print_summary
 
 # What 'auto' picks, measured with benchmarks/classify.py on a 2-core CPU: a linear model and a
@@ -289,10 +290,14 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     if shown:
         save_confusion_png(shown["confusion_matrix"], labels.names, run_dir / f"confusion_{split}.png",
                            title=f"{run_dir.name}: {split}")
+        scored = (test.texts, test_y, combine(test_probas, weights)) if result.test else \
+            (val_set.texts, val_y, combine(val_probas, weights))
+        save_eval_details(run_dir, split, *scored, labels.names)
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
                                                       "member_facts": facts})
     log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
+    try_write_report(run_dir)
     if progress:
         _print_result(result, labels, split)
     return result

@@ -42,6 +42,14 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     add_config_options(p, SFTConfig)
 
+    p = sub.add_parser("report", help="(re)write a run's report card: RUN/report.html and RUN/report.md")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+
+    p = sub.add_parser("compare", help="a table of several runs' key figures and one plot of their loss curves")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--out", default="compare.png", help="where to write the plot (default: compare.png)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+
 
 def _sft_config(args: argparse.Namespace):
     from lmforge.cli.options import overrides_from
@@ -82,5 +90,23 @@ def dispatch(args: argparse.Namespace) -> int:
         result = sft(resume=args.resume) if args.resume else sft(_sft_config(args))
         if args.json and int(os.environ.get("RANK", 0)) == 0:
             print(json.dumps({k: v for k, v in vars(result).items() if k != "samples"} | {"run_dir": str(result.run_dir)}))
+        return 0
+    if args.command == "report":
+        from lmforge.report.card import write_report
+
+        for run in args.runs:
+            html, md = write_report(run)
+            print(f"{html}\n{md}")
+        return 0
+    if args.command == "compare":
+        import json
+
+        from lmforge.report.compare import compare, print_table
+
+        result = compare(args.runs, args.out)
+        if args.json:
+            print(json.dumps(result))
+        else:
+            print_table(result)
         return 0
     raise AssertionError(args.command)

@@ -21,6 +21,7 @@ from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
 from lmforge.trainer.step import plan_batches
 from lmforge.console import console, fmt, print_summary
 from lmforge.trainer.metrics import plot_loss_curve
+from lmforge.report.card import try_write_report
 
 # Below this many steps the one-off compile (tens of seconds on a small CPU) costs more than it saves.
 COMPILE_MIN_STEPS = 1000
@@ -181,6 +182,7 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
                     console.rule(f"sample {i + 1}")
                     console.print(text, markup=False, highlight=False)
             atomic_write_json(run_dir / "samples.json", samples)
+        try_write_report(run_dir)
     m = result.last_metrics
     return TrainResult(
         run_dir=run_dir, steps=result.steps, val_loss=m.get("val_loss"), val_bpb=m.get("val_bpb"),

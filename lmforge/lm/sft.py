@@ -402,6 +402,9 @@ def _sft(cfg: SFTConfig, rt: Runtime, resume: bool, progress: bool) -> SFTResult
             "task": "sft", "steps": result.steps, "val_loss": m.get("val_loss"), "val_ppl": m.get("val_ppl"),
             "first_val_loss": first_val, "best_val_loss": result.best_val_loss, "tokens_per_s": result.tokens_per_s,
             "wall_s": result.wall_s, "stop_reason": result.stop_reason, "conversations": len(convs)})
+        from lmforge.report.card import try_write_report
+
+        try_write_report(run_dir)
         if progress:
             print_summary("result", [
                 ("steps", f"{result.steps} ({result.stop_reason})"),
