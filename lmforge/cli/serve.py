@@ -42,6 +42,13 @@ def add_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     add_config_options(p, SFTConfig)
 
+    p = sub.add_parser("ui", help="web dashboard: runs, live curves, reports, launch/stop/resume, chat playground")
+    p.add_argument("--runs", default="runs", metavar="DIR", help="the runs folder to show and launch into (default runs)")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--presets", metavar="DIR", help="YAML presets offered by the launch form (default: ./configs)")
+    p.add_argument("--device", default="cpu", help="device of the playground's models")
+
     p = sub.add_parser("report", help="(re)write a run's report card: RUN/report.html and RUN/report.md")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
 
@@ -91,6 +98,10 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.json and int(os.environ.get("RANK", 0)) == 0:
             print(json.dumps({k: v for k, v in vars(result).items() if k != "samples"} | {"run_dir": str(result.run_dir)}))
         return 0
+    if args.command == "ui":
+        from lmforge.serve.ui import ui
+
+        return ui(args.runs, host=args.host, port=args.port, presets=args.presets, device=args.device)
     if args.command == "report":
         from lmforge.report.card import write_report
 
