@@ -328,10 +328,9 @@ def reply_samples(model: GPT, fmt: ChatFormat, convs: list[list[dict]], cfg: Cha
 
 
 def _sft(cfg: SFTConfig, rt: Runtime, resume: bool, progress: bool) -> SFTResult:
-    from lmforge.console import console, fmt as fmt_num, print_summary
+    from lmforge.console import print_summary
     from lmforge.lm.model import load_run_model, model_from_shape
     from lmforge.trainer.loop import fit, seed_everything
-    from lmforge.trainer.metrics import plot_loss_curve
     from lmforge.trainer.step import plan_batches
 
     run_dir = Path(cfg.out)
@@ -382,41 +381,50 @@ def _sft(cfg: SFTConfig, rt: Runtime, resume: bool, progress: bool) -> SFTResult
     result = fit(task, cfg.train, cfg.optim, cfg.schedule, cfg.eval, rt, run_dir, resume=resume,
                  meta={"task": "sft", "base": str(cfg.base)}, on_best=save_best, progress=progress)
     m = result.last_metrics
-    samples: list[dict] = []
-    first_val = None
+    samples, first_val = [], None
     if rt.is_main:
-        from lmforge.report.runinfo import read_json
-
-        start = read_json(run_dir / "sft_start.json", {}) or {}
-        first_val = start.get("val_loss")
-        samples = [{"before": b} for b in start.get("samples", [])]
-        if (run_dir / "model.safetensors").is_file():
-            ckpt.load_weights(model, run_dir / "model.safetensors")  # the best validation weights
-        after = reply_samples(model, fmt, val_convs, cfg.sample, cfg.seed, rt.device)
-        samples += [{"before": None} for _ in range(len(after) - len(samples))]
-        for s, a in zip(samples, after):
-            s["after"] = a
-        atomic_write_json(run_dir / "samples.json", samples)
-        plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{run_dir.name}: assistant-token loss")
-        atomic_write_json(run_dir / "result.json", {
-            "task": "sft", "steps": result.steps, "val_loss": m.get("val_loss"), "val_ppl": m.get("val_ppl"),
-            "first_val_loss": first_val, "best_val_loss": result.best_val_loss, "tokens_per_s": result.tokens_per_s,
-            "wall_s": result.wall_s, "stop_reason": result.stop_reason, "conversations": len(convs)})
-        from lmforge.report.card import try_write_report
-
-        try_write_report(run_dir)
-        if progress:
-            print_summary("result", [
-                ("steps", f"{result.steps} ({result.stop_reason})"),
-                ("assistant-token loss", f"{fmt_num(first_val)} before -> {fmt_num(m.get('val_loss'))} after"),
-                ("wall time", f"{result.wall_s:.1f} s"), ("run folder", str(run_dir)),
-                ("try it", f"lmforge chat {run_dir}   |   lmforge serve {run_dir}")])
-            for s in samples:
-                a = s["after"]
-                console.rule("sample")
-                console.print(f"user: {a['messages'][-1]['content']}\n"
-                              + (f"before: {s['before']['reply']}\n" if s.get("before") else "")
-                              + f"after: {a['reply']}", markup=False, highlight=False)
+        samples, first_val = _finish(cfg, run_dir, model, fmt, val_convs, result, len(convs), rt, progress)
     return SFTResult(run_dir=run_dir, steps=result.steps, val_loss=m.get("val_loss"), first_val_loss=first_val,
                      best_val_loss=result.best_val_loss, wall_s=result.wall_s, stop_reason=result.stop_reason,
                      conversations=len(convs), samples=samples)
+
+
+def _finish(cfg: SFTConfig, run_dir: Path, model: GPT, fmt: ChatFormat, val_convs: list, result, n_convs: int,
+            rt: Runtime, progress: bool) -> tuple[list[dict], float | None]:
+    """After training (rank 0): replies after fine-tuning next to those before, result.json, plots, report."""
+    from lmforge.console import console, fmt as fmt_num, print_summary
+    from lmforge.report.runinfo import read_json
+    from lmforge.trainer.metrics import plot_loss_curve
+
+    m = result.last_metrics
+    start = read_json(run_dir / "sft_start.json", {}) or {}
+    first_val = start.get("val_loss")
+    samples = [{"before": b} for b in start.get("samples", [])]
+    if (run_dir / "model.safetensors").is_file():
+        ckpt.load_weights(model, run_dir / "model.safetensors")  # the best validation weights
+    after = reply_samples(model, fmt, val_convs, cfg.sample, cfg.seed, rt.device)
+    samples += [{"before": None} for _ in range(len(after) - len(samples))]
+    for s, a in zip(samples, after):
+        s["after"] = a
+    atomic_write_json(run_dir / "samples.json", samples)
+    plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{run_dir.name}: assistant-token loss")
+    atomic_write_json(run_dir / "result.json", {
+        "task": "sft", "steps": result.steps, "val_loss": m.get("val_loss"), "val_ppl": m.get("val_ppl"),
+        "first_val_loss": first_val, "best_val_loss": result.best_val_loss, "tokens_per_s": result.tokens_per_s,
+        "wall_s": result.wall_s, "stop_reason": result.stop_reason, "conversations": n_convs})
+    from lmforge.report.card import try_write_report
+
+    try_write_report(run_dir)
+    if progress:
+        print_summary("result", [
+            ("steps", f"{result.steps} ({result.stop_reason})"),
+            ("assistant-token loss", f"{fmt_num(first_val)} before -> {fmt_num(m.get('val_loss'))} after"),
+            ("wall time", f"{result.wall_s:.1f} s"), ("run folder", str(run_dir)),
+            ("try it", f"lmforge chat {run_dir}   |   lmforge serve {run_dir}")])
+        for s in samples:
+            a = s["after"]
+            console.rule("sample")
+            console.print(f"user: {a['messages'][-1]['content']}\n"
+                          + (f"before: {s['before']['reply']}\n" if s.get("before") else "")
+                          + f"after: {a['reply']}", markup=False, highlight=False)
+    return samples, first_val

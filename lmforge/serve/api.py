@@ -270,7 +270,92 @@ def _completion_prompts(service: LMService, body: CompletionBody) -> list[tuple[
     return out
 
 
+async def completions(registry: Registry, body: CompletionBody):
+    service = await _lm(registry, body.model)
+    prompts = [(text, _prompt_ids(service, ids, body)) for text, ids in _completion_prompts(service, body)]
+    if len(prompts) * body.n > MAX_CHOICES:
+        raise ApiError(400, f"prompts x n is {len(prompts) * body.n}; at most {MAX_CHOICES}", param="n")
+    stop_ids = {service.tok.eot_id}
+    ids_list, samplings, echo = [], [], []
+    for p, (text, ids) in enumerate(prompts):
+        for i in range(body.n):
+            ids_list.append(ids)
+            samplings.append(_sampling(service, body, 16, stop_ids, p * body.n + i))
+            echo.append(text if body.echo else "")
+    job = _Job(service, ids_list, samplings)
+    base = {"id": f"cmpl-{secrets.token_hex(12)}", "object": "text_completion", "created": int(time.time()),
+            "model": body.model}
+    if body.stream:
+        def chunk(index, event):
+            if index is None:
+                return dict(base)
+            text, reason = (event.text, None) if event.kind == "delta" else ("", event.finish_reason)
+            return base | {"choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": reason}]}
+
+        head = (lambda i: base | {"choices": [{"text": echo[i], "index": i, "logprobs": None,
+                                               "finish_reason": None}]}) if body.echo else None
+        return _stream(job, chunk, bool(body.stream_options and body.stream_options.include_usage), head)
+    texts, dones = await _collect(job)
+    return base | {"choices": [{"text": echo[i] + texts[i], "index": i, "logprobs": None,
+                                "finish_reason": dones[i].finish_reason} for i in range(len(texts))],
+                   "usage": _usage(dones)}
+
+
+async def chat_completions(registry: Registry, body: ChatBody):
+    from lmforge.lm.chat import check_messages
+
+    service = await _lm(registry, body.model)
+    if service.chat is None:
+        raise ApiError(400, f"The model '{body.model}' has no chat template (it was not fine-tuned on "
+                            "conversations); use /v1/completions, or fine-tune it with `lmforge sft`",
+                       param="model", code="no_chat_template")
+    raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
+    try:
+        messages = check_messages(raw, "messages")
+    except DataError as e:
+        raise ApiError(400, str(e), param="messages", code="invalid_value") from None
+    ids = _prompt_ids(service, service.chat.prompt(messages), body)
+    samplings = [_sampling(service, body, service.context_len, service.chat.stop_ids, i) for i in range(body.n)]
+    job = _Job(service, [ids] * body.n, samplings)
+    base = {"id": f"chatcmpl-{secrets.token_hex(12)}", "object": "chat.completion.chunk",
+            "created": int(time.time()), "model": body.model}
+    if body.stream:
+        def chunk(index, event):
+            if index is None:
+                return dict(base)
+            delta, reason = ({"content": event.text}, None) if event.kind == "delta" else ({}, event.finish_reason)
+            return base | {"choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+
+        def head(i):
+            return base | {"choices": [{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                        "finish_reason": None}]}
+        return _stream(job, chunk, bool(body.stream_options and body.stream_options.include_usage), head)
+    texts, dones = await _collect(job)
+    return base | {"object": "chat.completion", "choices": [
+        {"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
+         "finish_reason": dones[i].finish_reason} for i in range(len(texts))], "usage": _usage(dones)}
+
+
+async def classify(registry: Registry, body: ClassifyBody):
+    from lmforge.classify.metrics import predict_labels
+
+    service = await asyncio.to_thread(registry.get, body.model)
+    if not isinstance(service, ClassifierService):
+        raise ApiError(400, f"The model '{body.model}' is a language model; use /v1/completions",
+                       param="model", code="wrong_model_task")
+    texts = [body.input] if isinstance(body.input, str) else list(body.input)
+    if not texts:
+        raise ApiError(400, "input is an empty list", param="input", code="invalid_value")
+    proba = await asyncio.wrap_future(service.classify(texts))
+    labels = predict_labels(proba, service.clf.cfg.eval.threshold)
+    return {"object": "list", "model": body.model, "data": [
+        {"object": "classification", "index": i, "label": service.labels[int(c)],
+         "probabilities": {name: float(p) for name, p in zip(service.labels, row)}}
+        for i, (c, row) in enumerate(zip(labels, proba))]}
+
+
 def router(registry: Registry, api_key: str | None = None) -> APIRouter:
+    """The /v1 routes over `registry`; every route checks the API key when one is set."""
     r = APIRouter(prefix="/v1", dependencies=[Depends(api_key_check(api_key))])
 
     @r.get("/models")
@@ -286,97 +371,16 @@ def router(registry: Registry, api_key: str | None = None) -> APIRouter:
         return model_card(name, path, registry.loaded.get(name))
 
     @r.post("/completions")
-    async def completions(body: CompletionBody):
-        service = await _lm(registry, body.model)
-        prompts = [(text, _prompt_ids(service, ids, body)) for text, ids in _completion_prompts(service, body)]
-        if len(prompts) * body.n > MAX_CHOICES:
-            raise ApiError(400, f"prompts x n is {len(prompts) * body.n}; at most {MAX_CHOICES}", param="n")
-        stop_ids = {service.tok.eot_id}
-        ids_list, samplings, echo = [], [], []
-        for p, (text, ids) in enumerate(prompts):
-            for i in range(body.n):
-                ids_list.append(ids)
-                samplings.append(_sampling(service, body, 16, stop_ids, p * body.n + i))
-                echo.append(text if body.echo else "")
-        job = _Job(service, ids_list, samplings)
-        rid, created = f"cmpl-{secrets.token_hex(12)}", int(time.time())
-        base = {"id": rid, "object": "text_completion", "created": created, "model": body.model}
-        if body.stream:
-            def chunk(index, event):
-                if index is None:
-                    return dict(base)
-                if event.kind == "delta":
-                    return base | {"choices": [{"text": event.text, "index": index, "logprobs": None,
-                                                "finish_reason": None}]}
-                return base | {"choices": [{"text": "", "index": index, "logprobs": None,
-                                            "finish_reason": event.finish_reason}]}
-
-            head = (lambda i: base | {"choices": [{"text": echo[i], "index": i, "logprobs": None,
-                                                   "finish_reason": None}]}) if body.echo else None
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(job, chunk, include, head)
-        texts, dones = await _collect(job)
-        return base | {"choices": [{"text": echo[i] + texts[i], "index": i, "logprobs": None,
-                                    "finish_reason": dones[i].finish_reason} for i in range(len(texts))],
-                       "usage": _usage(dones)}
+    async def post_completions(body: CompletionBody):
+        return await completions(registry, body)
 
     @r.post("/chat/completions")
-    async def chat_completions(body: ChatBody):
-        from lmforge.lm.chat import check_messages
-
-        service = await _lm(registry, body.model)
-        if service.chat is None:
-            raise ApiError(400, f"The model '{body.model}' has no chat template (it was not fine-tuned on "
-                                "conversations); use /v1/completions, or fine-tune it with `lmforge sft`",
-                           param="model", code="no_chat_template")
-        raw = [{"role": "system" if m.role == "developer" else m.role, "content": m.content} for m in body.messages]
-        try:
-            messages = check_messages(raw, "messages")
-        except DataError as e:
-            raise ApiError(400, str(e), param="messages", code="invalid_value") from None
-        ids = _prompt_ids(service, service.chat.prompt(messages), body)
-        samplings = [_sampling(service, body, service.context_len, service.chat.stop_ids, i) for i in range(body.n)]
-        job = _Job(service, [ids] * body.n, samplings)
-        rid, created = f"chatcmpl-{secrets.token_hex(12)}", int(time.time())
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": body.model}
-        if body.stream:
-            def chunk(index, event):
-                if index is None:
-                    return dict(base)
-                if event.kind == "delta":
-                    return base | {"choices": [{"index": index, "delta": {"content": event.text},
-                                                "logprobs": None, "finish_reason": None}]}
-                return base | {"choices": [{"index": index, "delta": {}, "logprobs": None,
-                                            "finish_reason": event.finish_reason}]}
-
-            def head(i):
-                return base | {"choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                            "logprobs": None, "finish_reason": None}]}
-            include = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(job, chunk, include, head)
-        texts, dones = await _collect(job)
-        return base | {"object": "chat.completion", "choices": [
-            {"index": i, "message": {"role": "assistant", "content": texts[i]}, "logprobs": None,
-             "finish_reason": dones[i].finish_reason} for i in range(len(texts))], "usage": _usage(dones)}
+    async def post_chat_completions(body: ChatBody):
+        return await chat_completions(registry, body)
 
     @r.post("/classify")
-    async def classify(body: ClassifyBody):
-        service = await asyncio.to_thread(registry.get, body.model)
-        if not isinstance(service, ClassifierService):
-            raise ApiError(400, f"The model '{body.model}' is a language model; use /v1/completions",
-                           param="model", code="wrong_model_task")
-        texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        if not texts:
-            raise ApiError(400, "input is an empty list", param="input", code="invalid_value")
-        proba = await asyncio.wrap_future(service.classify(texts))
-        from lmforge.classify.metrics import predict_labels
-
-        threshold = service.clf.cfg.eval.threshold
-        labels = predict_labels(proba, threshold)
-        return {"object": "list", "model": body.model, "data": [
-            {"object": "classification", "index": i, "label": service.labels[int(c)],
-             "probabilities": {name: float(p) for name, p in zip(service.labels, row)}}
-            for i, (c, row) in enumerate(zip(labels, proba))]}
+    async def post_classify(body: ClassifyBody):
+        return await classify(registry, body)
 
     return r
 

@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Stre
 from lmforge.errors import LmforgeError
 from lmforge.report.runinfo import key_figures, metrics_files, run_kind, run_status
 from lmforge.serve.api import install_error_handlers, router
-from lmforge.serve.jobs import LOG_FOLDER, Jobs, LaunchForm
+from lmforge.serve.jobs import Jobs, LaunchForm
 from lmforge.serve.models import ApiError, Registry
 from lmforge.trainer.metrics import read_metrics
 
@@ -235,7 +235,12 @@ def create_ui(runs_dir: Path, presets_dir: Path | None = None, device: str = "cp
     app.state.dashboard = d
     install_error_handlers(app)
     app.include_router(router(registry))
+    _page_routes(app, d)
+    _action_routes(app, d)
+    return app
 
+
+def _page_routes(app: FastAPI, d: Dashboard) -> None:
     @app.get("/", response_class=HTMLResponse)
     def index():
         return page("runs", runs_page(d))
@@ -260,6 +265,15 @@ def create_ui(runs_dir: Path, presets_dir: Path | None = None, device: str = "cp
             write_report(run)
         return FileResponse(run / "report.html", media_type="text/html")
 
+    @app.get("/static/{file}")
+    def static(file: str):
+        path = STATIC / file
+        if file not in ("app.js", "style.css") or not path.is_file():
+            raise ApiError(404, f"no static file {file}")
+        return FileResponse(path, media_type="text/javascript" if file.endswith(".js") else "text/css")
+
+
+def _action_routes(app: FastAPI, d: Dashboard) -> None:
     @app.post("/runs/{name}/stop")
     def stop(name: str):
         d.run_or_404(name)
@@ -294,16 +308,6 @@ def create_ui(runs_dir: Path, presets_dir: Path | None = None, device: str = "cp
         except LmforgeError as e:
             return HTMLResponse(page("launch", launch_page(d, str(e), form)).body, status_code=400)
         return RedirectResponse(f"/runs/{form.name}", status_code=303)
-
-    @app.get("/static/{file}")
-    def static(file: str):
-        path = STATIC / file
-        if file not in ("app.js", "style.css") or not path.is_file():
-            raise ApiError(404, f"no static file {file}")
-        return FileResponse(path, media_type="text/javascript" if file.endswith(".js") else "text/css")
-
-    app.state.logs = runs_dir / LOG_FOLDER
-    return app
 
 
 def ui(runs_dir: str | Path = "runs", host: str = "127.0.0.1", port: int = 8080, presets: str | Path | None = None,
