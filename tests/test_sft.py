@@ -154,3 +154,36 @@ def test_cli_sft_on_demo_data(trained_runs, tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert result["steps"] == 4 and result["conversations"] == 60
     assert not (tmp_path / "demo" / "tb").exists()
+
+
+def test_two_process_ddp_matches_one_process(trained_runs, tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    def args(out):
+        return ["sft", str(trained_runs["lm"]), "--data", str(trained_runs["chats"]), "--out", str(out),
+                "--train.max_steps", "6", "--train.batch_size", "8", "--train.micro_batch_size", "4",
+                "--eval.interval", "6", "--optim.lr", "3e-3", "--runtime.compile", "off",
+                "--runtime.precision", "fp32", "--sample.num_samples", "0", "--track", "none"]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, LMFORGE_NO_PROGRESS="1", OMP_NUM_THREADS="1")
+    one = subprocess.run([sys.executable, "-m", "lmforge.cli", *args(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          f"--master_port={port}", "--master_addr=127.0.0.1", "-m", "lmforge.cli",
+                          *args(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout + two.stderr
+    a = load_file(str(tmp_path / "one" / "checkpoints" / "step_0000006" / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "checkpoints" / "step_0000006" / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    ra = json.loads((tmp_path / "one" / "result.json").read_text())
+    rb = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert ra["val_loss"] == pytest.approx(rb["val_loss"], abs=1e-5)
+    assert ra["first_val_loss"] == pytest.approx(rb["first_val_loss"], abs=1e-6)

@@ -366,14 +366,16 @@ def _sft(cfg: SFTConfig, rt: Runtime, resume: bool, progress: bool) -> SFTResult
             ("batch", f"{cfg.train.batch_size} conversations; micro-batch {micro_bs} x {accum} x {rt.world_size}"),
             ("schedule", f"{cfg.optim.kind}, lr {cfg.optim.lr:g} -> {cfg.schedule.min_lr:g}, {cfg.train.max_steps} steps"),
         ])
-    if rt.is_main and not resume:
-        # The starting point, kept for the report and for a resumed run: the base model's replies and
-        # its loss on the assistant tokens (with the new markers at their mean initialization).
-        before = reply_samples(model, fmt, val_convs, cfg.sample, cfg.seed, rt.device)
+    if not resume:
+        # The starting point, kept for the report and for a resumed run: the base model's loss on the
+        # assistant tokens (with the new markers at their mean initialization) and its replies.
         with torch.no_grad():
             model.eval()
-            first_val = task.evaluate(model, rt)["val_loss"]
-        atomic_write_json(run_dir / "sft_start.json", {"val_loss": first_val, "samples": before})
+            first_val = task.evaluate(model, rt)["val_loss"]  # on every rank: it all-reduces
+        if rt.is_main:
+            before = reply_samples(model, fmt, val_convs, cfg.sample, cfg.seed, rt.device)
+            atomic_write_json(run_dir / "sft_start.json", {"val_loss": first_val, "samples": before})
+        rt.barrier()
 
     def save_best(m: torch.nn.Module) -> None:
         ckpt.save_weights(m.state_dict(), run_dir / "model.safetensors")
