@@ -279,3 +279,28 @@ def test_batched_slot_cache_decoding_matches_one_sequence_at_a_time(trained_runs
         for row, (i, t) in enumerate(zip((2, 0, 1), (5, 7, 9))):
             ref = model(torch.tensor([seqs[i] + [t]]))[0, -1]
             assert np.allclose(out[row].numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_batched_sampler_draws_from_the_filtered_distribution_row_by_row():
+    import torch
+
+    from lmforge.lm.sample import filter_logits, pick_tokens
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 6)
+    settings = ([1.0, 0.7, 0.0], [0, 3, 0], [0.9, 1.0, 1.0])
+    gens = [torch.Generator().manual_seed(i) for i in range(3)]
+    counts = torch.zeros(2, 6)
+    for _ in range(4000):
+        a, b, greedy = pick_tokens(logits, *settings, gens)
+        counts[0, a] += 1
+        counts[1, b] += 1
+        assert greedy == int(logits[2].argmax())
+    assert torch.allclose(counts[0] / 4000, filter_logits(logits[0], 1.0, 0, 0.9), atol=0.03)
+    assert torch.allclose(counts[1] / 4000, filter_logits(logits[1], 0.7, 3, 1.0), atol=0.03)
+    assert counts[1, filter_logits(logits[1], 0.7, 3, 1.0) == 0].sum() == 0  # outside the top 3: never
+    # A row's draw depends on its own generator only, not on the rows beside it.
+    alone = pick_tokens(logits[1:2], [0.7], [3], [1.0], [torch.Generator().manual_seed(9)])
+    batched = pick_tokens(logits, *settings, [torch.Generator().manual_seed(5), torch.Generator().manual_seed(9),
+                                              torch.Generator().manual_seed(7)])
+    assert alone[0] == batched[1]

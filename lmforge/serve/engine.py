@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import torch
 
 from lmforge.data.tokenizer import Tokenizer
-from lmforge.lm.sample import pick_token
+from lmforge.lm.sample import pick_tokens
 from lmforge.models.gpt import GPT, SlotKVCache
+from lmforge.trainer.threads import StepTimer, ThreadGovernor
 
 
 @dataclass
@@ -110,6 +111,9 @@ class Engine:
         self.active: dict[int, Request] = {}  # slot -> request
         self.inbox: queue.Queue[Request | None] = queue.Queue()
         self.stopping = threading.Event()
+        # On a CPU shared with other programs, one thread can beat all of them (see trainer.threads).
+        self.threads = ThreadGovernor(torch.get_num_threads(), torch.set_num_threads) \
+            if self.device.type == "cpu" else None
         self.steps = 0  # decode forwards run (for tests and figures)
         self.max_rows_seen = 0  # the largest batch one decode forward held
         self.thread = threading.Thread(target=self._run, name="lmforge-engine", daemon=True)
@@ -201,21 +205,26 @@ class Engine:
             return
         self.cache.select([r.slot for r in reqs])
         x = torch.tensor([[r.next_input] for r in reqs], dtype=torch.long, device=self.device)
-        logits = self.model(x, cache=self.cache)[:, 0]  # (b, V)
+        with StepTimer() as timed:
+            logits = self.model(x, cache=self.cache)[:, 0]  # (b, V)
+        if self.threads is not None:
+            # Per row, so that batches of different sizes compare.
+            self.threads.observe(timed.wall_s / len(reqs), timed.cpu_s / len(reqs))
         self.cache.commit([1] * len(reqs))
         self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, len(reqs))
         self._sample(reqs, logits)
 
     def _sample(self, reqs: list[Request], logits: torch.Tensor) -> None:
-        logits = logits.float()
-        for req, row in zip(reqs, logits):
+        settings = [r.sampling for r in reqs]
+        tokens = pick_tokens(logits, [s.temperature for s in settings], [s.top_k for s in settings],
+                             [s.top_p for s in settings], [r.gen for r in reqs])
+        for req, token in zip(reqs, tokens):
             req.next_input = None
             if req.cancelled.is_set():
                 self._release(req)
                 continue
             s = req.sampling
-            token = pick_token(row, s.temperature, s.top_k, s.top_p, req.gen)
             if token in s.stop_ids:
                 self._finish(req, "stop")
                 continue
