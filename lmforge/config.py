@@ -221,6 +221,8 @@ class TrainConfig:
     """Steps between checkpoints; 0 means at every evaluation."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep for resuming."""
+    track: Literal["tensorboard", "mlflow", "none"] = "tensorboard"
+    """Experiment tracking of the training records: 'tensorboard' (event files in RUN/tb), 'mlflow' (a local store in RUN/mlflow.db, or MLFLOW_TRACKING_URI when set) or 'none'."""
 
     def validate(self) -> None:
         check(self.max_steps > 0, "train.max_steps", "must be > 0")

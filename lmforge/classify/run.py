@@ -33,10 +33,12 @@ from lmforge.classify.text import detect_language
 from lmforge.config import from_dict, save_config, to_dict
 from lmforge.data.prepare import file_signature, signature_changes
 from lmforge.errors import ConfigError, DataError
-from lmforge.classify.metrics import (classification_metrics, confusion_table, format_metrics, predict_labels,
-                                         save_confusion_png, summarize_folds)
+from lmforge.classify.metrics import (classification_metrics, confusion_table, flat_metrics, format_metrics,
+                                      predict_labels, save_confusion_png, summarize_folds)
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.runtime import Runtime, init_runtime, on_main, shutdown
+from lmforge.trainer.tracking import log_final
+from lmforge.report.card import save_eval_details, try_write_report
 from lmforge.console import console, print_summary, say, warn
 
 # What 'auto' picks, measured with benchmarks/classify.py on a 2-core CPU: a linear model and a
@@ -423,9 +425,13 @@ def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas,
     if shown:
         save_confusion_png(shown["confusion_matrix"], labels.names, run_dir / f"confusion_{split}.png",
                            title=f"{run_dir.name}: {split}")
+        scored = (test.texts, test_y, combine(test_probas, weights)) if result.test else \
+            (val_set.texts, val_y, combine(val_probas, weights))
+        save_eval_details(run_dir, split, *scored, labels.names)
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
                                                       "member_facts": facts})
+    log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     return result
 
 

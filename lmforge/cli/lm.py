@@ -28,6 +28,7 @@ def add_commands(sub) -> None:
                    help="with --resume: continue on the tokens the run prepared at its start although the input "
                         "files changed or are gone (nothing is re-read or re-tokenized)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    p.add_argument("--track", choices=("tensorboard", "mlflow", "none"), help="experiment tracking (train.track)")
     auto.add_train_options(p)
     add_config_options(p)
 

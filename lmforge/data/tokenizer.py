@@ -23,6 +23,9 @@ from lmforge.errors import DataError
 
 EOT_TOKEN = "<|endoftext|>"
 FORMAT_VERSION = 1
+# Metadata fields (in the file's "lmforge" section) written by `with_special_tokens`.
+SPECIAL_TOKENS_FIELD = "special_tokens"
+CHAT_TEMPLATE_FIELD = "chat_template"
 KINDS = ("bpe", "char")
 CJK_SPLITS = ("char", "jieba", "none")
 MIN_BPE_VOCAB = 257  # the 256 byte symbols plus the end-of-text token
@@ -69,6 +72,34 @@ class Tokenizer:
         # The payload is exactly what save() writes; keeping it (rather than re-serializing the
         # live objects) makes fingerprint() identical before and after a save/load cycle.
         self._blob = _canonical_json(payload)
+        meta = payload["lmforge"]
+        # Special tokens beyond <|endoftext|> (e.g. a chat template's role markers): ids after the
+        # trained vocabulary, never produced by encode() from text, dropped by decode().
+        self.special_tokens: list[str] = list(meta.get(SPECIAL_TOKENS_FIELD, []))
+        # A Jinja chat template in the Hugging Face convention, stored with the tokenizer so that
+        # an export carries it (tokenizer_config.json's "chat_template"); None before `lmforge sft`.
+        self.chat_template: str | None = meta.get(CHAT_TEMPLATE_FIELD)
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """{token: id} of the special tokens other than <|endoftext|>."""
+        return dict(self._special_ids)
+
+    def with_special_tokens(self, tokens: list[str], chat_template: str | None = None) -> Tokenizer:
+        """A copy with `tokens` appended to the vocabulary as special tokens and, when given, the
+        chat template stored in the metadata. Tokens already present keep their ids."""
+        payload = json.loads(self._blob.decode("utf-8"))
+        meta = payload["lmforge"]
+        specials = list(meta.get(SPECIAL_TOKENS_FIELD, []))
+        new = [t for t in dict.fromkeys(tokens) if t not in specials and t != EOT_TOKEN]
+        meta[SPECIAL_TOKENS_FIELD] = specials + new
+        if chat_template is not None:
+            meta[CHAT_TEMPLATE_FIELD] = chat_template
+        self._add_to_payload(payload, new)
+        return _from_blob(_canonical_json(payload), "<tokenizer with special tokens>")
+
+    def _add_to_payload(self, payload: dict[str, Any], tokens: list[str]) -> None:
+        """Record new special tokens in the kind's own payload (where its ids come from)."""
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -195,8 +226,11 @@ class CharTokenizer(Tokenizer):
         if len(self._char_to_id) != len(chars):
             raise ValueError("'chars' has duplicates")
         self._byte_base = 1 + len(chars)
-        self.vocab_size = self._byte_base + 256
-        self._id_bytes = [b""] + [c.encode("utf-8") for c in chars] + [bytes([b]) for b in range(256)]
+        first_special = self._byte_base + 256
+        self._special_ids = {t: first_special + i for i, t in enumerate(self.special_tokens)}
+        self.vocab_size = first_special + len(self.special_tokens)
+        self._id_bytes = ([b""] + [c.encode("utf-8") for c in chars] + [bytes([b]) for b in range(256)]
+                          + [b""] * len(self.special_tokens))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self._encode_one(_check_str(t, i)) for i, t in enumerate(texts)]
@@ -337,6 +371,10 @@ class BpeTokenizer(Tokenizer):
         if eot is None:
             raise ValueError(f"vocabulary lacks {EOT_TOKEN}")
         self.eot_id = eot
+        self._special_ids = {t: self._hf.token_to_id(t) for t in self.special_tokens}
+        if None in self._special_ids.values():
+            raise ValueError("special_tokens lists a token the vocabulary lacks")
+        self._not_text = {eot, *self._special_ids.values()}
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         self._symbol_to_byte = _byte_symbols()
         # encode_batch_fast (tokenizers >= 0.20) skips offset tracking we never use.
@@ -371,11 +409,19 @@ class BpeTokenizer(Tokenizer):
         return out
 
     def decode(self, ids: list[int]) -> str:
-        eot = self.eot_id
-        return self._hf.decode([i for i in _id_list(ids) if i != eot], skip_special_tokens=False)
+        skip = self._not_text
+        return self._hf.decode([i for i in _id_list(ids) if i not in skip], skip_special_tokens=False)
+
+    def _add_to_payload(self, payload: dict[str, Any], tokens: list[str]) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if tokens:
+            hf = HFTokenizer.from_str(json.dumps(payload["hf"]))
+            hf.add_special_tokens(tokens)
+            payload["hf"] = json.loads(hf.to_str())
 
     def token_bytes(self, token_id: int) -> bytes:
-        if token_id == self.eot_id:
+        if token_id in self._not_text:
             return b""
         token = self._hf.id_to_token(token_id)
         if token is None:

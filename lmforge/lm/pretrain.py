@@ -23,6 +23,7 @@ from lmforge.trainer.runtime import Runtime, init_runtime, on_main, shutdown
 from lmforge.trainer.step import plan_batches
 from lmforge.console import console, fmt, print_summary, say, warn
 from lmforge.trainer.metrics import plot_loss_curve
+from lmforge.report.card import try_write_report
 
 # Below this many steps the one-off compile (tens of seconds on a small CPU) costs more than it saves.
 COMPILE_MIN_STEPS = 1000
@@ -359,6 +360,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, result: FitResult, model, d
         last = ckpt.latest_checkpoint(run_dir)
         runs.update_info(run_dir, status="finished", steps=result.steps,
                          final_checkpoints=[str(last.relative_to(run_dir))] if last else [])
+        try_write_report(run_dir)
     return samples
 
 

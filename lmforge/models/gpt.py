@@ -109,6 +109,56 @@ class KVCache:
                 self.v[i] = self.v[i][:, :, -max_len:]
 
 
+class SlotKVCache:
+    """Keys and values of several sequences of different lengths in preallocated slots, so that they
+    decode together in one forward (continuous batching) while each keeps its own positions.
+
+    The caller picks which slots the next forward feeds with `select(rows)` (its batch rows, in
+    order), runs the model with this cache, then calls `commit(new_tokens)` to extend each row by
+    its real (unpadded) new tokens. Positions past a row's length hold stale or padding values that
+    the attention mask hides until a later write replaces them.
+    """
+
+    def __init__(self, n_layer: int, slots: int, n_kv_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.k = torch.zeros(n_layer, slots, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)  # (slots,) valid positions
+        self.max_len = max_len
+        self.rows = torch.zeros(0, dtype=torch.long, device=device)
+        self._pos: torch.Tensor | None = None  # (b, T) positions of the current forward's tokens
+
+    def select(self, rows: list[int]) -> None:
+        self.rows = torch.tensor(rows, dtype=torch.long, device=self.k.device)
+        self._pos = None
+
+    def reset(self, slot: int) -> None:
+        self.lengths[slot] = 0
+
+    def positions(self, T: int) -> torch.Tensor:
+        """(b, T) positions of the selected rows' next T tokens."""
+        self._pos = self.lengths[self.rows][:, None] + torch.arange(T, device=self.k.device)[None, :]
+        return self._pos
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: (b, nkv, T, hd). Rows and positions index dims 0 and 2 of the layer's (slots, nkv, L, hd).
+        pos = self._pos
+        rows = self.rows[:, None].expand_as(pos)
+        self.k[layer][rows, :, pos] = k.transpose(1, 2)
+        self.v[layer][rows, :, pos] = v.transpose(1, 2)
+        span = int(pos.max()) + 1
+        return self.k[layer, self.rows, :, :span], self.v[layer, self.rows, :, :span]
+
+    def mask(self) -> torch.Tensor:
+        """(b, 1, T, span) True where a query may attend: keys at or before its own position."""
+        pos = self._pos
+        keys = torch.arange(int(pos.max()) + 1, device=pos.device)
+        return (keys[None, None, :] <= pos[:, :, None])[:, None]
+
+    def commit(self, new_tokens: list[int] | torch.Tensor) -> None:
+        self.lengths[self.rows] += torch.as_tensor(new_tokens, dtype=torch.long, device=self.k.device)
+
+
 class Attention(nn.Module):
     def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
@@ -140,7 +190,8 @@ class Attention(nn.Module):
         if self.qk_norm:
             qk = self.qk_norm(qk)
         if cos is not None:
-            qk = apply_rope(qk, cos[:, None], sin[:, None])
+            # cos/sin: (T, hd/2), or (B, T, hd/2) when each row has its own positions.
+            qk = apply_rope(qk, cos.unsqueeze(-2), sin.unsqueeze(-2))
         q, k = qk.split([nh, nkv], dim=2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = qkv[:, :, nh + nkv :].transpose(1, 2)  # (B, nkv, T, hd)
@@ -149,18 +200,21 @@ class Attention(nn.Module):
         if nkv != nh:
             k = k.repeat_interleave(nh // nkv, dim=1)
             v = v.repeat_interleave(nh // nkv, dim=1)
+        mask = cache.mask() if isinstance(cache, SlotKVCache) else None
         if cpu_bf16:
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(q, k, v, T)
+                y = self._attend(q, k, v, T, mask)
         else:
-            y = self._attend(q, k, v, T)
+            y = self._attend(q, k, v, T, mask)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, C)
         return self.proj(y)
 
-    def _attend(self, q, k, v, T: int) -> torch.Tensor:
+    def _attend(self, q, k, v, T: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         # With a cache and T > 1 (prompt prefill on top of an existing cache) a plain causal mask
         # would be misaligned, so the offset mask is built explicitly.
         Tk = k.shape[2]
+        if mask is not None:  # rows of different lengths (SlotKVCache)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if Tk == T:
             # No dropout on the attention probabilities (only on the residual branches): on CPU it
             # sends SDPA to its unfused path, measured 4.4x slower for forward and backward
@@ -281,9 +335,14 @@ class GPT(nn.Module):
     ):
         """idx: (B, T) token ids. Returns logits (B, T, V), or the mean loss when targets are given."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.context_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds context_len {self.cfg.context_len}")
+        if isinstance(cache, SlotKVCache):
+            start = cache.positions(T)  # (B, T): each row continues its own sequence
+            end = int(start.max()) + 1
+        else:
+            start = cache.length if cache is not None else 0
+            end = start + T
+        if end > self.cfg.context_len:
+            raise ValueError(f"sequence of {end} tokens exceeds context_len {self.cfg.context_len}")
         x, cos, sin = self._embed(idx, start)  # x: (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
@@ -303,13 +362,17 @@ class GPT(nn.Module):
             x = block(x, cos, sin)
         return self.norm(x)
 
-    def _embed(self, idx: torch.Tensor, start: int):
-        """Token (and learned position) embeddings for positions start.., and the rotary tables."""
+    def _embed(self, idx: torch.Tensor, start: int | torch.Tensor):
+        """Token (and learned position) embeddings for positions start.., and the rotary tables.
+        `start` may be a (B, T) tensor of each token's position instead."""
         T = idx.shape[1]
         x = self.embed(idx)
-        if self.pos_embed is None:
-            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-        else:
-            x = x + self.pos_embed(torch.arange(start, start + T, device=idx.device))
+        if self.pos_embed is not None:
+            positions = start if isinstance(start, torch.Tensor) else torch.arange(start, start + T, device=idx.device)
+            x = x + self.pos_embed(positions)
             cos = sin = None
+        elif isinstance(start, torch.Tensor):
+            cos, sin = self.rope_cos[start], self.rope_sin[start]
+        else:
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         return self.drop(x), cos, sin
