@@ -300,6 +300,10 @@ class Config:
     """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here."""
     seed: int = 1337
     """Seed for the data split, initialization, batch order and dropout."""
+    init: str | None = None
+    """Start from a trained model instead of random weights: an lmforge run folder (`lmforge import` makes one of a
+    Hugging Face model; `train --init` takes either). Its tokenizer and model shape are used; only model.context_len
+    and model.dropout may differ from it."""
     data: DataConfig = field(default_factory=DataConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -24,6 +24,15 @@ from lmforge.console import console
 TOKENIZER_FILE = "tokenizer.json"
 
 
+def init_tokenizer(run_dir: str | Path) -> Tokenizer:
+    """The tokenizer of the run a training starts from (`init`): its data is encoded with it, not a new one."""
+    path = Path(run_dir) / "data" / TOKENIZER_FILE
+    if not path.is_file():
+        raise DataError(f"init {run_dir} is not an lmforge run folder with a tokenizer ({path} is missing); "
+                        "give a run folder, or a Hugging Face folder to `lmforge import` first")
+    return Tokenizer.load(path)
+
+
 @dataclass
 class PreparedData:
     folder: Path
@@ -51,11 +60,12 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     folder = Path(cfg.out) / "data"
     folder.mkdir(parents=True, exist_ok=True)
     data = cfg.data
+    given = init_tokenizer(cfg.init) if cfg.init else None
     key = cache_key(
         {"train": _file_signature(data.path), "valid": _file_signature(data.valid_path) if data.valid_path else None},
         asdict(data) | {"num_workers": 0},
         asdict(cfg.clean),
-        asdict(cfg.tokenizer),
+        asdict(cfg.tokenizer) if given is None else {"init_tokenizer": given.fingerprint()},
         {"seed": cfg.seed, "version": 1},
     )
     manifest = folder / "prepare.json"
@@ -94,7 +104,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
             "raise it or pass --data.valid_path"
         )
     t_read = time.perf_counter() - t0
-    tok = train_tokenizer(train_docs, cfg.tokenizer)
+    tok = given or train_tokenizer(train_docs, cfg.tokenizer)
     tok.save(folder / TOKENIZER_FILE)
     t_tok = time.perf_counter() - t0 - t_read
     train = encode_corpus(train_docs, tok, folder / "train.bin", num_workers=data.num_workers)
