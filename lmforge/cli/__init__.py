@@ -1,7 +1,7 @@
 """Command line: parses arguments and calls the API. No logic of its own.
 
 One module per command family: `lm` (train, prepare, eval, generate, config), `classify`, `auto`
-(plan, lr-find, tune). Every config field is an option `--section.field` (see `options`).
+(plan, lr-find, tune), `export` (export, import). Every config field is an option `--section.field` (see `options`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from lmforge.errors import LmforgeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lmforge.cli import auto, classify, lm
+    from lmforge.cli import auto, classify, export, lm
 
     parser = argparse.ArgumentParser(
         prog="lmforge",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_commands(sub)
     auto.add_commands(sub)  # plan, lr-find, tune
     classify.add_commands(sub)  # classify train|eval|predict|vectors
+    export.add_commands(sub)  # export, import
     return parser
 
 
@@ -31,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()  # a --time budget counts from here
     args = build_parser().parse_args(argv)
     args.t_start = t_start
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(args)
     except LmforgeError as e:
@@ -42,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from lmforge.cli import auto, classify, lm
+    from lmforge.cli import auto, classify, export, lm
 
-    for family in (lm, auto, classify):
+    for family in (lm, auto, classify, export):
         if args.command in family.COMMANDS:
             return family.dispatch(args)
     raise AssertionError(args.command)

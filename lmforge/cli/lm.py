@@ -19,6 +19,9 @@ def add_commands(sub) -> None:
     p.add_argument("--data", help="file, folder or glob of training text; omit for the embedded Shakespeare corpus")
     p.add_argument("--out", help="run folder (same as --out on the config)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="start from a trained model: an lmforge run folder, or a local Hugging Face folder "
+                        "(imported into RUN/init first); its tokenizer and shape are used")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     auto.add_train_options(p)
     add_config_options(p)
@@ -57,10 +60,19 @@ def dispatch(args: argparse.Namespace) -> int:
         from lmforge.cli import auto
         from lmforge.lm.pretrain import result_json, train
 
+        if args.init and (args.auto or args.time or args.resume):
+            from lmforge.errors import ConfigError
+
+            raise ConfigError("--init starts a new run with a given model; it does not combine with --resume, "
+                              "--auto or --time")
         if args.auto or args.time:
             return auto.train_auto(args)
         if args.resume:
             result = train(resume=args.resume)
+        elif args.init:
+            from lmforge.cli.export import resolve_init
+
+            result = train(resolve_init(args, make_config(args)))
         else:
             result = train(make_config(args))
         if args.json and int(os.environ.get("RANK", 0)) == 0:
