@@ -362,15 +362,15 @@ def test_imported_model_generates_evaluates_and_trains_on(qwen2_tok, tmp_path, c
     text.write_text("".join(CORPUS) * 3, encoding="utf-8")
     run = tmp_path / "run"
     assert main(["train", "--init", str(src), "--data", str(text), "--out", str(run), "--model.context_len", "32",
-                 "--train.max_steps", "30", "--train.global_batch_tokens", "256", "--optim.lr", "3e-3",
-                 "--schedule.warmup_steps", "2", "--eval.interval", "30", "--eval.max_tokens", "2048",
+                 "--train.max_steps", "20", "--train.global_batch_tokens", "256", "--optim.lr", "3e-3",
+                 "--schedule.warmup_steps", "2", "--eval.interval", "20", "--eval.max_tokens", "2048",
                  "--sample.num_samples", "0", "--runtime.compile", "off", "--runtime.precision", "fp32",
-                 "--json"]) == 0
+                 "--runtime.threads", "1", "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     losses = [m["train_loss"] for m in metrics if "train_loss" in m]
     assert losses[-1] < losses[0]  # training on from the imported weights lowers the loss
-    assert (run / "init" / "import.json").is_file() and result["steps"] == 30
+    assert (run / "init" / "import.json").is_file() and result["steps"] == 20
     saved = json.loads((run / "model.json").read_text())
     assert saved["context_len"] == 32 and saved["qkv_bias"] and saved["vocab_size"] == 320
 
@@ -399,5 +399,5 @@ def test_classifier_fine_tunes_an_imported_model(qwen2_tok, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", sentiment_records(200, seed=0))
     assert main(["classify", "train", "--data", str(train), "--text-field", "text", "--label-field", "label",
                  "--out", str(tmp_path / "clf"), "--model.kind", "gpt", "--model.gpt.run", str(tmp_path / "lm"),
-                 "--train.max_steps", "20"]) == 0
+                 "--train.max_steps", "20", "--runtime.threads", "1"]) == 0
     assert (tmp_path / "clf" / "metrics.json").is_file()

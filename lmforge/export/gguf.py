@@ -101,17 +101,40 @@ def _check_llama_cpp_arch(run: Run, family: str) -> None:
                           "here; train with model.bias false, or export with --to hf")
 
 
-def _tensor_array(t: torch.Tensor, dtype: str):
-    """(array, raw GGML type or None) for a tensor: 1-D ones stay f32, as llama.cpp expects."""
+def _ggml_type(shape: tuple[int, ...], dtype: str):
+    """The GGML type of a tensor: 1-D ones (norms, biases) stay f32, as llama.cpp expects; q8_0 needs
+    rows that are whole blocks of 32, else f16."""
     import gguf
 
-    a = t.detach().to(torch.float32).numpy()
-    if a.ndim == 1 or dtype == "f32":
-        return a, None
-    if dtype == "f16" or (dtype == "q8_0" and a.shape[-1] % 32):
-        return a.astype(np.float16), None
-    qtype = gguf.GGMLQuantizationType.BF16 if dtype == "bf16" else gguf.GGMLQuantizationType.Q8_0
-    return gguf.quants.quantize(a, qtype), qtype
+    q = gguf.GGMLQuantizationType
+    if len(shape) == 1 or dtype == "f32":
+        return q.F32
+    if dtype == "f16" or (dtype == "q8_0" and shape[-1] % 32):
+        return q.F16
+    return q.BF16 if dtype == "bf16" else q.Q8_0
+
+
+def _tensor_array(t: torch.Tensor, qtype, rows_per_chunk: int = 8192) -> np.ndarray:
+    """The tensor as GGML data, converted a block of rows at a time (blocks never cross rows), so a
+    large embedding does not pass through float32 and the quantizer's temporaries whole."""
+    import gguf
+
+    def convert(block: torch.Tensor) -> np.ndarray:
+        a = block.detach().to(torch.float32).numpy()
+        if qtype == gguf.GGMLQuantizationType.F32:
+            return a
+        if qtype == gguf.GGMLQuantizationType.F16:
+            return a.astype(np.float16)
+        return gguf.quants.quantize(a, qtype)
+
+    if t.ndim < 2 or t.shape[0] <= rows_per_chunk:
+        return convert(t)
+    first = convert(t[:rows_per_chunk])
+    out = np.empty((t.shape[0], *first.shape[1:]), dtype=first.dtype)
+    out[:rows_per_chunk] = first
+    for start in range(rows_per_chunk, t.shape[0], rows_per_chunk):
+        out[start:start + rows_per_chunk] = convert(t[start:start + rows_per_chunk])
+    return out
 
 
 def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f16", overwrite: bool = False) -> dict:
@@ -135,10 +158,7 @@ def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f16", overwr
     writer = gguf.GGUFWriter(str(tmp), family)
     try:
         _write_metadata(writer, run, family, dtype, pre)
-        n_params = _add_tensors(writer, run, family, dtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
+        n_params = _write_tensors(writer, run, family, dtype)
         writer.close()
         tmp.replace(out)
     except BaseException:
@@ -188,24 +208,36 @@ def _write_metadata(writer, run: Run, family: str, dtype: str, pre: str) -> None
         writer.add_chat_template(template)
 
 
-def _add_tensors(writer, run: Run, family: str, dtype: str) -> int:
+def _tensors(run: Run, family: str, meta: bool):
+    """(GGUF name, tensor) in file order; with meta=True only their shapes."""
     links = links_for(run.model, family, run.vocab_size)
     run.check_covered(links)
-    n_params = 0
     for link in links:
-        t = run.tensor(link)
-        if link.lm in run.weights.entries:
-            n_params += t.numel()
+        t = torch.empty(link.shape, device="meta") if meta else run.tensor(link)
         for k, (name, part) in enumerate(zip(link.gguf, link.split(t))):
-            if link.rope_heads and link.rope_heads[k]:
+            if link.rope_heads and link.rope_heads[k] and not meta:
                 part = permute_rope(part, link.rope_heads[k])
-            array, raw = _tensor_array(part, dtype)
-            writer.add_tensor(name, array, raw_dtype=raw)
+            yield name, part
     if family == "gpt2" and run.model.tied_embeddings:
         # llama.cpp's gpt2 reads an output matrix of its own; tied, it is the embedding again.
-        array, raw = _tensor_array(run.weights.read("embed.weight"), dtype)
-        writer.add_tensor("output.weight", array, raw_dtype=raw)
-    return n_params
+        shape = (run.vocab_size, run.model.d_model)
+        yield "output.weight", torch.empty(shape, device="meta") if meta else run.weights.read("embed.weight")
+
+
+def _write_tensors(writer, run: Run, family: str, dtype: str) -> int:
+    """Tensor infos first, then the data one tensor at a time, so the model is never held whole."""
+    import gguf
+
+    for name, t in _tensors(run, family, meta=True):
+        qtype = _ggml_type(tuple(t.shape), dtype)
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        writer.add_tensor_info(name, tuple(t.shape), np.dtype(np.float32), t.numel() // block * size, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    for _, t in _tensors(run, family, meta=False):
+        writer.write_tensor_data(_tensor_array(t, _ggml_type(tuple(t.shape), dtype)))
+    return sum(torch.Size(run.weights.shape(n)).numel() for n in run.weights.names())
 
 
 def read_back(path: str | Path) -> dict:

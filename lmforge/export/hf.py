@@ -110,10 +110,16 @@ def model_card(run: Run, family: str, n_params: int, dtype: torch.dtype, command
         tok_line = f"imported Hugging Face tokenizer, {tok.vocab_size:,} ids"
     figures = [f"- {k.replace('_', ' ')}: {result[k]:.4g}" if isinstance(result.get(k), float) else f"- {k}: {result[k]}"
                for k in ("steps", "val_loss", "val_bpb", "tokens_per_s", "wall_s", "stop_reason") if k in result]
+    origin = "trained with lmforge"
+    if (run.folder / "import.json").is_file():
+        source = json.loads((run.folder / "import.json").read_text(encoding="utf-8"))
+        origin = f"imported into lmforge from {source.get('source')} ({source.get('family')})"
+    elif cfg.init:
+        origin = f"trained with lmforge, starting from {cfg.init}"
     lines = [
         "---", "library_name: transformers", "tags:", "- lmforge", f"- {family}", "---", "",
         f"# {run.folder.name}", "",
-        f"A {n_params / 1e6:.1f}M-parameter language model trained with lmforge, exported as "
+        f"A {n_params / 1e6:.1f}M-parameter language model {origin}, exported as "
         f"`{HF_CLASS[family]}` ({TORCH_NAMES[dtype]}). It loads with no custom code:", "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
