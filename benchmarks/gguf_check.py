@@ -7,7 +7,7 @@ from source for this CPU; the build time is reported as install_s), exports RUN 
 q8_0 GGUF files in a temporary folder, then reports:
   - tokenize_match: llama.cpp tokenizes a stretch of the run's validation text to lmforge's ids;
   - greedy_match_f32 / _f16: llama.cpp's greedy continuation of the prompt equals lmforge's;
-  - top1_agree_* / kl_*: on one context of validation tokens, how often llama.cpp's most likely next
+  - top1_agree_* / kl_*: on --windows contexts of validation tokens, how often llama.cpp's most likely next
     token is lmforge's, and the mean KL(lmforge || llama.cpp) of the next-token distributions;
   - llamacpp_tok_s / lmforge_tok_s: decode speed on the same prompt (f16 in llama.cpp; lmforge's
     `generate` path, fp32 with a KV cache), one token at a time, the fastest of --repeats runs.
@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="tokens generated greedily")
     ap.add_argument("--threads", type=int, default=0, help="threads for both (0: all cores)")
     ap.add_argument("--repeats", type=int, default=5, help="decode timings per side; the fastest counts")
+    ap.add_argument("--windows", type=int, default=8, help="contexts of validation tokens scored for agreement and KL")
     args = ap.parse_args()
 
     install_s = ensure_llama_cpp()
@@ -109,12 +110,12 @@ def main() -> None:
     model, tok, info = load_run_model(run)
     T = model.cfg.context_len
     val = TokenFile(run / "data" / "val.bin").tokens
-    window = [int(i) for i in val[:T]]
+    windows = [[int(i) for i in val[k * T:(k + 1) * T]] for k in range(args.windows) if (k + 1) * T <= len(val)]
     text = tok.decode([int(i) for i in val[: 4 * T]])
     prompt = tok.encode(info["config"].sample.prompt or "\n")[: T // 2]
     n = min(args.tokens, T - len(prompt))
     with torch.no_grad():
-        ref_logits = model(torch.tensor([window]))[0].double().numpy()
+        ref_logits = np.concatenate([model(torch.tensor([w]))[0].double().numpy() for w in windows])
     lmforge_tok_s = 0.0
     for _ in range(args.repeats):  # the fastest of several: the machine may be shared
         t0 = time.perf_counter()
@@ -122,7 +123,8 @@ def main() -> None:
         lmforge_tok_s = max(lmforge_tok_s, n / (time.perf_counter() - t0))
 
     result: dict = {"run": str(run), "install_s": None if install_s is None else round(install_s, 1),
-                    "threads": threads, "prompt_tokens": len(prompt), "generated": n}
+                    "threads": threads, "prompt_tokens": len(prompt), "generated": n,
+                    "scored_positions": len(windows) * T}
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("f32", "f16", "q8_0"):
             path = Path(tmp, f"model-{dtype}.gguf")
@@ -136,7 +138,7 @@ def main() -> None:
             runs = [llama_greedy(llm, prompt, n) for _ in range(args.repeats)]
             greedy, tok_s = runs[0][0], max(r[1] for r in runs)
             result[f"greedy_match_{dtype}"] = greedy == ref_greedy
-            agree, kl = compare(ref_logits, llama_logits(llm, window))
+            agree, kl = compare(ref_logits, np.concatenate([llama_logits(llm, w) for w in windows]))
             result[f"top1_agree_{dtype}"] = round(agree, 4)
             result[f"kl_{dtype}"] = float(f"{kl:.3g}") if math.isfinite(kl) else None
             result[f"llamacpp_tok_s_{dtype}"] = round(tok_s, 1)
