@@ -390,18 +390,19 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
     if not rt.is_main:
         return ClassifyResult(run_dir, None, None, cv)
     with ckpt.guard_writes(run_dir):
-        result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_y, test, test_y, cv,
-                        t_start)
+        result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_set, val_y, test, test_y,
+                        cv, t_start)
     finals = [str(c.relative_to(run_dir)) for c in (ckpt.latest_checkpoint(d) for d in runs.member_dirs(run_dir))
               if c is not None]
     runs.update_info(run_dir, status="finished", final_checkpoints=finals)
+    try_write_report(run_dir)
     if progress:
         _print_result(result, labels, "test" if result.test else "valid")
     return result
 
 
 def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas, weights, facts, labels: LabelMap,
-           val_y, test: Labeled | None, test_y, cv, t_start: float) -> ClassifyResult:
+           val_set: Labeled, val_y, test: Labeled | None, test_y, cv, t_start: float) -> ClassifyResult:
     """Validation and test metrics of the ensemble (and its members); ensemble.json, metrics.json, the plot."""
     kinds = cfg.model.member_names()
     atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),

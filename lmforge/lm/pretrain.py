@@ -13,7 +13,7 @@ from lmforge import runs
 from lmforge.atomic import atomic_write_json
 from lmforge.config import Config, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError, DataError, TrainingError
-from lmforge.lm.model import build_model, save_shape
+from lmforge.lm.model import build_model, check_init, load_init_weights, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
 from lmforge.data.prepare import input_changes, load_prepared, prepare
 from lmforge.trainer import checkpoint as ckpt
@@ -267,7 +267,14 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
         data = _load_data(cfg, resume, quiet=True)  # reuses what rank 0 built
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed).to(rt.device)
+    if cfg.init:
+        # Continued pretraining or fine-tuning: the init run's shape (its vocabulary may have more rows
+        # than its tokenizer has ids, as Qwen's does) and weights.
+        model = build_model(cfg.model, check_init(cfg.model, cfg.init), cfg.seed)
+        load_init_weights(model, cfg.init)
+        model = model.to(rt.device)
+    else:
+        model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed).to(rt.device)
     examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
     micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.world_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,

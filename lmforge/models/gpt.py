@@ -1,7 +1,9 @@
 """Decoder-only transformer: RMSNorm, rotary positions, QK-norm, SwiGLU, optional GQA and tied embeddings.
 
 GPT-2's choices (LayerNorm, learned positions, GELU MLP, no QK-norm) are options, so nanoGPT's
-settings can be reproduced as they are and compared against.
+settings can be reproduced as they are and compared against. Biases (GPT-2, Qwen2), a head width
+other than d_model / n_head and separate query and key norm gains (Qwen3) are options too, so
+checkpoints of those families can be imported and run with the same numbers.
 
 Plain single-device PyTorch. Distributed wrapping and compilation are applied from outside
 (`lmforge.trainer.runtime`), never here.
@@ -50,9 +52,9 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
-    # LayerNorm without bias, as nanoGPT builds GPT-2 by default.
-    return RMSNorm(dim, eps) if kind == "rms" else nn.LayerNorm(dim, eps=eps, bias=False)
+def make_norm(kind: str, dim: int, eps: float, bias: bool = False) -> nn.Module:
+    # LayerNorm without bias by default, as nanoGPT builds GPT-2; with bias for GPT-2 checkpoints.
+    return RMSNorm(dim, eps) if kind == "rms" else nn.LayerNorm(dim, eps=eps, bias=bias)
 
 
 class Dropout(nn.Module):
@@ -163,13 +165,16 @@ class Attention(nn.Module):
     def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.n_head, self.n_kv_head, self.head_dim = s.n_head, s.n_kv_head, s.d_model // s.n_head
+        self.n_head, self.n_kv_head, self.head_dim = s.n_head, s.n_kv_head, s.head_dim
         # One fused projection for q, k and v: one matmul instead of three matters on CPU,
         # where small steps are bound by per-op overhead.
-        self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * self.head_dim, bias=False)
-        self.proj = nn.Linear(s.d_model, s.d_model, bias=False)
+        self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * self.head_dim, bias=s.bias or s.qkv_bias)
+        self.proj = nn.Linear(s.n_head * self.head_dim, s.d_model, bias=s.bias)
         # One gain vector serves queries and keys alike: attention sees only their product.
-        self.qk_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm else None
+        # Imported Qwen3 checkpoints carry one for each (q_norm, k_norm).
+        self.qk_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm and s.qk_norm_shared else None
+        self.q_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm and not s.qk_norm_shared else None
+        self.k_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm and not s.qk_norm_shared else None
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -187,8 +192,10 @@ class Attention(nn.Module):
         # q and k are normalized and rotated as one tensor: half the elementwise ops, which
         # dominate the step of a small model on CPU.
         qk = qkv[:, :, : nh + nkv]  # (B, T, nh + nkv, hd)
-        if self.qk_norm:
+        if self.qk_norm is not None:
             qk = self.qk_norm(qk)
+        elif self.q_norm is not None:
+            qk = torch.cat((self.q_norm(qk[:, :, :nh]), self.k_norm(qk[:, :, nh:])), dim=2)
         if cos is not None:
             # cos/sin: (T, hd/2), or (B, T, hd/2) when each row has its own positions.
             qk = apply_rope(qk, cos.unsqueeze(-2), sin.unsqueeze(-2))
@@ -229,8 +236,8 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, s: ModelConfig):
         super().__init__()
-        self.gate_up = nn.Linear(s.d_model, 2 * s.d_ff, bias=False)
-        self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
+        self.gate_up = nn.Linear(s.d_model, 2 * s.d_ff, bias=s.bias)
+        self.down = nn.Linear(s.d_ff, s.d_model, bias=s.bias)
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -240,19 +247,20 @@ class SwiGLU(nn.Module):
 class GeluMLP(nn.Module):
     def __init__(self, s: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(s.d_model, s.d_ff, bias=False)
-        self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
+        self.up = nn.Linear(s.d_model, s.d_ff, bias=s.bias)
+        self.down = nn.Linear(s.d_ff, s.d_model, bias=s.bias)
+        self.approximate = "tanh" if s.mlp == "gelu_tanh" else "none"
 
     def forward(self, x):
-        return self.down(F.gelu(self.up(x)))
+        return self.down(F.gelu(self.up(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
     def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
-        self.attn_norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.attn_norm = make_norm(s.norm, s.d_model, s.norm_eps, s.bias)
         self.attn = Attention(s, layer)
-        self.mlp_norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.mlp_norm = make_norm(s.norm, s.d_model, s.norm_eps, s.bias)
         self.mlp = SwiGLU(s) if s.mlp == "swiglu" else GeluMLP(s)
         self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
 
@@ -274,11 +282,11 @@ class GPT(nn.Module):
         self.pos_embed = nn.Embedding(s.context_len, s.d_model) if s.position == "learned" else None
         self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(s, i) for i in range(s.n_layer))
-        self.norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.norm = make_norm(s.norm, s.d_model, s.norm_eps, s.bias)
         self.lm_head = nn.Linear(s.d_model, vocab_size, bias=False)
         if s.tied_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(s.d_model // s.n_head, s.context_len, s.rope_base)
+        cos, sin = rope_tables(s.head_dim, s.context_len, s.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
@@ -304,6 +312,9 @@ class GPT(nn.Module):
         # variance does not grow with the number of layers (GPT-2's scheme).
         resid_std = std / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
+            if name.endswith(".bias"):
+                with torch.no_grad():
+                    p.zero_()
             if p.ndim < 2:
                 continue
             s = resid_std if name.endswith(("proj.weight", "down.weight")) else std
@@ -324,7 +335,7 @@ class GPT(nn.Module):
         if self.pos_embed is not None:
             n -= self.pos_embed.weight.numel()  # a lookup, no matmul
         # Causal attention: QK^T and AV, each 2*T*d per token forward, halved by the mask, x3 for backward.
-        attn = 6 * s.n_layer * s.d_model * T
+        attn = 6 * s.n_layer * s.n_head * s.head_dim * T
         return 6 * n + attn
 
     def forward(
