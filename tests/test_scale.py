@@ -166,29 +166,34 @@ from lmforge.trainer import parallelize as P
 from lmforge.trainer.runtime import init_runtime
 
 rt = init_runtime("cpu", 1)
-cfg = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, context_len=16, dropout=0.0)
-make = lambda: build_model(cfg, 50, seed=3)
+SHAPES = {  # the default GPT; and biases, a head width of its own, separate q/k gains, untied (Qwen-like)
+    "plain": ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, context_len=16, dropout=0.0),
+    "qwen": ModelConfig(n_layer=2, n_head=4, n_kv_head=2, d_model=32, head_dim=16, context_len=16, bias=True,
+                        qkv_bias=True, qk_norm_shared=False, norm="layer", tied_embeddings=False)}
 g = torch.Generator().manual_seed(0)
 x, y = torch.randint(0, 50, (4, 16), generator=g), torch.randint(0, 50, (4, 16), generator=g)
-whole = make()
-whole(x, y).backward()
-whole_norm = float(torch.nn.utils.clip_grad_norm_(whole.parameters(), 1e9))
 report = {}
-for tp in (1, 2):  # meshes data 2 x tensor 1 (FSDP) and data 1 x tensor 2 (FSDP + tensor parallel)
-    P.check_tensor_parallel(tp, cfg, rt)
-    model = P.build_model(make, P.Layout("fsdp", tp), rt)
-    init = P.full_state(model)
-    n = rt.dp_size
-    model(x.chunk(n)[rt.dp_rank], y.chunk(n)[rt.dp_rank]).backward()
-    P.sum_partial_grads(model)
-    norm = float(P.clip_grad_norm(model.parameters(), 1e9))
-    grads = P.fuse_state({k: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
-                          for k, p in model.named_parameters()})
-    if rt.rank == 0:
-        report[tp] = {
-            "init": max(float((init[k] - v).abs().max()) for k, v in whole.state_dict().items() if k in init),
-            "grad": max(float((grads[k] - p.grad).abs().max()) for k, p in whole.named_parameters()),
-            "norm": abs(norm - whole_norm), "keys": sorted(set(whole.state_dict()) - set(init))}
+for shape, cfg in SHAPES.items():
+    make = lambda: build_model(cfg, 50, seed=3)
+    whole = make()
+    whole(x, y).backward()
+    whole_norm = float(torch.nn.utils.clip_grad_norm_(whole.parameters(), 1e9))
+    for tp in (1, 2):  # meshes data 2 x tensor 1 (FSDP) and data 1 x tensor 2 (FSDP + tensor parallel)
+        P.check_tensor_parallel(tp, cfg, rt)
+        model = P.build_model(make, P.Layout("fsdp", tp), rt)
+        init = P.full_state(model)
+        n = rt.dp_size
+        model(x.chunk(n)[rt.dp_rank], y.chunk(n)[rt.dp_rank]).backward()
+        P.sum_partial_grads(model)
+        norm = float(P.clip_grad_norm(model.parameters(), 1e9))
+        grads = P.fuse_state({k: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
+                              for k, p in model.named_parameters()})
+        if rt.rank == 0:
+            report[f"{shape} tp{tp}"] = {
+                "init": max(float((init[k] - v).abs().max()) for k, v in whole.state_dict().items() if k in init),
+                "grad": max(float((grads[k] - p.grad).abs().max()) for k, p in whole.named_parameters()),
+                "norm": abs(norm - whole_norm), "keys": sorted(set(whole.state_dict()) - set(init)),
+                "biases": sum(k.endswith(".bias") for k in grads)}
 if rt.rank == 0:
     print("REPORT", __import__("json").dumps(report))
 dist.destroy_process_group()
@@ -202,10 +207,13 @@ def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(t
     script.write_text(GRADIENTS)
     out = launch(2, [], script=script).stdout
     report = json.loads(out.split("REPORT", 1)[1])
-    for tp in ("1", "2"):
-        assert report[tp]["init"] == 0.0, report
-        assert report[tp]["keys"] == ["lm_head.weight"]  # tied to the embedding: stored once
-        assert report[tp]["grad"] < 1e-7 and report[tp]["norm"] < 1e-5, report
+    assert len(report) == 4, report
+    for name, r in report.items():
+        assert r["init"] == 0.0, report
+        # A tied output layer is the embedding: stored once.
+        assert r["keys"] == (["lm_head.weight"] if name.startswith("plain") else []), report
+        assert r["grad"] < 1e-7 and r["norm"] < 1e-5, report
+    assert report["qwen tp2"]["biases"] > 0  # q, k and v parts' biases, split between the processes
 
 
 def test_fsdp_on_two_processes_matches_one_and_its_checkpoint_resumes_on_one(corpus, reference, tmp_path):

@@ -130,6 +130,9 @@ def auto_train(
     d = plan.to_dict()
     d["outcome"] = outcome
     atomic_write_json(Path(run_cfg.out) / "plan.json", d)
+    from lmforge.report.card import try_write_report
+
+    try_write_report(run_cfg.out)  # again, now with the plan's outcome and the samples
     return result
 
 

@@ -242,6 +242,8 @@ class ClassifyTrainConfig:
     """Steps between checkpoints; 0 means at every evaluation."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep for resuming."""
+    track: Literal["tensorboard", "mlflow", "none"] = "tensorboard"
+    """Experiment tracking of the training records: 'tensorboard' (event files in each neural model's folder, MODEL/tb; the final metrics in RUN/tb), 'mlflow' (a local store, MODEL/mlflow.db and RUN/mlflow.db, or MLFLOW_TRACKING_URI when set) or 'none'."""
 
     def validate(self) -> None:
         check(self.epochs >= 0 and math.isfinite(self.epochs), "train.epochs", "must be a number >= 0")

@@ -33,10 +33,12 @@ from lmforge.classify.text import detect_language
 from lmforge.config import from_dict, save_config, to_dict
 from lmforge.data.prepare import file_signature, signature_changes
 from lmforge.errors import ConfigError, DataError
-from lmforge.classify.metrics import (classification_metrics, confusion_table, format_metrics, predict_labels,
-                                         save_confusion_png, summarize_folds)
+from lmforge.classify.metrics import (classification_metrics, confusion_table, flat_metrics, format_metrics,
+                                      predict_labels, save_confusion_png, summarize_folds)
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.runtime import Runtime, init_runtime, on_main, shutdown
+from lmforge.trainer.tracking import log_final
+from lmforge.report.card import save_eval_details, try_write_report
 from lmforge.console import console, print_summary, say, warn
 
 # What 'auto' picks, measured with benchmarks/classify.py on a 2-core CPU: a linear model and a
@@ -388,18 +390,19 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
     if not rt.is_main:
         return ClassifyResult(run_dir, None, None, cv)
     with ckpt.guard_writes(run_dir):
-        result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_y, test, test_y, cv,
-                        t_start)
+        result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_set, val_y, test, test_y,
+                        cv, t_start)
     finals = [str(c.relative_to(run_dir)) for c in (ckpt.latest_checkpoint(d) for d in runs.member_dirs(run_dir))
               if c is not None]
     runs.update_info(run_dir, status="finished", final_checkpoints=finals)
+    try_write_report(run_dir)
     if progress:
         _print_result(result, labels, "test" if result.test else "valid")
     return result
 
 
 def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas, weights, facts, labels: LabelMap,
-           val_y, test: Labeled | None, test_y, cv, t_start: float) -> ClassifyResult:
+           val_set: Labeled, val_y, test: Labeled | None, test_y, cv, t_start: float) -> ClassifyResult:
     """Validation and test metrics of the ensemble (and its members); ensemble.json, metrics.json, the plot."""
     kinds = cfg.model.member_names()
     atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),
@@ -423,9 +426,13 @@ def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas,
     if shown:
         save_confusion_png(shown["confusion_matrix"], labels.names, run_dir / f"confusion_{split}.png",
                            title=f"{run_dir.name}: {split}")
+        scored = (test.texts, test_y, combine(test_probas, weights)) if result.test else \
+            (val_set.texts, val_y, combine(val_probas, weights))
+        save_eval_details(run_dir, split, *scored, labels.names)
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
                                                       "member_facts": facts})
+    log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     return result
 
 

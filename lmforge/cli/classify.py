@@ -14,7 +14,7 @@ COMMANDS = ("classify",)
 # Shortcut options and the config field each sets.
 _SHORTCUTS = {"data": "data.path", "valid": "data.valid_path", "test": "data.test_path",
               "text_field": "data.text_field", "label_field": "data.label_field", "out": "out",
-              "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold"}
+              "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold", "track": "train.track"}
 
 
 def add_commands(sub) -> None:
@@ -43,6 +43,7 @@ def add_commands(sub) -> None:
                    help="with --resume: continue although the data files changed since the run started (the run "
                         "keeps its vocabulary and classes)")
     t.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    t.add_argument("--track", choices=("tensorboard", "mlflow", "none"), help="experiment tracking (train.track)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")

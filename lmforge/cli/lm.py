@@ -27,7 +27,11 @@ def add_commands(sub) -> None:
     p.add_argument("--use-prepared-data", action="store_true",
                    help="with --resume: continue on the tokens the run prepared at its start although the input "
                         "files changed or are gone (nothing is re-read or re-tokenized)")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="start from a trained model: an lmforge run folder, or a local Hugging Face folder "
+                        "(imported into RUN/init first); its tokenizer and shape are used")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    p.add_argument("--track", choices=("tensorboard", "mlflow", "none"), help="experiment tracking (train.track)")
     auto.add_train_options(p)
     add_config_options(p)
 
@@ -87,10 +91,19 @@ def dispatch(args: argparse.Namespace) -> int:
         from lmforge.cli import auto
         from lmforge.lm.pretrain import result_json, train
 
+        if args.init and (args.auto or args.time or args.resume):
+            from lmforge.errors import ConfigError
+
+            raise ConfigError("--init starts a new run with a given model; it does not combine with --resume, "
+                              "--auto or --time")
         if args.resume:
             result = _resume(args)
         elif args.auto or args.time:
             return auto.train_auto(args)
+        elif args.init:
+            from lmforge.cli.export import resolve_init
+
+            result = train(resolve_init(args, make_config(args)), overwrite=args.overwrite)
         else:
             result = train(make_config(args), overwrite=args.overwrite)
         if args.json and int(os.environ.get("RANK", 0)) == 0:

@@ -44,6 +44,8 @@ def make_config(args: argparse.Namespace):
         overrides["data.path"] = data
     if getattr(args, "out", None):
         overrides["out"] = args.out
+    if getattr(args, "track", None):
+        overrides["train.track"] = args.track
     return load_config(args.config, overrides)
 
 

@@ -26,6 +26,15 @@ from lmforge.console import console
 TOKENIZER_FILE = "tokenizer.json"
 
 
+def init_tokenizer(run_dir: str | Path) -> Tokenizer:
+    """The tokenizer of the run a training starts from (`init`): its data is encoded with it, not a new one."""
+    path = Path(run_dir) / "data" / TOKENIZER_FILE
+    if not path.is_file():
+        raise DataError(f"init {run_dir} is not an lmforge run folder with a tokenizer ({path} is missing); "
+                        "give a run folder, or a Hugging Face folder to `lmforge import` first")
+    return Tokenizer.load(path)
+
+
 @dataclass
 class PreparedData:
     folder: Path
@@ -48,8 +57,10 @@ def _inputs(cfg: Config) -> dict:
     return {"train": file_signature(data.path), "valid": file_signature(data.valid_path) if data.valid_path else None}
 
 
-def _key(cfg: Config, inputs: dict) -> str:
-    return cache_key(inputs, asdict(cfg.data) | {"num_workers": 0}, asdict(cfg.clean), asdict(cfg.tokenizer),
+def _key(cfg: Config, inputs: dict, given: Tokenizer | None = None) -> str:
+    """given: the tokenizer of the model the run starts from (--init), used instead of training one."""
+    tokenizer = asdict(cfg.tokenizer) if given is None else {"init_tokenizer": given.fingerprint()}
+    return cache_key(inputs, asdict(cfg.data) | {"num_workers": 0}, asdict(cfg.clean), tokenizer,
                      {"seed": cfg.seed, "version": 1})
 
 
@@ -127,7 +138,8 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     folder.mkdir(parents=True, exist_ok=True)
     data = cfg.data
     inputs = _inputs(cfg)
-    key = _key(cfg, inputs)
+    given = init_tokenizer(cfg.init) if cfg.init else None
+    key = _key(cfg, inputs, given)
     manifest = folder / "prepare.json"
     if manifest.exists():
         try:
@@ -164,7 +176,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
             "raise it or pass --data.valid_path"
         )
     t_read = time.perf_counter() - t0
-    tok = train_tokenizer(train_docs, cfg.tokenizer)
+    tok = given or train_tokenizer(train_docs, cfg.tokenizer)
     tok.save(folder / TOKENIZER_FILE)
     t_tok = time.perf_counter() - t0 - t_read
     train = encode_corpus(train_docs, tok, folder / "train.bin", num_workers=data.num_workers)

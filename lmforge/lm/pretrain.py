@@ -13,7 +13,7 @@ from lmforge import runs
 from lmforge.atomic import atomic_write_json
 from lmforge.config import Config, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError, DataError, TrainingError
-from lmforge.lm.model import build_model, save_shape
+from lmforge.lm.model import apply_init_weights, build_model, check_init, init_weights, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
 from lmforge.data.prepare import input_changes, load_prepared, prepare
 from lmforge.trainer import checkpoint as ckpt
@@ -25,6 +25,7 @@ from lmforge.trainer.runtime import (Runtime, describe_dist_failure, init_runtim
 from lmforge.trainer.step import plan_batches
 from lmforge.console import console, fmt, print_summary, say, warn
 from lmforge.trainer.metrics import plot_loss_curve
+from lmforge.report.card import try_write_report
 
 # Below this many steps the one-off compile (tens of seconds on a small CPU) costs more than it saves.
 COMPILE_MIN_STEPS = 1000
@@ -273,7 +274,10 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
 
     seed_everything(cfg.seed)
     examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
-    layout, model = _build(cfg, rt, run_dir, resume, data.tokenizer.vocab_size, examples_per_step)
+    # Continued pretraining or fine-tuning (--init) takes the init run's shape (its vocabulary may have
+    # more rows than its tokenizer has ids, as Qwen's does) and weights.
+    vocab_size = check_init(cfg.model, cfg.init) if cfg.init else data.tokenizer.vocab_size
+    layout, model = _build(cfg, rt, run_dir, resume, vocab_size, examples_per_step)
     micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.dp_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,
                   cfg.seed, cfg.eval.max_tokens)
@@ -330,7 +334,14 @@ def _build(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, vocab_size: in
             raise ConfigError("config field 'runtime.precision': fp16 (with loss scaling) is not supported for a sharded "
                               "model (train.parallel fsdp, tensor parallelism); use bf16 on a GPU that has it, or fp32")
         layout.param_dtype = torch.bfloat16 if precision == "bf16" else None
-    return layout, parallelize.build_model(make, layout, rt)
+    model = parallelize.build_model(make, layout, rt)
+    if cfg.init:
+        path, tensors = init_weights(model.cfg, cfg.init)
+        if parallelize.is_sharded(model):
+            parallelize.load_whole_weights(model, tensors, path)
+        else:
+            apply_init_weights(model, tensors, path)
+    return layout, model
 
 
 def _print_header(cfg: Config, rt: Runtime, model, layout, batches: tuple[int, int], why: tuple) -> None:
@@ -411,6 +422,7 @@ def _finish(cfg: Config, rt: Runtime, run_dir: Path, result: FitResult, model, s
         last = ckpt.latest_checkpoint(run_dir)
         runs.update_info(run_dir, status="finished", steps=result.steps,
                          final_checkpoints=[str(last.relative_to(run_dir))] if last else [])
+        try_write_report(run_dir)
     return samples
 
 

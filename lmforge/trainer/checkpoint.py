@@ -32,7 +32,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from safetensors import safe_open
@@ -63,14 +63,18 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """A digest of names, dtypes, shapes and bytes: independent of how the file lays them out."""
+def _digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().to("cpu").contiguous()
+    for name, t in named:
+        t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().data)
     return h.hexdigest()
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of names, dtypes, shapes and bytes: independent of how the file lays them out."""
+    return _digest((name, tensors[name]) for name in sorted(tensors))
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -438,14 +442,43 @@ def restore_latest(run_dir: Path, model: torch.nn.Module, run_id: str | None = N
         return ckpt, state
 
 
-def run_weights(run_dir: Path, warn: Callable[[str], None] = _warn) -> tuple[Path, dict[str, torch.Tensor]]:
+def check_weights_file(path: Path) -> None:
+    """Damaged unless a weights file matches the digest in its header; reads one tensor at a time,
+    so a model larger than memory can be checked before it is streamed elsewhere (export)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            want = (f.metadata() or {}).get(DIGEST_KEY)
+            if want is not None and _digest((k, f.get_tensor(k)) for k in sorted(f.keys())) != want:
+                raise Damaged("its tensors do not match their checksum")
+    except Damaged:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a bad file
+        raise Damaged(f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0][:120]}") from None
+
+
+def run_weights_path(run_dir: Path, warn: Callable[[str], None] = _warn) -> Path:
+    """The file run_weights would load, checked tensor by tensor instead of loaded whole."""
+    return run_weights(run_dir, warn, load=False)[0]
+
+
+def run_weights(run_dir: Path, warn: Callable[[str], None] = _warn,
+                load: bool = True) -> tuple[Path, dict[str, torch.Tensor]]:
     """The weights a trained run folder is used with, verified: its best-validation weights
-    (model.safetensors), or, when they are missing or damaged, the newest intact checkpoint's."""
+    (model.safetensors), or, when they are missing or damaged, the newest intact checkpoint's.
+    `load=False`: only check them ({} instead of the tensors)."""
+    def checked(path: Path) -> dict[str, torch.Tensor]:
+        if load:
+            return load_verified(path)
+        if not path.is_file():
+            raise Damaged("it is missing")
+        check_weights_file(path)
+        return {}
+
     run_dir = Path(run_dir)
     best = run_dir / "model.safetensors"
     if best.is_file():
         try:
-            return best, load_verified(best)
+            return best, checked(best)
         except Damaged as e:
             warn(f"{best} is damaged ({e}); using the newest intact checkpoint instead (the last weights "
                  "saved, not the best-validation ones)")
@@ -456,6 +489,8 @@ def run_weights(run_dir: Path, warn: Callable[[str], None] = _warn) -> tuple[Pat
         raise DataError(f"{run_dir} has no trained weights yet (no model.safetensors, no checkpoint)")
     path = ckpt / SHARDED if is_sharded(ckpt) else ckpt / "model.safetensors"
     try:
-        return path, read_sharded_weights(ckpt) if is_sharded(ckpt) else load_verified(path)
+        if is_sharded(ckpt):  # latest_intact has checked every shard against its checksum
+            return path, read_sharded_weights(ckpt) if load else {}
+        return path, checked(path)
     except Damaged as e:
         raise DataError(f"{path} is damaged ({e})") from None

@@ -31,6 +31,7 @@ from lmforge.trainer.runtime import Runtime, Watchdog, all_reduce_mean, on_main,
 from lmforge.trainer.step import (backoff_micro_batch, forward_backward, is_oom_error, make_scaler, optimizer_step,
                                   plan_batches)
 from lmforge.trainer.threads import StepTimer, ThreadGovernor
+from lmforge.trainer.tracking import make_tracker
 
 
 class Task(Protocol):
@@ -59,6 +60,7 @@ class LoopSettings(Protocol):
     log_interval: int
     save_interval: int
     keep_checkpoints: int
+    track: str  # 'tensorboard', 'mlflow' or 'none' (trainer.tracking)
 
 
 @dataclass
@@ -118,7 +120,8 @@ class _Fit:
         self.micro_bs, self.accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.dp_size)
         self.optimizer = build_optimizer(self.model, optim_cfg, rt.device.type)
         self.scaler = make_scaler(rt.precision)
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=rt.is_main)
+        tracker = make_tracker(cfg.track, self.run_dir) if rt.is_main else None
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=rt.is_main, tracker=tracker)
         self.state = TrainState()
         self.tokens_per_step = task.examples_per_step * task.tokens_per_example
         self.oom_backoffs = 0
@@ -377,11 +380,16 @@ def fit(
     run.t0 = time.perf_counter()
     run.window = (run.t0, 0)
     task.model.train()
-    with make_progress(run.progress) as bar, Watchdog(rt) as watchdog:
-        bar.add_task("train", total=cfg.max_steps, completed=run.state.step, info="")
-        while run.state.step < cfg.max_steps:
-            loss, lr, grad_norm = run.train_step(step_model, bar)
-            if run.after_step(loss, lr, grad_norm, hooks, bar):
-                break
-            watchdog.pet()
+    failed = True
+    try:
+        with make_progress(run.progress) as bar, Watchdog(rt) as watchdog:
+            bar.add_task("train", total=cfg.max_steps, completed=run.state.step, info="")
+            while run.state.step < cfg.max_steps:
+                loss, lr, grad_norm = run.train_step(step_model, bar)
+                if run.after_step(loss, lr, grad_norm, hooks, bar):
+                    break
+                watchdog.pet()
+        failed = False
+    finally:
+        run.log.close(failed)
     return run.result()

@@ -41,7 +41,7 @@ from lmforge.trainer.runtime import Runtime
 
 # The fused projections of a GPT block and the order of their parts (rows of the fused weight).
 FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
-_PART_KEY = re.compile(r"^(.*\.(?:qkv|gate_up))\.(\w+)\.weight$")
+_PART_KEY = re.compile(r"^(.*\.(?:qkv|gate_up))\.(\w+)\.(weight|bias)$")
 
 
 @dataclass
@@ -144,11 +144,11 @@ class SplitLinear(nn.Module):
     """A fused projection held as its parts, one Linear each, side by side in the output as in the
     fused layer. Each part can then be split between tensor-parallel processes on its own."""
 
-    def __init__(self, in_features: int, parts: tuple[tuple[str, int], ...]):
+    def __init__(self, in_features: int, parts: tuple[tuple[str, int], ...], bias: bool = False):
         super().__init__()
         self.names = [name for name, _ in parts]
         for name, rows in parts:
-            setattr(self, name, nn.Linear(in_features, rows, bias=False))
+            setattr(self, name, nn.Linear(in_features, rows, bias=bias))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([getattr(self, name)(x) for name in self.names], dim=-1)
@@ -157,7 +157,7 @@ class SplitLinear(nn.Module):
 def fused_parts(cfg: ModelConfig) -> dict[str, tuple[tuple[str, int], ...]]:
     """{name of a fused projection: ((part, rows), ...)} for a GPT of this shape."""
     s = cfg.resolved()
-    hd = s.d_model // s.n_head
+    hd = s.head_dim
     out: dict[str, tuple[tuple[str, int], ...]] = {}
     for i in range(s.n_layer):
         out[f"blocks.{i}.attn.qkv"] = (("q", s.n_head * hd), ("k", s.n_kv_head * hd), ("v", s.n_kv_head * hd))
@@ -170,8 +170,9 @@ def _split_fused(model: nn.Module) -> None:
     for name, parts in fused_parts(model.cfg).items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
+        fused = getattr(parent, child)
         with torch.device("meta"):
-            setattr(parent, child, SplitLinear(getattr(parent, child).in_features, parts))
+            setattr(parent, child, SplitLinear(fused.in_features, parts, bias=fused.bias is not None))
 
 
 def _tensor_parallel(model: nn.Module, tp_mesh) -> None:
@@ -182,8 +183,9 @@ def _tensor_parallel(model: nn.Module, tp_mesh) -> None:
     tp = tp_mesh.size()
     # The query/key norm's gain acts on each process's own heads, so each process holds only its
     # heads' part of the gain's gradient: the parts are summed after the backward pass.
-    model.tp_partial_grads = ([f"blocks.{i}.attn.qk_norm.weight" for i, b in enumerate(model.blocks)
-                               if b.attn.qk_norm is not None], tp_mesh.get_group())
+    model.tp_partial_grads = ([f"blocks.{i}.attn.{norm}.weight" for i, b in enumerate(model.blocks)
+                               for norm in ("qk_norm", "q_norm", "k_norm") if getattr(b.attn, norm, None) is not None],
+                              tp_mesh.get_group())
     for block in model.blocks:
         plan = {f"attn.qkv.{p}": ColwiseParallel() for p in FUSED["qkv"]}
         plan["attn.proj"] = RowwiseParallel()
@@ -236,6 +238,8 @@ class _Initial:
     init_std: Callable[[str], float]
 
     def value(self, name: str, shape: torch.Size) -> torch.Tensor:
+        if name.endswith(".bias"):  # init_weights zeroes every bias
+            return torch.zeros(shape)
         if len(shape) < 2:
             return self.vectors[name]
         return torch.empty(shape).normal_(0.0, self.init_std(name))
@@ -276,11 +280,11 @@ def _materialise(model: nn.Module, initial: _Initial, device: torch.device) -> N
     torch.set_rng_state(initial.rng)
     for name, shape in initial.order:
         full = initial.value(name, shape)
-        fused = name.removesuffix(".weight")
+        fused, _, kind = name.rpartition(".")
         if fused in parts:
             row = 0
             for part, rows in parts[fused]:
-                _write(params[f"{fused}.{part}.weight"], full[row:row + rows])
+                _write(params[f"{fused}.{part}.{kind}"], full[row:row + rows])
                 row += rows
         else:
             _write(params[name], full)
@@ -306,6 +310,24 @@ def _return_gather_buffers(model: nn.Module) -> None:
         libc.mallopt(-3, threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass  # not glibc: nothing to tune
+
+
+def load_whole_weights(model: nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
+    """Whole weights keyed as the unsharded model's (a run's model.safetensors) into a sharded model:
+    each process keeps its shard of each tensor. A tied output layer may be absent."""
+    from lmforge.errors import TrainingError
+
+    params = dict(model.named_parameters())
+    given = split_state(tensors, fused_parts(model.cfg))
+    tied = _aliases(model)
+    missing = [n for n in params if n not in given]
+    unexpected = [n for n in given if n not in params and n not in tied]
+    if missing or unexpected:
+        raise TrainingError(f"weights in {path} do not match its model.json (missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]})")
+    for name, full in given.items():
+        if name in params:
+            _write(params[name], full.to(params[name].dtype))
 
 
 def make_mesh(rt: Runtime, tensor_parallel: int):
@@ -356,16 +378,16 @@ def is_sharded(model: nn.Module) -> bool:
 def fuse_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Weights keyed by parts ('...qkv.q.weight') back to the unsharded model's keys ('...qkv.weight')."""
     out: dict[str, torch.Tensor] = {}
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+    groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for key, t in state.items():
         m = _PART_KEY.match(key)
         if m is None:
             out[key] = t
         else:
-            groups.setdefault(m.group(1), {})[m.group(2)] = t
-    for fused, parts in groups.items():
+            groups.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = t
+    for (fused, kind), parts in groups.items():
         order = FUSED[fused.rsplit(".", 1)[1]]
-        out[f"{fused}.weight"] = torch.cat([parts[p] for p in order if p in parts], dim=0)
+        out[f"{fused}.{kind}"] = torch.cat([parts[p] for p in order if p in parts], dim=0)
     return out
 
 
@@ -375,17 +397,17 @@ def split_state(state: dict, parts: dict[str, tuple[tuple[str, int], ...]]) -> d
     weights and on an optimizer's per-parameter state (whose scalars, such as 'step', are shared)."""
     out = {}
     for key, value in state.items():
-        fused = key.removesuffix(".weight")
+        fused, _, kind = key.rpartition(".")
         if fused not in parts:
             out[key] = value
             continue
         row = 0
         for part, rows in parts[fused]:
             if isinstance(value, dict):
-                out[f"{fused}.{part}.weight"] = {k: v[row:row + rows] if torch.is_tensor(v) and v.ndim else v
+                out[f"{fused}.{part}.{kind}"] = {k: v[row:row + rows] if torch.is_tensor(v) and v.ndim else v
                                                  for k, v in value.items()}
             else:
-                out[f"{fused}.{part}.weight"] = value[row:row + rows]
+                out[f"{fused}.{part}.{kind}"] = value[row:row + rows]
             row += rows
     return out
 
