@@ -46,19 +46,42 @@ def run_args(corpus: Path, out: Path, **overrides) -> list[str]:
     return ["train", str(corpus), "--out", str(out), *[a for k, v in opts.items() for a in (f"--{k}", str(v))]]
 
 
-def launch(nproc: int, args: list[str], script: Path | None = None, timeout: int = 120,
-           check: bool = True) -> subprocess.CompletedProcess:
-    """lmforge (or `script`) on `nproc` processes: torchrun for several, a plain process for one."""
+def launch(nproc: int, args: list[str], script: Path | None = None, timeout: int = 120, check: bool = True,
+           torchrun: bool = True) -> subprocess.CompletedProcess:
+    """lmforge (or `script`) on `nproc` processes: torchrun for several, a plain process for one.
+    torchrun=False starts the processes directly with the variables torchrun gives them, one
+    interpreter fewer to start on this busy machine (torchrun's supervision is exercised by the
+    tests of a kill, a stall and two nodes)."""
     entry = [str(script)] if script else ["-m", "lmforge.cli"]
-    if nproc > 1:
+    if nproc > 1 and not torchrun:
+        port = str(free_port())
+        procs = [subprocess.Popen([sys.executable, *entry, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE,
+                                  env=dict(ENV, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
+                                           LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+                 for r in range(nproc)]
+        outs = [p.communicate(timeout=timeout) for p in procs]
+        code = next((p.returncode for p in procs if p.returncode), 0)
+        done = subprocess.CompletedProcess(procs[0].args, code, outs[0][0], "".join(e for _, e in outs))
+    elif nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                f"--master_port={free_port()}", "--master_addr=127.0.0.1", *entry, *args]
+        done = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     else:
-        cmd = [sys.executable, *entry, *args]
-    done = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run([sys.executable, *entry, *args], env=ENV, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
+
+
+def lmforge(args: list[str]) -> int:
+    """lmforge on one process, in this one: no start-up of a fresh interpreter and PyTorch."""
+    from lmforge.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LMFORGE_NO_PROGRESS", "1")
+        return main(args)
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -83,7 +106,7 @@ def corpus(tmp_path_factory) -> Path:
 def reference(corpus, tmp_path_factory) -> dict[int, float]:
     """Losses of one uninterrupted run on one process."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    launch(1, run_args(corpus, out))
+    assert lmforge(run_args(corpus, out)) == 0
     return losses(out)
 
 
@@ -136,7 +159,15 @@ def test_fused_projections_split_into_parts_and_back():
     assert all(torch.equal(back[k], weights[k]) for k in weights)
 
 
-def test_activation_checkpointing_trains_exactly_as_without(tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every process of the runs below; two would only contend on this machine
+    yield
+    torch.set_num_threads(before)
+
+
+def test_activation_checkpointing_trains_exactly_as_without(tmp_path, monkeypatch, one_thread):
     # The golden run (the real loop), with every block checkpointed: the same losses, with dropout
     # on, because the recomputation replays the random state of the forward pass.
     import test_golden
@@ -200,12 +231,13 @@ dist.destroy_process_group()
 """
 
 
+@pytest.mark.slow
 def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(tmp_path):
     # Built on the meta device and materialised shard by shard, the model has exactly the weights of
     # the unsharded one (the same random draws), and one backward pass gives its gradients.
     script = tmp_path / "gradients.py"
     script.write_text(GRADIENTS)
-    out = launch(2, [], script=script).stdout
+    out = launch(2, [], script=script, torchrun=False).stdout
     report = json.loads(out.split("REPORT", 1)[1])
     assert len(report) == 4, report
     for name, r in report.items():
@@ -216,35 +248,16 @@ def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(t
     assert report["qwen tp2"]["biases"] > 0  # q, k and v parts' biases, split between the processes
 
 
-def test_fsdp_on_two_processes_matches_one_and_its_checkpoint_resumes_on_one(corpus, reference, tmp_path):
-    run = tmp_path / "run"
-    launch(2, run_args(corpus, run, **{"train.parallel": "fsdp", "train.max_steps": 5, "sample.num_samples": 1,
-                                       "sample.max_new_tokens": 5}))
-    assert_same_losses(run, reference, range(1, 6))
-    last = run / "checkpoints" / "step_0000005"
-    assert sorted(p.name for p in (last / "sharded").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
-    assert set(json.loads((last / "meta.json").read_text())["sha256"]) == {
-        "state.pt", "sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp"}
-    # eval and generate consolidate the sharded checkpoint when the best weights are gone.
-    val = [json.loads(x)["val_loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if "val_loss" in x]
-    (run / "model.safetensors").unlink()
-    scored = json.loads(launch(1, ["eval", str(run), "--json"]).stdout.strip().splitlines()[-1])
-    assert scored["val_loss"] == pytest.approx(val[-1], abs=1e-5)
-    assert launch(1, ["generate", str(run), "--prompt", "The", "--max-new-tokens", "5"]).stdout.startswith("The")
-    # Resumed on one process, the run continues as the uninterrupted one.
-    launch(1, ["train", "--resume", str(run), "--train.max_steps", str(STEPS)])
-    assert_same_losses(run, reference, range(1, STEPS + 1))
-
-
+@pytest.mark.slow
 def test_a_one_process_sharded_checkpoint_resumes_on_two_with_tensor_parallelism(corpus, reference, tmp_path):
     # train.parallel fsdp on one process trains unsharded and saves a sharded checkpoint; resumed with
     # tensor parallelism 2 (a data 1 x tensor 2 mesh, FSDP over the data dimension) and activation
     # checkpointing, the losses stay the uninterrupted run's.
     run = tmp_path / "run"
-    launch(1, run_args(corpus, run, **{"train.parallel": "fsdp", "train.max_steps": 5}))
+    assert lmforge(run_args(corpus, run, **{"train.parallel": "fsdp", "train.max_steps": 5})) == 0
     assert (run / "checkpoints" / "step_0000005" / "sharded" / ".metadata").is_file()
     launch(2, ["train", "--resume", str(run), "--train.max_steps", str(STEPS), "--train.tensor_parallel", "2",
-               "--train.activation_checkpointing", "blocks"])
+               "--train.activation_checkpointing", "blocks"], torchrun=False)
     assert_same_losses(run, reference, range(1, STEPS + 1))
 
 
@@ -266,19 +279,41 @@ sys.exit(main())
 """
 
 
-def test_sigkill_during_a_sharded_save_leaves_the_previous_checkpoint_to_resume_from(corpus, reference, tmp_path):
+@pytest.mark.slow
+def test_fsdp_matches_one_process_and_a_kill_in_its_save_leaves_a_checkpoint_that_resumes_on_one(
+        corpus, reference, tmp_path, capsys):
+    # FSDP on two processes; rank 0 is killed (SIGKILL) once the shards of step 10 are written,
+    # before that checkpoint is complete. Every step until then trained as one process does.
     run, script = tmp_path / "run", tmp_path / "kill.py"
     script.write_text(KILL_IN_SAVE)
-    done = launch(2, run_args(corpus, run, **{"train.parallel": "fsdp"}), script=script, check=False)
+    done = launch(2, run_args(corpus, run, **{"train.parallel": "fsdp", "sample.num_samples": 1,
+                                              "sample.max_new_tokens": 5}), script=script, check=False)
     assert done.returncode != 0
+    assert_same_losses(run, reference, range(1, STEPS + 1))
     ckpts = run / "checkpoints"
     assert [p.name for p in ckpts.glob("step_*")] == ["step_0000005"]
     assert list(ckpts.glob(".tmp_step_0000010_*"))  # the unfinished save, never renamed into place
-    launch(2, ["train", "--resume", str(run)])
+    last = ckpts / "step_0000005"
+    assert sorted(p.name for p in (last / "sharded").iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert set(json.loads((last / "meta.json").read_text())["sha256"]) == {
+        "state.pt", "sharded/.metadata", "sharded/__0_0.distcp", "sharded/__1_0.distcp"}
+    # eval and generate consolidate the sharded checkpoint when the best weights are gone.
+    val = {r["step"]: r["val_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if "val_loss" in r}
+    (run / "model.safetensors").unlink()
+    capsys.readouterr()
+    assert lmforge(["eval", str(run), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert scored["val_loss"] == pytest.approx(val[5], abs=1e-5)
+    assert lmforge(["generate", str(run), "--prompt", "The", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("The")
+    # Resumed on one process (the shards of two, resharded), the run continues as the uninterrupted one.
+    assert lmforge(["train", "--resume", str(run)]) == 0
     assert_same_losses(run, reference, range(1, STEPS + 1))
     assert not list(ckpts.glob(".tmp_step_*"))
 
 
+@pytest.mark.slow
 def test_two_nodes_by_torchrun_rendezvous_match_one_node(corpus, reference, tmp_path):
     # Two torchrun invocations, one process each, meeting through the c10d rendezvous on 127.0.0.1.
     run, port = tmp_path / "run", free_port()
@@ -293,15 +328,17 @@ def test_two_nodes_by_torchrun_rendezvous_match_one_node(corpus, reference, tmp_
     assert (run / "logs" / "rank_1.log").is_file()  # the other rank's output goes to its own log
 
 
-def test_a_process_that_cannot_join_says_which_where_and_why(corpus, tmp_path):
-    env = dict(ENV, RANK="1", WORLD_SIZE="2", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    done = subprocess.run([sys.executable, "-m", "lmforge.cli", *run_args(corpus, tmp_path / "run"),
-                           "--runtime.timeout_s", "2"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode == 2
+def test_a_process_that_cannot_join_says_which_where_and_why(corpus, tmp_path, monkeypatch, capsys):
+    port = free_port()  # nobody listens there: rank 0 never came
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(k, v)
+    assert lmforge([*run_args(corpus, tmp_path / "run"), "--runtime.timeout_s", "2"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith(f"lmforge: error: rank 1 of 2 on {socket.gethostname()} could not join the process group "
-                           f"at 127.0.0.1:{env['MASTER_PORT']} within 2 s"), last
+                           f"at 127.0.0.1:{port} within 2 s"), last
     assert "Likely cause" in last
+    assert not torch.distributed.is_initialized()  # nothing left behind in this process
 
 
 STALL = """
@@ -320,6 +357,7 @@ sys.exit(main())
 """
 
 
+@pytest.mark.slow
 def test_a_stalled_rank_ends_the_run_with_a_message_not_a_hang(corpus, tmp_path):
     script = tmp_path / "stall.py"
     script.write_text(STALL)
@@ -331,17 +369,22 @@ def test_a_stalled_rank_ends_the_run_with_a_message_not_a_hang(corpus, tmp_path)
     assert "Likely cause" in errors[0]
 
 
-def test_lmforge_env_reports_what_a_cluster_run_needs():
-    env = dict(ENV, RANK="3", WORLD_SIZE="8", MASTER_ADDR="127.0.0.1", MASTER_PORT="29500", NCCL_DEBUG="INFO")
-    done = subprocess.run([sys.executable, "-m", "lmforge.cli", "env", "--json"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=60, check=True)
-    report = json.loads(done.stdout)
+def test_lmforge_env_reports_what_a_cluster_run_needs(monkeypatch, capsys):
+    from lmforge.trainer.environment import LAUNCH_VARIABLES
+
+    for k in LAUNCH_VARIABLES:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in {"RANK": "3", "WORLD_SIZE": "8", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                 "NCCL_DEBUG": "INFO"}.items():
+        monkeypatch.setenv(k, v)
+    assert lmforge(["env", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["versions"]["torch"] == torch.__version__
     assert report["backends"]["gloo"] is True
     assert report["launcher"] == {"RANK": "3", "WORLD_SIZE": "8", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
     assert report["network"]["NCCL_DEBUG"] == "INFO" and report["devices"][0].startswith("cpu")
-    text = subprocess.run([sys.executable, "-m", "lmforge.cli", "env"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=60, check=True).stdout
+    assert lmforge(["env"]) == 0
+    text = capsys.readouterr().out
     assert "launcher      WORLD_SIZE=8" in text and "backends      gloo yes" in text
 
 

@@ -32,12 +32,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.trainer import memory
-from lmforge.trainer.runtime import Runtime
+from lmforge.trainer.runtime import Runtime, is_dtensor
 
 # The fused projections of a GPT block and the order of their parts (rows of the fused weight).
 FUSED = {"qkv": ("q", "k", "v"), "gate_up": ("gate", "up")}
@@ -265,7 +264,9 @@ def _initial_values(model: nn.Module) -> _Initial:
 def _write(param: torch.Tensor, full: torch.Tensor) -> None:
     """Put this process's shard of `full` (the whole tensor) into `param`."""
     with torch.no_grad():
-        if isinstance(param, DTensor):
+        if is_dtensor(param):
+            from torch.distributed.tensor import distribute_tensor
+
             mine = distribute_tensor(full.to(param.device), param.device_mesh, param.placements,
                                      src_data_rank=None).to_local()
             param.to_local().copy_(mine)
@@ -369,7 +370,7 @@ def count_parameters(make: Callable[[], nn.Module]) -> int:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    return any(isinstance(p, DTensor) for p in model.parameters())
+    return any(is_dtensor(p) for p in model.parameters())
 
 
 # --- state: whole weights, checkpoints, gradients --------------------------------------------------
@@ -470,23 +471,23 @@ def sum_partial_grads(model: nn.Module) -> None:
     for name in names:
         grad = params[name].grad
         if grad is not None:
-            dist.all_reduce(grad.to_local() if isinstance(grad, DTensor) else grad, group=group)
+            dist.all_reduce(grad.to_local() if is_dtensor(grad) else grad, group=group)
 
 
 def clip_grad_norm(parameters, max_norm: float) -> torch.Tensor:
     """torch's clip_grad_norm_, also for DTensor gradients on several meshes (FSDP with tensor
     parallelism: replicated parameters live on the data mesh, split ones on the 2-D mesh)."""
     params = [p for p in parameters if p.grad is not None]
-    if not any(isinstance(p.grad, DTensor) for p in params):
+    if not any(is_dtensor(p.grad) for p in params):
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
     groups: dict[tuple, list[torch.Tensor]] = {}
     for p in params:
-        key = (p.grad.device_mesh, p.grad.placements) if isinstance(p.grad, DTensor) else ()
+        key = (p.grad.device_mesh, p.grad.placements) if is_dtensor(p.grad) else ()
         groups.setdefault(key, []).append(p.grad)
     total_sq = torch.zeros((), dtype=torch.float32, device=params[0].grad.device)
     for grads in groups.values():
         norm = torch.nn.utils.get_total_norm(grads)
-        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        norm = norm.full_tensor() if is_dtensor(norm) else norm
         total_sq += norm.float() ** 2
     total = total_sq.sqrt()
     coef = max_norm / (float(total) + 1e-6)

@@ -24,8 +24,15 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+
+def is_dtensor(t: object) -> bool:
+    """A DTensor (a sharded or tensor-parallel parameter or gradient). Importing DTensor's module costs
+    seconds at every start, which runs that shard nothing should not pay; before anything imported it,
+    no DTensor exists."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 @dataclass
@@ -163,7 +170,7 @@ def wrap_model(model: torch.nn.Module, rt: Runtime, compile_model: bool) -> torc
 
     A model sharded by `trainer.parallelize` (FSDP, tensor parallel) already does its own
     communication and was compiled block by block there; it is returned as it is."""
-    if any(isinstance(p, DTensor) for p in model.parameters()):
+    if any(is_dtensor(p) for p in model.parameters()):
         if compile_model:
             for block in getattr(model, "blocks", ()):
                 block.compile()  # in place: parameter names (and so checkpoints) stay as they are
