@@ -307,6 +307,13 @@ def test_fsdp_matches_one_process_and_a_kill_in_its_save_leaves_a_checkpoint_tha
     assert scored["val_loss"] == pytest.approx(val[5], abs=1e-5)
     assert lmforge(["generate", str(run), "--prompt", "The", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("The")
+    # export reads it too: the weights keyed and shaped as the unsharded model's (fused q|k|v).
+    from lmforge.export.common import open_run
+    from lmforge.lm.model import model_from_shape
+
+    exported, whole = open_run(run).weights, model_from_shape(run / "model.json").state_dict()
+    assert {n: exported.shape(n) for n in exported.names()} == {
+        n: tuple(t.shape) for n, t in whole.items() if n != "lm_head.weight"}
     # Resumed on one process (the shards of two, resharded), the run continues as the uninterrupted one.
     assert lmforge(["train", "--resume", str(run)]) == 0
     assert_same_losses(run, reference, range(1, STEPS + 1))

@@ -413,15 +413,19 @@ def split_state(state: dict, parts: dict[str, tuple[tuple[str, int], ...]]) -> d
     return out
 
 
-def _aliases(model: nn.Module) -> set[str]:
-    """Names of parameters that repeat another (a tied output layer): saved once."""
+def _alias_of(model: nn.Module) -> dict[str, str]:
+    """{name of a parameter that repeats another (a tied output layer): that other's name}; saved once."""
     seen: dict[int, str] = {}
-    repeats = set()
+    repeats = {}
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) in seen:
-            repeats.add(name)
+            repeats[name] = seen[id(p)]
         seen.setdefault(id(p), name)
     return repeats
+
+
+def _aliases(model: nn.Module) -> set[str]:
+    return set(_alias_of(model))
 
 
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -446,13 +450,17 @@ def sharded_state(model: nn.Module, optimizer) -> tuple[dict, Callable[[], None]
 
     weights = get_model_state_dict(model)
     optim = get_optimizer_state_dict(model, optimizer)
+    aliases = _alias_of(model)
+    once = {k: v for k, v in weights.items() if k not in aliases}  # a tied output layer is the embedding
     if is_sharded(model):
-        state = {"model": weights, "optim": {"state": optim["state"]}}
+        state = {"model": once, "optim": {"state": optim["state"]}}
     else:
         parts = fused_parts(model.cfg)
-        state = {"model": split_state(weights, parts), "optim": {"state": split_state(optim["state"], parts)}}
+        state = {"model": split_state(once, parts), "optim": {"state": split_state(optim["state"], parts)}}
 
     def apply() -> None:
+        for repeat, first in aliases.items():
+            weights[repeat] = weights[first]  # what DCP loaded
         set_model_state_dict(model, weights)
         set_optimizer_state_dict(model, optimizer, optim)
 
