@@ -212,19 +212,23 @@ for shape, cfg in SHAPES.items():
     for tp in (1, 2):  # meshes data 2 x tensor 1 (FSDP) and data 1 x tensor 2 (FSDP + tensor parallel)
         P.check_tensor_parallel(tp, cfg, rt)
         model = P.build_model(make, P.Layout("fsdp", tp), rt)
-        init = P.full_state(model)
+        init = {k: v.clone() for k, v in P.full_state(model).items()}  # (may be views of unsplit parameters)
         n = rt.dp_size
         model(x.chunk(n)[rt.dp_rank], y.chunk(n)[rt.dp_rank]).backward()
         P.sum_partial_grads(model)
         norm = float(P.clip_grad_norm(model.parameters(), 1e9))
         grads = P.fuse_state({k: p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad
                               for k, p in model.named_parameters()})
+        target = {k: v + 1.0 for k, v in whole.state_dict().items()}  # whole weights, as train --init loads
+        P.load_whole_weights(model, target, "target")
+        loaded = P.full_state(model)
         if rt.rank == 0:
             report[f"{shape} tp{tp}"] = {
                 "init": max(float((init[k] - v).abs().max()) for k, v in whole.state_dict().items() if k in init),
                 "grad": max(float((grads[k] - p.grad).abs().max()) for k, p in whole.named_parameters()),
                 "norm": abs(norm - whole_norm), "keys": sorted(set(whole.state_dict()) - set(init)),
-                "biases": sum(k.endswith(".bias") for k in grads)}
+                "biases": sum(k.endswith(".bias") for k in grads),
+                "loaded": max(float((loaded[k] - target[k]).abs().max()) for k in loaded)}
 if rt.rank == 0:
     print("REPORT", __import__("json").dumps(report))
 dist.destroy_process_group()
@@ -245,6 +249,7 @@ def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(t
         # A tied output layer is the embedding: stored once.
         assert r["keys"] == (["lm_head.weight"] if name.startswith("plain") else []), report
         assert r["grad"] < 1e-7 and r["norm"] < 1e-5, report
+        assert r["loaded"] == 0.0, report  # whole weights loaded into the shards come back whole
     assert report["qwen tp2"]["biases"] > 0  # q, k and v parts' biases, split between the processes
 
 
