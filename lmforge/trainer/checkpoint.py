@@ -457,7 +457,9 @@ def check_weights_file(path: Path) -> None:
 
 
 def run_weights_path(run_dir: Path, warn: Callable[[str], None] = _warn) -> Path:
-    """The file run_weights would load, checked tensor by tensor instead of loaded whole."""
+    """The file run_weights would load, checked tensor by tensor instead of loaded whole; for a sharded
+    checkpoint, its folder of shards (checked against their checksums; `read_sharded_weights`
+    consolidates them)."""
     return run_weights(run_dir, warn, load=False)[0]
 
 
