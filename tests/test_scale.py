@@ -1,8 +1,9 @@
 """Scale-out: FSDP and tensor parallelism equal one process, sharded checkpoints resume on another number
 of processes, a kill during a sharded save, two-node rendezvous, and no silent hangs.
 
-Everything runs on this CPU over gloo with 1 or 2 processes and a tiny model. The multi-process
-runs go through torchrun and the real CLI, fp32, one thread per process. Losses are compared step
+Everything runs on this CPU over gloo with 1 or 2 processes and a tiny model, through the real CLI,
+fp32, one thread per process: one-process runs inside the test process, several processes started
+with torchrun's variables (`launch`), and the two-node test under torchrun itself. Losses are compared step
 for step with one uninterrupted single-process run (`reference`); the schedule is constant after
 warm-up, so a run stopped at step 5 and resumed with max_steps 10 trains with the learning rates of
 the uninterrupted run.
@@ -15,6 +16,8 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -46,30 +49,34 @@ def run_args(corpus: Path, out: Path, **overrides) -> list[str]:
     return ["train", str(corpus), "--out", str(out), *[a for k, v in opts.items() for a in (f"--{k}", str(v))]]
 
 
-def launch(nproc: int, args: list[str], script: Path | None = None, timeout: int = 120, check: bool = True,
-           torchrun: bool = True) -> subprocess.CompletedProcess:
-    """lmforge (or `script`) on `nproc` processes: torchrun for several, a plain process for one.
-    torchrun=False starts the processes directly with the variables torchrun gives them, one
-    interpreter fewer to start on this busy machine (torchrun's supervision is exercised by the
-    tests of a kill, a stall and two nodes)."""
+def launch(nproc: int, args: list[str], script: Path | None = None, timeout: int = 120,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """lmforge (or `script`) on `nproc` processes, started directly with the variables torchrun gives
+    them and, as torchrun does, the others stopped once one fails: one interpreter fewer to start on
+    this busy machine than under torchrun, which the two-node test runs for real."""
     entry = [str(script)] if script else ["-m", "lmforge.cli"]
-    if nproc > 1 and not torchrun:
-        port = str(free_port())
-        procs = [subprocess.Popen([sys.executable, *entry, *args], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE,
-                                  env=dict(ENV, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
-                                           LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
-                 for r in range(nproc)]
-        outs = [p.communicate(timeout=timeout) for p in procs]
-        code = next((p.returncode for p in procs if p.returncode), 0)
-        done = subprocess.CompletedProcess(procs[0].args, code, outs[0][0], "".join(e for _, e in outs))
-    elif nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={free_port()}", "--master_addr=127.0.0.1", *entry, *args]
-        done = subprocess.run(cmd, env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    else:
-        done = subprocess.run([sys.executable, *entry, *args], env=ENV, cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout)
+    port, logs = str(free_port()), [(tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")) for _ in range(nproc)]
+    procs = [subprocess.Popen([sys.executable, *entry, *args], cwd=ROOT, text=True, stdout=out, stderr=err,
+                              env=dict(ENV, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE=str(nproc),
+                                       LOCAL_WORLD_SIZE=str(nproc), MASTER_ADDR="127.0.0.1", MASTER_PORT=port))
+             for r, (out, err) in enumerate(logs)]
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs):
+        if any(p.returncode for p in procs) or time.monotonic() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+        time.sleep(0.1)
+    assert time.monotonic() <= deadline + 1, f"timed out after {timeout} s"
+    texts = []
+    for out, err in logs:
+        out.seek(0)
+        err.seek(0)
+        texts.append((out.read(), err.read()))
+        out.close()
+        err.close()
+    code = next((p.returncode for p in procs if p.returncode), 0)
+    done = subprocess.CompletedProcess(procs[0].args, code, texts[0][0], "".join(e for _, e in texts))
     if check:
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done
@@ -241,7 +248,7 @@ def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(t
     # the unsharded one (the same random draws), and one backward pass gives its gradients.
     script = tmp_path / "gradients.py"
     script.write_text(GRADIENTS)
-    out = launch(2, [], script=script, torchrun=False).stdout
+    out = launch(2, [], script=script).stdout
     report = json.loads(out.split("REPORT", 1)[1])
     assert len(report) == 4, report
     for name, r in report.items():
@@ -262,7 +269,7 @@ def test_a_one_process_sharded_checkpoint_resumes_on_two_with_tensor_parallelism
     assert lmforge(run_args(corpus, run, **{"train.parallel": "fsdp", "train.max_steps": 5})) == 0
     assert (run / "checkpoints" / "step_0000005" / "sharded" / ".metadata").is_file()
     launch(2, ["train", "--resume", str(run), "--train.max_steps", str(STEPS), "--train.tensor_parallel", "2",
-               "--train.activation_checkpointing", "blocks"], torchrun=False)
+               "--train.activation_checkpointing", "blocks"])
     assert_same_losses(run, reference, range(1, STEPS + 1))
 
 
