@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -222,7 +223,7 @@ def main() -> None:
         print(f"target {args.target}: " + (f"reached at step {char['reached_at_step']} after "
                                            f"{char['seconds_to_target']:.1f} s" if char["reached_at_step"]
                                            else "not reached"), flush=True)
-    print(f"(runs under {base})")
+    shutil.rmtree(base, ignore_errors=True)
     print(json.dumps({"smoke": args.smoke, "gpus": gpus, "throughput": runs,
                       "shakespeare_char": {k: v for k, v in (char or {}).items() if k != "evals"} or None}))
 

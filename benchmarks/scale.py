@@ -18,6 +18,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -130,6 +131,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--cap-mb", type=float, default=0, help="per-process cap (default: between FSDP's and DDP's peaks)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per configuration")
+    ap.add_argument("--keep", action="store_true", help="keep the run folders (several GB at the default shape)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--cap", type=int, default=0, help=argparse.SUPPRESS)
     args, rest = ap.parse_known_args()
@@ -148,7 +150,10 @@ def main() -> None:
     for name, parallel in (("ddp2_capped", "ddp"), ("fsdp2_capped", "fsdp"), ("auto2_capped", "auto")):
         runs[name] = run(args, corpus, base, name, 2, parallel, cap)
         show(runs[name])
-    print(f"(run folders under {base})")
+    if args.keep:
+        print(f"(run folders under {base})")
+    else:
+        shutil.rmtree(base, ignore_errors=True)
     ratio = fsdp_peak / ddp_peak if ddp_peak else None
     print(json.dumps({
         "shape": f"{args.n_layer}x{args.d_model}", "tokens_per_step": args.context * args.batch,
