@@ -42,14 +42,14 @@ class DataConfig:
     num_workers: int = 0
     """Processes for cleaning, filtering, deduplicating and encoding; 0 = one per usable CPU core. The
     output is the same for any number."""
-    shard_mb: int = 16
+    shard_mb: float = 16.0
     """Megabytes of raw text per work shard: prepare streams the corpus shard by shard (memory grows with this, not
     with the corpus), and a killed prepare resumes at the first shard not finished."""
 
     def validate(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
-        check(self.shard_mb >= 1, "data.shard_mb", "must be >= 1")
+        check(self.shard_mb >= 0.01, "data.shard_mb", "must be >= 0.01")
         check(bool(self.text_field), "data.text_field", "must name a field, e.g. text")
         check_encoding(self.encoding, "data.encoding")
 
@@ -69,7 +69,7 @@ class CleanConfig:
     near_dedup: bool = False
     """Remove near-duplicate documents (MinHash LSH over shingles of clean.shingle_words words; each Chinese,
     Japanese or Korean character counts as a word); the first of each group of near-duplicates is kept."""
-    near_dedup_threshold: float = 0.8
+    near_dedup_threshold: float = 0.75
     """Estimated Jaccard similarity of two documents' shingle sets above which the later one is removed."""
     near_dedup_num_perm: int = 64
     """MinHash permutations per document: more estimate similarity more exactly and cost proportionally more time."""

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 
 from lmforge.data.quality import words
+
+SCHEME = "affine32"  # datasketch's 32-bit permutations: signatures fit uint32
 
 
 def shingles(text: str, size: int) -> list[bytes]:
@@ -27,13 +30,21 @@ def shingles(text: str, size: int) -> list[bytes]:
             for i in range(len(word_list) - size + 1)]
 
 
+@lru_cache(maxsize=4)
+def _permutations(num_perm: int):
+    from datasketch import MinHash
+
+    return MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32, scheme=SCHEME).permutations
+
+
 def signature(text: str, num_perm: int, shingle_words: int) -> np.ndarray:
     """MinHash signature (uint32, num_perm values); the fixed seed makes it the same in every process."""
     from datasketch import MinHash
 
     # crc32 is a C builtin: datasketch calls the hash function once per shingle, and sha1 through
-    # Python costs twice as much for no better estimate at these sizes.
-    m = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32)
+    # Python costs twice as much for no better estimate at these sizes. Drawing the permutations once
+    # (not per document) more than halves the time per document.
+    m = MinHash(num_perm=num_perm, seed=1, hashfunc=zlib.crc32, permutations=_permutations(num_perm), scheme=SCHEME)
     m.update_batch(shingles(text, shingle_words))
     return m.hashvalues.astype(np.uint32)
 

@@ -428,11 +428,11 @@ def run(cfg: Config, folder: Path, key: str, sources: dict[str, Callable[[], Ite
         given: Tokenizer | None, tokenizer_path: Path) -> StreamResult:
     """Prepare train.bin / val.bin in `folder` from `sources` ("train", optionally "valid": document streams)."""
     data, clean = cfg.data, cfg.clean
-    work = open_work(folder, key)
+    work = open_work(folder, f"{key}:shard_mb={data.shard_mb}")  # shard boundaries depend on it
     workers = resolve_workers(data.num_workers)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    shard_chars = data.shard_mb * 1_000_000
+    shard_chars = max(1, int(data.shard_mb * 1_000_000))
     with Runner(workers, {"clean": clean, "filter": cfg.filter}) as runner:
         counts = {role: _clean_role(work, role, make, shard_chars, runner) for role, make in sources.items()}
     seconds["read_clean_filter"] = time.perf_counter() - t0
