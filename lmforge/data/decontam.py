@@ -8,20 +8,19 @@ character a word).
 
 from __future__ import annotations
 
-import json
 import zlib
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from lmforge.atomic import atomic_write_json
-from lmforge.config import CleanConfig
 from lmforge.data.quality import words
 
-MAX_HELD_OUT_NGRAMS = 8_000_000  # hashes kept for the held-out side (16 bytes each with the document number)
+# Hashes kept for the held-out side (16 bytes each with the document number, about 40 MB at most with the
+# temporaries); above it the n-grams are sampled by hash.
+MAX_HELD_OUT_NGRAMS = 1_000_000
 EXAMPLE_CHARS = 160
+EXAMPLE_SOURCE_CHARS = 2_000_000
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -45,42 +44,16 @@ def _sampled(h: np.ndarray, rate: int) -> np.ndarray:
 
 
 def overlap(train: Iterable[str], held_out: Iterable[str], n: int, held_out_chars: int) -> dict[str, Any]:
-    """Which held-out documents share an n-word run with any training document.
+    """Which held-out documents share an n-word run with any training document (in one process).
 
     Returns held_out_documents, contaminated_documents, contaminated (their numbers, in order), the
     sampling rate used, and examples (up to two: the document's start and one shared n-gram).
     """
-    # About one word per 6 characters (fewer for CJK, where a character is a word: the rate is then lower).
-    rate = max(1, -(-held_out_chars // 6 // MAX_HELD_OUT_NGRAMS))
-    held: list[str] = []
-    hashes, owners = [], []
-    count = 0
-    for i, text in enumerate(held_out):
-        h = _sampled(ngram_hashes(text, n), rate)
-        hashes.append(h)
-        owners.append(np.full(len(h), i, dtype=np.int64))
-        count = i + 1
-        if len(held) < 1000:
-            held.append(text)  # a few kept for the examples only
-    all_h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-    all_owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
-    del hashes, owners
+    held_out = list(held_out)
+    rate = sampling_rate(held_out_chars)
+    all_h, all_owner, held = held_out_index(held_out, n, rate)
     unique = np.unique(all_h)
-    found = np.zeros(len(unique), dtype=bool)
-    if len(unique):
-        for text in train:
-            h = _sampled(ngram_hashes(text, n), rate)
-            if len(h):
-                pos = np.searchsorted(unique, h).clip(0, len(unique) - 1)
-                found[pos[unique[pos] == h]] = True
-    hit_hashes = unique[found]
-    contaminated = np.unique(all_owner[np.isin(all_h, hit_hashes)]).tolist()
-    examples = []
-    for i in contaminated[:2]:
-        if i < len(held):
-            examples.append({"document": i, "text": _short(held[i]), "shared": _shared(held[i], n, hit_hashes)})
-    return {"held_out_documents": count, "contaminated_documents": len(contaminated), "contaminated": contaminated,
-            "ngram_words": n, "sampling_rate": rate, "examples": examples}
+    return result(all_h, all_owner, held, unique, found_in(unique, train, n, rate), len(held_out), n, rate)
 
 
 def _shared(text: str, n: int, hits: np.ndarray) -> str:
@@ -95,23 +68,47 @@ def _short(text: str) -> str:
     return text if len(text) <= EXAMPLE_CHARS else text[: EXAMPLE_CHARS - 1] + "…"
 
 
-def run(work: Path, shards: dict, per_shard: dict, clean: CleanConfig,
-        docs: Callable[[Any, np.ndarray, int], Iterator[str]], kinds: tuple[int, int]) -> dict[str, Any]:
-    """Step of the streaming prepare: overlap of the validation documents with the training documents."""
-    marker = work / "decontam.json"
-    if marker.exists():
-        return json.loads(marker.read_text(encoding="utf-8"))
-    train_kind, val_kind = kinds
+def held_out_index(held_out: Iterable[str], n: int, rate: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(hashes, owning document numbers, the first documents' texts for examples) of the held-out side."""
+    held: list[str] = []
+    held_chars = 0
+    hashes, owners = [], []
+    for i, text in enumerate(held_out):
+        h = _sampled(ngram_hashes(text, n), rate)
+        hashes.append(h)
+        owners.append(np.full(len(h), i, dtype=np.int64))
+        if held_chars < EXAMPLE_SOURCE_CHARS and len(held) == i:
+            held.append(text)  # the first documents only, for the examples
+            held_chars += len(text)
+    return (np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+            np.concatenate(owners) if owners else np.zeros(0, np.int64), held)
 
-    def stream(kind: int) -> Iterator[str]:
-        for role in shards:
-            for shard, assign in zip(shards[role], per_shard[role]):
-                yield from docs(shard, assign, kind)
 
-    val_chars = sum(len(t) for t in stream(val_kind))
-    result = overlap(stream(train_kind), stream(val_kind), clean.decontam_ngram, val_chars)
-    atomic_write_json(marker, result)
-    return result
+def found_in(unique: np.ndarray, train: Iterable[str], n: int, rate: int) -> np.ndarray:
+    """Positions in `unique` (sorted held-out hashes) of those that occur in the training texts."""
+    found = np.zeros(len(unique), dtype=bool)
+    if len(unique):
+        for text in train:
+            h = _sampled(ngram_hashes(text, n), rate)
+            if len(h):
+                pos = np.searchsorted(unique, h).clip(0, len(unique) - 1)
+                found[pos[unique[pos] == h]] = True
+    return np.flatnonzero(found)
+
+
+def sampling_rate(held_out_chars: int) -> int:
+    # About one word per 6 characters (CJK: one per character, so the sample is smaller than the cap there).
+    return max(1, -(-held_out_chars // 6 // MAX_HELD_OUT_NGRAMS))
+
+
+def result(all_h: np.ndarray, all_owner: np.ndarray, held: list[str], unique: np.ndarray, hit: np.ndarray,
+           count: int, n: int, rate: int) -> dict[str, Any]:
+    hit_hashes = unique[hit]
+    contaminated = np.unique(all_owner[np.isin(all_h, hit_hashes)]).tolist()
+    examples = [{"document": i, "text": _short(held[i]), "shared": _shared(held[i], n, hit_hashes)}
+                for i in contaminated[:2] if i < len(held)]
+    return {"held_out_documents": count, "contaminated_documents": len(contaminated), "contaminated": contaminated,
+            "ngram_words": n, "sampling_rate": rate, "examples": examples}
 
 
 def remove(per_shard: dict, result: dict, val_kind: int) -> dict:

@@ -145,7 +145,10 @@ def _clean_task(base: Path, docs: list[str]) -> dict:
     return clean_shard(base, docs, _worker["clean"], _worker["filter"])
 
 
-def _encode_task(base: Path, assign: np.ndarray, val_fraction: float, seed: int) -> dict:
+def _encode_task(base: Path, assign: np.ndarray, val_fraction: float, seed: int, tokenizer: bytes) -> dict:
+    # The pool is started before the tokenizer exists, so it travels with the tasks and is built once per worker.
+    if _worker.get("tokenizer_blob") != tokenizer:
+        _worker["tokenizer_blob"], _worker["tokenizer"] = tokenizer, pickle.loads(tokenizer)
     return encode_shard(base, assign, _worker["tokenizer"], val_fraction, seed)
 
 
@@ -432,9 +435,17 @@ def run(cfg: Config, folder: Path, key: str, sources: dict[str, Callable[[], Ite
     workers = resolve_workers(data.num_workers)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    shard_chars = max(1, int(data.shard_mb * 1_000_000))
+    # One pool for cleaning and encoding: starting worker processes costs seconds each time.
     with Runner(workers, {"clean": clean, "filter": cfg.filter}) as runner:
-        counts = {role: _clean_role(work, role, make, shard_chars, runner) for role, make in sources.items()}
+        return _run(cfg, folder, work, sources, given, tokenizer_path, runner, seconds, t0)
+
+
+def _run(cfg: Config, folder: Path, work: Path, sources: dict[str, Callable[[], Iterable[str]]],
+         given: Tokenizer | None, tokenizer_path: Path, runner: Runner, seconds: dict[str, float],
+         t0: float) -> StreamResult:
+    data, clean = cfg.data, cfg.clean
+    shard_chars = max(1, int(data.shard_mb * 1_000_000))
+    counts = {role: _clean_role(work, role, make, shard_chars, runner) for role, make in sources.items()}
     seconds["read_clean_filter"] = time.perf_counter() - t0
     t = time.perf_counter()
     shards = {role: [Shard(_base(work, role, i)) for i in range(n)] for role, n in counts.items()}
@@ -454,8 +465,7 @@ def run(cfg: Config, folder: Path, key: str, sources: dict[str, Callable[[], Ite
     _check_nonempty(assigns, cfg)
     decon = None
     if clean.decontam_ngram:
-        decon = decontam.run(work, shards, per_shard, clean, lambda s, a, w: _shard_docs(s, a, w, data.val_fraction,
-                                                                                         cfg.seed), (TRAIN, VAL))
+        decon = _decontaminate(work, shards, per_shard, clean.decontam_ngram, data.val_fraction, cfg.seed, runner)
         if clean.decontam_remove and decon["contaminated_documents"]:
             per_shard = decontam.remove(per_shard, decon, VAL)
     seconds["split_decontam"] = time.perf_counter() - t
@@ -464,7 +474,7 @@ def run(cfg: Config, folder: Path, key: str, sources: dict[str, Callable[[], Ite
     tok.save(tokenizer_path)
     seconds["tokenizer"] = time.perf_counter() - t
     t = time.perf_counter()
-    parts = _encode_all(work, shards, per_shard, tok, workers, data.val_fraction, cfg.seed)
+    parts = _encode_all(work, shards, per_shard, tok, runner, data.val_fraction, cfg.seed)
     for name in ("train", "val"):
         write_token_parts(parts[name], tok, folder / f"{name}.bin")
     seconds["encode"] = time.perf_counter() - t
@@ -473,6 +483,38 @@ def run(cfg: Config, folder: Path, key: str, sources: dict[str, Callable[[], Ite
     shutil.rmtree(work)
     return StreamResult(tok, reports["train"], reports.get("valid"), n_train, n_val,
                         {k: round(v, 2) for k, v in seconds.items()}, decon)
+
+
+def _decontaminate(work: Path, shards: dict[str, list[Shard]], per_shard: dict[str, list[np.ndarray]], n: int,
+                   val_fraction: float, seed: int, runner: Runner) -> dict:
+    """Validation documents sharing an n-word run with the training documents; the training side is
+    scanned by the workers, shard by shard, against the held-out hashes saved in the work folder."""
+    marker = work / "decontam.json"
+    if marker.exists():
+        return json.loads(marker.read_text(encoding="utf-8"))
+    pairs = [(s, a) for role in shards for s, a in zip(shards[role], per_shard[role])]
+    val_chars = sum(int(np.load(f"{s.base}.len.npy")[(a == VAL) | (a == SPLIT_ONE)].sum()) for s, a in pairs)
+    rate = decontam.sampling_rate(val_chars)
+    held_out = (t for s, a in pairs for t in _shard_docs(s, a, VAL, val_fraction, seed))
+    all_h, all_owner, held = decontam.held_out_index(held_out, n, rate)
+    unique = np.unique(all_h)
+    index_path = work / "decontam.index.npy"
+    _save_npy(index_path, unique)
+    hit = np.zeros(len(unique), dtype=bool)
+    tasks = [(s.base, a, val_fraction, seed, n, rate, index_path) for s, a in pairs if (a == TRAIN).any()
+             or (a == SPLIT_ONE).any()]
+    for found in runner.map(_decontam_task, tasks):
+        hit[found] = True
+    count = sum(int(((a == VAL) | (a == SPLIT_ONE)).sum()) for _, a in pairs)
+    out = decontam.result(all_h, all_owner, held, unique, np.flatnonzero(hit), count, n, rate)
+    atomic_write_json(marker, out)
+    return out
+
+
+def _decontam_task(base: Path, assign: np.ndarray, val_fraction: float, seed: int, n: int, rate: int,
+                   index_path: Path) -> np.ndarray:
+    unique = np.load(index_path, mmap_mode="r")
+    return decontam.found_in(unique, _shard_docs(Shard(base), assign, TRAIN, val_fraction, seed), n, rate)
 
 
 def _check_nonempty(assigns: dict[str, np.ndarray], cfg: Config) -> None:
@@ -502,13 +544,12 @@ def _tokenizer(work: Path, given: Tokenizer | None, cfg: Config, shards: list[Sh
 
 
 def _encode_all(work: Path, shards: dict[str, list[Shard]], per_shard: dict[str, list[np.ndarray]],
-                tok: Tokenizer, workers: int, val_fraction: float, seed: int) -> dict[str, list[tuple[Path, int, int]]]:
+                tok: Tokenizer, runner: Runner, val_fraction: float, seed: int) -> dict[str, list[tuple[Path, int, int]]]:
     jobs = [(s.base, a) for role in shards for s, a in zip(shards[role], per_shard[role])]
-    todo = [(base, a, val_fraction, seed) for base, a in jobs if not Path(f"{base}.enc.done").exists()]
-    if todo:
-        with Runner(min(workers, len(todo)), {"tokenizer": tok}) as runner:
-            for _ in runner.map(_encode_task, todo):
-                pass
+    blob = pickle.dumps(tok)
+    todo = [(base, a, val_fraction, seed, blob) for base, a in jobs if not Path(f"{base}.enc.done").exists()]
+    for _ in runner.map(_encode_task, todo):
+        pass
     parts: dict[str, list[tuple[Path, int, int]]] = {"train": [], "val": []}
     for base, _ in jobs:
         counts = json.loads(Path(f"{base}.enc.done").read_text(encoding="utf-8"))
