@@ -166,7 +166,8 @@ def test_decontamination_reports_and_removes_leaked_validation_text(tmp_path: Pa
     assert result["contaminated"] == [1] and result["examples"][0]["shared"]
     (tmp_path / "train.txt").write_text("\n\n".join(train), encoding="utf-8")
     (tmp_path / "valid.txt").write_text("\n\n".join(valid), encoding="utf-8")
-    cfg = _cfg(tmp_path / "train.txt", tmp_path / "run", data__num_workers=1, clean__decontam_remove=True)
+    cfg = _cfg(tmp_path / "train.txt", tmp_path / "run", data__num_workers=1, clean__decontam_ngram=13,
+               clean__decontam_remove=True)
     cfg.data.valid_path = str(tmp_path / "valid.txt")
     got = prepare(cfg, quiet=True)
     assert got.summary["decontamination"]["contaminated_documents"] == 1 and got.val.num_documents == 1
@@ -189,7 +190,7 @@ RUN_PREPARE = textwrap.dedent("""
 
 
 def _prepare_process(tmp_path: Path, data: Path, out: Path, workers: int, shard_mb: float, near: bool,
-                     decontam_ngram: int = 13):
+                     decontam_ngram: int = 0):
     script = tmp_path / "run_prepare.py"
     script.write_text(RUN_PREPARE, encoding="utf-8")
     return subprocess.Popen([sys.executable, str(script), str(data), str(out), str(workers), str(shard_mb),
