@@ -42,7 +42,7 @@ class DataConfig:
     num_workers: int = 0
     """Processes for cleaning, filtering, deduplicating and encoding; 0 = one per usable CPU core. The
     output is the same for any number."""
-    shard_mb: float = 16.0
+    shard_mb: float = 4.0
     """Megabytes of raw text per work shard: prepare streams the corpus shard by shard (memory grows with this, not
     with the corpus), and a killed prepare resumes at the first shard not finished."""
 
