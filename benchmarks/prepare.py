@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+from lmforge.config import Config  # noqa: E402  (light: no PyTorch)
+
 GOPHER = {"min_words": 50, "max_words": 100000, "min_mean_word_chars": 3, "max_mean_word_chars": 10,
           "max_symbol_word_ratio": 0.1, "min_alpha_word_fraction": 0.8, "max_bullet_line_fraction": 0.9,
           "max_ellipsis_line_fraction": 0.3, "max_dup_line_fraction": 0.3, "max_dup_ngram_char_fraction": 0.15,
@@ -137,6 +139,7 @@ def main() -> None:
     for name, value in result.items():
         print(f"{name:24s} {value}")
     print(json.dumps({"data": args.data or f"generated {args.generate} MB", "workers": args.workers,
+                      "shard_mb": Config().data.shard_mb,
                       "tokenizer": args.tokenizer, **result}))
 
 
