@@ -480,7 +480,6 @@ def _run(cfg: Config, folder: Path, work: Path, sources: dict[str, Callable[[], 
     seconds["encode"] = time.perf_counter() - t
     n_train = sum(p[1] for p in parts["train"])
     n_val = sum(p[1] for p in parts["val"])
-    shutil.rmtree(work)
     return StreamResult(tok, reports["train"], reports.get("valid"), n_train, n_val,
                         {k: round(v, 2) for k, v in seconds.items()}, decon)
 
@@ -515,6 +514,11 @@ def _decontam_task(base: Path, assign: np.ndarray, val_fraction: float, seed: in
                    index_path: Path) -> np.ndarray:
     unique = np.load(index_path, mmap_mode="r")
     return decontam.found_in(unique, _shard_docs(Shard(base), assign, TRAIN, val_fraction, seed), n, rate)
+
+
+def remove_work(folder: Path) -> None:
+    """Drop the intermediate shards once the manifest of the finished prepare is written."""
+    shutil.rmtree(folder / WORK_DIR, ignore_errors=True)
 
 
 def _check_nonempty(assigns: dict[str, np.ndarray], cfg: Config) -> None:

@@ -183,6 +183,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
         "seconds": result.seconds,
     }
     atomic_write_json(manifest, {"key": key, "inputs": inputs, "tokenizer": tok.fingerprint(), "summary": summary})
+    pipeline.remove_work(folder)
     if not quiet:
         _print_summary(summary, report)
     return PreparedData(folder, tok, train, val, summary, reused=False)
