@@ -40,8 +40,8 @@ class DataConfig:
     encoding: str = "auto"
     """Text encoding of the input files: 'auto' detects it (UTF-8/16/32, GB18030 and legacy single-byte encodings such as Latin-1) and stops when unsure; or a codec name such as utf-8, latin-1, cp1252, gbk."""
     num_workers: int = 0
-    """Processes for cleaning, filtering, deduplicating and encoding; 0 = one per usable CPU core. The
-    output is the same for any number."""
+    """Processes for cleaning, filtering, deduplicating and encoding; 0 = one per usable CPU core (in-process below
+    8 MB of input). The output is the same for any number."""
     shard_mb: float = 4.0
     """Megabytes of raw text per work shard: prepare streams the corpus shard by shard (memory grows with this, not
     with the corpus), and a killed prepare resumes at the first shard not finished."""

@@ -383,8 +383,17 @@ class StreamResult:
     decontamination: dict | None = None
 
 
-def resolve_workers(num_workers: int) -> int:
-    return num_workers if num_workers > 0 else max(1, _usable_cpus())
+# Below this much input, starting worker processes (seconds each on a busy machine: Python, numpy,
+# datasketch) costs more than they save, so num_workers 0 (auto) works in-process.
+AUTO_WORKERS_MIN_BYTES = 8_000_000
+
+
+def resolve_workers(num_workers: int, input_bytes: int | None = None) -> int:
+    if num_workers > 0:
+        return num_workers
+    if input_bytes is not None and input_bytes < AUTO_WORKERS_MIN_BYTES:
+        return 1
+    return max(1, _usable_cpus())
 
 
 def open_work(folder: Path, key: str) -> Path:
@@ -428,11 +437,11 @@ def _finish_report(report: CleanReport, shards: list[Shard], keep: np.ndarray) -
 
 
 def run(cfg: Config, folder: Path, key: str, sources: dict[str, Callable[[], Iterable[str]]],
-        given: Tokenizer | None, tokenizer_path: Path) -> StreamResult:
+        given: Tokenizer | None, tokenizer_path: Path, input_bytes: int | None = None) -> StreamResult:
     """Prepare train.bin / val.bin in `folder` from `sources` ("train", optionally "valid": document streams)."""
     data, clean = cfg.data, cfg.clean
     work = open_work(folder, f"{key}:shard_mb={data.shard_mb}")  # shard boundaries depend on it
-    workers = resolve_workers(data.num_workers)
+    workers = resolve_workers(data.num_workers, input_bytes)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     # One pool for cleaning and encoding: starting worker processes costs seconds each time.

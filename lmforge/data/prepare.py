@@ -164,7 +164,8 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     sources = {"train": lambda: _load_documents(data, data.path)}
     if data.valid_path:
         sources["valid"] = lambda: _load_documents(data, data.valid_path)
-    result = pipeline.run(cfg, folder, key, sources, given, folder / TOKENIZER_FILE)
+    input_bytes = sum(entry[1] for role in inputs.values() if role for entry in role)
+    result = pipeline.run(cfg, folder, key, sources, given, folder / TOKENIZER_FILE, input_bytes)
     tok = result.tokenizer
     train, val = TokenFile(folder / "train.bin"), TokenFile(folder / "val.bin")
     report, val_report = result.report, result.val_report
