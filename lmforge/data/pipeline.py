@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -136,9 +137,17 @@ def clean_shard(base: Path, docs: list[str], clean: CleanConfig, filters: Filter
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(payload: bytes) -> None:
+def _init_worker(payload: bytes, parent: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the processes are the parallelism
     _worker.update(pickle.loads(payload))
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+
+
+def _exit_with_parent(parent: int) -> None:
+    # A killed prepare (SIGKILL, out of memory) cannot stop its workers; they would wait forever.
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _clean_task(base: Path, docs: list[str]) -> dict:
@@ -164,7 +173,7 @@ class Runner:
         if self.workers > 1:
             # spawn, not fork: forking after HF tokenizers started threads can deadlock.
             self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"),
-                                            initializer=_init_worker, initargs=(pickle.dumps(self.state),))
+                                            initializer=_init_worker, initargs=(pickle.dumps(self.state), os.getpid()))
         else:
             _worker.update(self.state)
         return self
