@@ -237,19 +237,35 @@ for shape, cfg in SHAPES.items():
                 "biases": sum(k.endswith(".bias") for k in grads),
                 "loaded": max(float((loaded[k] - target[k]).abs().max()) for k in loaded)}
 if rt.rank == 0:
-    print("REPORT", __import__("json").dumps(report))
-dist.destroy_process_group()
+    print("REPORT", __import__("json").dumps(report), flush=True)
+# Then, in the same two processes (one interpreter start each fewer on this busy machine): the run
+# given on the command line, resumed by the CLI, which reuses the process group.
+import sys
+from lmforge.cli import main
+sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.fixture(scope="module")
+def two_processes(corpus, tmp_path_factory) -> tuple[dict, Path]:
+    """One launch of two processes: the checks of GRADIENTS (their report), then a one-process run
+    with sharded checkpoints resumed with tensor parallelism 2 (a data 1 x tensor 2 mesh, FSDP over
+    the data dimension) and activation checkpointing (its run folder)."""
+    base = tmp_path_factory.mktemp("two")
+    run, script = base / "run", base / "gradients.py"
+    script.write_text(GRADIENTS)
+    assert lmforge(run_args(corpus, run, **{"train.parallel": "fsdp", "train.max_steps": 5})) == 0
+    assert (run / "checkpoints" / "step_0000005" / "sharded" / ".metadata").is_file()
+    out = launch(2, ["train", "--resume", str(run), "--train.max_steps", str(STEPS), "--train.tensor_parallel", "2",
+                     "--train.activation_checkpointing", "blocks"], script=script).stdout
+    return json.loads(out.split("REPORT", 1)[1].splitlines()[0]), run
+
+
 @pytest.mark.slow
-def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(tmp_path):
+def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(two_processes):
     # Built on the meta device and materialised shard by shard, the model has exactly the weights of
     # the unsharded one (the same random draws), and one backward pass gives its gradients.
-    script = tmp_path / "gradients.py"
-    script.write_text(GRADIENTS)
-    out = launch(2, [], script=script).stdout
-    report = json.loads(out.split("REPORT", 1)[1])
+    report, _ = two_processes
     assert len(report) == 4, report
     for name, r in report.items():
         assert r["init"] == 0.0, report
@@ -261,15 +277,10 @@ def test_sharded_models_start_from_the_unsharded_weights_and_get_its_gradients(t
 
 
 @pytest.mark.slow
-def test_a_one_process_sharded_checkpoint_resumes_on_two_with_tensor_parallelism(corpus, reference, tmp_path):
-    # train.parallel fsdp on one process trains unsharded and saves a sharded checkpoint; resumed with
-    # tensor parallelism 2 (a data 1 x tensor 2 mesh, FSDP over the data dimension) and activation
-    # checkpointing, the losses stay the uninterrupted run's.
-    run = tmp_path / "run"
-    assert lmforge(run_args(corpus, run, **{"train.parallel": "fsdp", "train.max_steps": 5})) == 0
-    assert (run / "checkpoints" / "step_0000005" / "sharded" / ".metadata").is_file()
-    launch(2, ["train", "--resume", str(run), "--train.max_steps", str(STEPS), "--train.tensor_parallel", "2",
-               "--train.activation_checkpointing", "blocks"])
+def test_a_one_process_sharded_checkpoint_resumes_on_two_with_tensor_parallelism(two_processes, reference):
+    # train.parallel fsdp on one process trains unsharded and saves a sharded checkpoint; resumed on two
+    # with tensor parallelism and activation checkpointing, the losses stay the uninterrupted run's.
+    _, run = two_processes
     assert_same_losses(run, reference, range(1, STEPS + 1))
 
 
