@@ -195,6 +195,39 @@ def test_resume_against_changed_data_is_refused_unless_asked(corpus, tmp_path, c
     assert "input data changed" in json.loads((run / "run.json").read_text())["resume_history"][-1]["note"]
 
 
+@pytest.mark.slow
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0_to_the_same_weights(corpus, tmp_path,
+                                                                                             monkeypatch, capsys):
+    # Found by benchmarks/soak.py: a kill in start-up or the first steps left a run --resume refused.
+    over = {"train.max_steps": 8, "train.save_interval": 4, "eval.interval": 4}
+    train_lm(corpus, tmp_path / "ref", **over)
+    run = tmp_path / "run"
+    from lmforge.lm.task import LMTask
+
+    original = LMTask.micro_batch
+
+    def stopped_at_step_3(self, step, *args):
+        if step == 3:
+            raise KeyboardInterrupt  # the folder as a kill during step 3 leaves it
+        return original(self, step, *args)
+
+    monkeypatch.setattr(LMTask, "micro_batch", stopped_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(corpus, run, **over)
+    monkeypatch.setattr(LMTask, "micro_batch", original)
+    assert not ckpt.list_checkpoints(run) and (run / "metrics.jsonl").read_text().count("\n") == 3
+
+    rc, err = cli(capsys, "train", "--resume", run)
+    assert rc == 0, err
+    for name in ("checkpoints/step_0000008/model.safetensors", "model.safetensors"):
+        a, b = load_file(str(tmp_path / "ref" / name)), load_file(str(run / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # the lost attempt's lines are gone, none doubled
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and "from step 0" in info["resume_history"][-1]["note"]
+
+
 # --- damaged files are survived ----------------------------------------------------------------------
 
 
