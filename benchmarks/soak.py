@@ -37,6 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -484,6 +485,17 @@ def checkpoint_bytes(job: Job, run: Path) -> int:
     return max(sizes, default=0)
 
 
+def reference(future) -> Segment:
+    seg = future.result()
+    if seg.rc != 0:
+        raise SystemExit(f"the reference run failed:\n{seg.log}")
+    if not getattr(future, "reported", False):
+        future.reported = True
+        print(f"reference: {seg.wall_s:.1f}s (first step after {seg.first_step_s:.1f}s), peak RSS "
+              f"{seg.peak_rss_kb / 1024:.0f} MB (training {seg.train_rss_kb / 1024:.0f} MB)", flush=True)
+    return seg
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
@@ -500,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=int, default=2, help="train.keep_checkpoints")
     ap.add_argument("--eval-interval", type=int, default=50, help="steps between evaluations")
     ap.add_argument("--threads", type=int, default=1, help="runtime.threads of both runs")
+    ap.add_argument("--parallel", action="store_true",
+                    help="train the uninterrupted reference at the same time as the killed run (faster on a "
+                         "machine with cores to spare)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments and of the runs")
     ap.add_argument("--out", default="", help="folder for the two runs and the logs (default: a temporary one, "
                                               "removed at the end unless the soak fails)")
@@ -515,10 +530,11 @@ def main(argv: list[str] | None = None) -> int:
     def job_for(steps: int) -> Job:
         return classify_job(args, steps, out) if args.classify else lm_job(args, steps)
 
+    measured = None
     if args.steps:
         steps = args.steps
     else:
-        startup_s, step_s = probe(job_for, out)
+        measured = startup_s, step_s = probe(job_for, out)
         # Each kill costs a start-up and, on average, half the steps between checkpoints.
         lost_s = args.kills * (startup_s + step_s * args.save_interval / 2)
         steps = int((duration - startup_s - lost_s) / step_s)
@@ -535,17 +551,19 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
 
     ref_run, soak_run = out / "reference", out / "killed"
-    ref_seg = run_segment(job, ref_run, None, logs / "reference.log", clock0, resume=False)
-    if ref_seg.rc != 0:
-        raise SystemExit(f"the reference run failed:\n{ref_seg.log}")
-    startup_s, step_s = timings(job, ref_run, ref_seg)
-    print(f"reference: {ref_seg.wall_s:.1f}s (first step after {startup_s:.1f}s, {step_s * 1000:.0f} ms/step), "
-          f"peak RSS {ref_seg.peak_rss_kb / 1024:.0f} MB (training {ref_seg.train_rss_kb / 1024:.0f} MB)", flush=True)
+    pool = ThreadPoolExecutor(1)
+    ref_future = pool.submit(run_segment, job, ref_run, None, logs / "reference.log", clock0, False)
+    if args.parallel:  # the kill plan's timings: the probe's, or a guess (start-up is seconds anyway)
+        startup_s, step_s = measured or (3.0, 0.1)
+    else:
+        startup_s, step_s = timings(job, ref_run, reference(ref_future))
 
     plan = plan_kills(args.kills, steps, args.save_interval, startup_s, step_s, rng)
     t_soak = time.perf_counter()
     segments = soak(job, soak_run, plan, logs, clock0)
     soak_wall = time.perf_counter() - t_soak
+    ref_seg = reference(ref_future)
+    pool.shutdown()
     final = segments[-1]
     kills = [s for s in segments if s.killed]
     finished = not final.killed and final.rc == 0
