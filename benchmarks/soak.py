@@ -115,7 +115,7 @@ def write_classify_data(folder: Path, seed: int) -> Path:
 
 def classify_job(args: argparse.Namespace, max_steps: int, out: Path) -> Job:
     data = args.data or str(write_classify_data(out, args.seed))
-    fresh = ["--data", data, "--model.kind", "bilstm", "--train.max_steps", str(max_steps),
+    fresh = ["--data", data, "--model.kind", "bilstm", "--train.epochs", "0", "--train.max_steps", str(max_steps),
              "--train.save_interval", str(args.save_interval), "--train.keep_checkpoints", str(args.keep),
              "--train.log_interval", "1", "--eval.interval", str(args.eval_interval),
              "--runtime.threads", str(args.threads), "--seed", str(args.seed)]
@@ -454,9 +454,11 @@ def compare_runs(job: Job, ref: Path, soaked: Path) -> dict:
             diffs.append(f"{rel}: {len(rec[0])} vs {len(rec[1])} records, logged values differ")
     files_a = {str(p.relative_to(ref)) for p in ref.rglob("*") if p.is_file()}
     files_b = {str(p.relative_to(soaked)) for p in soaked.rglob("*") if p.is_file()}
-    ignore = ("tb/", "probe")  # TensorBoard writes one events file per process
-    missing = sorted(f for f in files_a - files_b if not f.startswith(ignore))
-    extra = sorted(f for f in files_b - files_a if not f.startswith(ignore))
+    def compared(name: str) -> bool:  # TensorBoard writes one events file per process
+        return "tb" not in Path(name).parts
+
+    missing = sorted(f for f in files_a - files_b if compared(f))
+    extra = sorted(f for f in files_b - files_a if compared(f))
     return {"differs": diffs, "missing_files": missing, "extra_files": extra}
 
 
@@ -474,7 +476,8 @@ TIMED = ("per_s", "wall", "seconds", "elapsed", "time")
 def timeless(tree):
     """A result without its timings (which differ between any two runs)."""
     if isinstance(tree, dict):
-        return {k: timeless(v) for k, v in tree.items() if not any(t in str(k) for t in TIMED)}
+        return {k: timeless(v) for k, v in tree.items()
+                if not (str(k).endswith("_s") or any(t in str(k) for t in TIMED))}
     if isinstance(tree, list):
         return [timeless(v) for v in tree]
     return tree

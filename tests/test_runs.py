@@ -360,6 +360,43 @@ def test_classifier_runs_resume_finished_unchanged_and_refuse_a_new_model(clf_ru
     assert not (run / "fasttext").exists() and (run / "linear" / "linear.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_classifier_stopped_before_its_first_checkpoint_resumes_without_the_lost_attempts_log(tmp_path,
+                                                                                                  monkeypatch, capsys):
+    # Found by benchmarks/soak.py --classify: the restarted member appended its log to the lost attempt's.
+    data = write_jsonl(tmp_path / "train.jsonl", sentiment_records(120, seed=3))
+
+    def config(out):
+        over = tiny_overrides(out, **{"model.kind": "fasttext", "train.epochs": 0, "train.max_steps": 8,
+                                      "train.save_interval": 4, "train.log_interval": 1, "eval.interval": 4})
+        return load_config(None, {"data.path": str(data), **over}, cls=ClassifyConfig)
+
+    train_classifier(config(tmp_path / "ref"), progress=False)
+    from lmforge.classify.task import ClassifyTask
+
+    original = ClassifyTask.micro_batch
+
+    def stopped_at_step_3(self, step, *args):
+        if step == 3:
+            raise KeyboardInterrupt  # the folder as a kill during step 3 leaves it
+        return original(self, step, *args)
+
+    monkeypatch.setattr(ClassifyTask, "micro_batch", stopped_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(config(tmp_path / "run"), progress=False)
+    monkeypatch.setattr(ClassifyTask, "micro_batch", original)
+    member = tmp_path / "run" / "fasttext"
+    assert not ckpt.list_checkpoints(member) and (member / "metrics.jsonl").read_text().count("\n") == 3
+
+    rc, err = cli(capsys, "classify", "train", "--resume", tmp_path / "run")
+    assert rc == 0, err
+    steps = [json.loads(line)["step"] for line in (member / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    name = "checkpoints/step_0000008/model.safetensors"
+    a, b = load_file(str(tmp_path / "ref" / "fasttext" / name)), load_file(str(member / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_predict_never_overwrites_its_input_and_keeps_ids(clf_run, tmp_path, capsys):
     run, data = clf_run
     original = data.read_bytes()
