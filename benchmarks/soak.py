@@ -249,6 +249,7 @@ def run_segment(job: Job, run: Path, plan: Kill | None, log_path: Path, clock0: 
     done0, _ = checkpoint_state(job, run)
     seg = Segment(" ".join(cmd[2:]), done0[-1] if done0 else 0, plan)
     stale_tmp = set(checkpoint_state(job, run)[1])
+    writes = {"before": set(temp_entries(job, run)), "seen": set()}
     watch = StepWatch(job, run)
     env = dict(os.environ, LMFORGE_NO_PROGRESS="1", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     with open(log_path, "w", encoding="utf-8") as log:
@@ -273,13 +274,13 @@ def run_segment(job: Job, run: Path, plan: Kill | None, log_path: Path, clock0: 
                     seg.train_rss_kb = max(seg.train_rss_kb, rss)
             next_sample = now + 0.25
         if plan is not None and fire_at is None:
-            fire_at = _trigger(plan, job, run, step, now - t0, stale_tmp, now)
+            fire_at = _trigger(plan, job, run, step, now - t0, stale_tmp, now, writes)
         if fire_at is not None and now >= fire_at:
             os.killpg(proc.pid, signal.SIGKILL)
             _, status, rusage = os.wait4(proc.pid, 0)
             seg.killed = True
             break
-        armed = plan is not None and plan.how == "save" and step >= plan.step
+        armed = plan is not None and (plan.how == "write" or (plan.how == "save" and step >= plan.step))
         time.sleep(0.001 if armed or fire_at is not None else 0.02)
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
     seg.rc = proc.returncode
@@ -287,14 +288,28 @@ def run_segment(job: Job, run: Path, plan: Kill | None, log_path: Path, clock0: 
     seg.peak_rss_kb = rusage.ru_maxrss
     seg.last_step = max(watch.poll(), seg.started_step)
     if seg.killed:
-        seg.landed = _landed(plan, job, run, stale_tmp)
+        seg.landed = _landed(plan, job, run, stale_tmp, writes)
     seg.log = log_path.read_text(encoding="utf-8", errors="replace")[-3000:]
     return seg
 
 
+def temp_entries(job: Job, run: Path) -> list[str]:
+    """The temporary files of crash-safe writes (.NAME.random) in the run folder and its member folders."""
+    found = []
+    for folder in [run] + [root.parent for root in job.checkpoint_roots(run) if root.parent != run]:
+        try:
+            found += [f"{folder.name}/{e.name}" for e in os.scandir(folder) if e.name.startswith(".")]
+        except OSError:
+            pass
+    return found
+
+
 def _trigger(plan: Kill, job: Job, run: Path, step: int, since_start: float, stale_tmp: set,
-             now: float) -> float | None:
+             now: float, writes: dict) -> float | None:
     """The moment to kill at, once the plan's condition holds; None until then."""
+    if plan.how == "write":  # in the plan.step-th crash-safe write (run.json, metrics, results, best weights)
+        writes["seen"].update(set(temp_entries(job, run)) - writes["before"])
+        return now if len(writes["seen"]) >= plan.step else None
     if plan.how == "startup":
         return now + max(0.0, plan.at_s - since_start)
     if plan.how == "step" and step >= plan.step:
@@ -306,8 +321,10 @@ def _trigger(plan: Kill, job: Job, run: Path, step: int, since_start: float, sta
     return None
 
 
-def _landed(plan: Kill, job: Job, run: Path, stale_tmp: set) -> str:
+def _landed(plan: Kill, job: Job, run: Path, stale_tmp: set, writes: dict) -> str:
     done, tmp = checkpoint_state(job, run)
+    if plan.how == "write":
+        return "write: temporary file left" if set(temp_entries(job, run)) - writes["before"] else "write: after it"
     if plan.how == "save":
         if set(tmp) - stale_tmp:
             return "save: checkpoint half written"
@@ -322,13 +339,15 @@ def _landed(plan: Kill, job: Job, run: Path, stale_tmp: set) -> str:
 
 def plan_kills(kills: int, max_steps: int, save_interval: int, startup_s: float, step_s: float,
                rng: random.Random) -> list[Kill]:
-    """`kills` kills: about a fifth during start-up, a third in checkpoint writes, one while the run
-    finishes, the rest at random points of random steps, spread over the run in step order."""
-    n_startup = max(1, round(kills * 0.2)) if kills >= 3 else 0
+    """`kills` kills: some in start-up, some in crash-safe writes of small files, a third in checkpoint
+    writes, one while the run finishes, the rest at random points of random steps, spread over the run
+    in step order."""
+    n_startup = max(1, round(kills * 0.15)) if kills >= 3 else 0
+    n_write = max(1, round(kills * 0.1)) if kills >= 5 else 0
     n_finish = 1 if kills >= 2 else 0
     n_save = max(1, round(kills * 0.35))
-    n_step = max(0, kills - n_startup - n_finish - n_save)
-    n_save = kills - n_startup - n_finish - n_step
+    n_step = max(0, kills - n_startup - n_write - n_finish - n_save)
+    n_save = kills - n_startup - n_write - n_finish - n_step
     moving = ["save"] * n_save + ["step"] * n_step
     rng.shuffle(moving)
     # Progress kills at increasing steps; a save kill waits for the next checkpoint after its step.
@@ -338,6 +357,8 @@ def plan_kills(kills: int, max_steps: int, save_interval: int, startup_s: float,
             for how, s in zip(moving, targets)]
     for _ in range(n_startup):  # a start-up kill costs no progress: put it anywhere
         plan.insert(rng.randrange(len(plan) + 1), Kill("startup", at_s=rng.uniform(0, startup_s)))
+    for _ in range(n_write):  # nor does one in the first few writes of a process
+        plan.insert(rng.randrange(len(plan) + 1), Kill("write", step=rng.randint(1, 4)))
     if n_finish:
         plan.append(Kill("finish", delay_s=rng.uniform(0, 2.0)))
     return plan

@@ -216,9 +216,15 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0_to_the_sa
         train_lm(corpus, run, **over)
     monkeypatch.setattr(LMTask, "micro_batch", original)
     assert not ckpt.list_checkpoints(run) and (run / "metrics.jsonl").read_text().count("\n") == 3
+    # what kills in the middle of crash-safe writes leave (found by the soak), and a file of the user's
+    stray = [run / ".run.json.ab12cd_4", run / ".model.json.q1w2e3r4", run / "data" / ".train.bin.0123abcd.tmp",
+             run / "loss.tmp.png"]
+    for p in stray + [run / ".notes.ab12cd34"]:
+        p.write_text("partial")
 
     rc, err = cli(capsys, "train", "--resume", run)
     assert rc == 0, err
+    assert not any(p.exists() for p in stray) and (run / ".notes.ab12cd34").read_text() == "partial"
     for name in ("checkpoints/step_0000008/model.safetensors", "model.safetensors"):
         a, b = load_file(str(tmp_path / "ref" / name)), load_file(str(run / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
@@ -387,9 +393,13 @@ def test_a_classifier_stopped_before_its_first_checkpoint_resumes_without_the_lo
     monkeypatch.setattr(ClassifyTask, "micro_batch", original)
     member = tmp_path / "run" / "fasttext"
     assert not ckpt.list_checkpoints(member) and (member / "metrics.jsonl").read_text().count("\n") == 3
+    stray = [member / ".metrics.jsonl.q1w2e3r4", tmp_path / "run" / ".run.json.ab12cd34"]
+    for p in stray:
+        p.write_text("partial")
 
     rc, err = cli(capsys, "classify", "train", "--resume", tmp_path / "run")
     assert rc == 0, err
+    assert not any(p.exists() for p in stray)
     steps = [json.loads(line)["step"] for line in (member / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9))
     name = "checkpoints/step_0000008/model.safetensors"

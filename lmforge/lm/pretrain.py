@@ -231,7 +231,10 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     """
     plan = None
     if resume is not None:
-        plan = plan_resume(Path(resume), cfg, use_prepared_data, progress and int(os.environ.get("RANK", 0)) == 0)
+        main_rank = int(os.environ.get("RANK", 0)) == 0
+        plan = plan_resume(Path(resume), cfg, use_prepared_data, progress and main_rank)
+        if main_rank:  # left by a kill in the middle of a write; the files they were for are intact
+            runs.sweep_temp_files(plan.run_dir, "lm")
         if plan.finished is not None:
             return plan.finished
         cfg = plan.cfg
