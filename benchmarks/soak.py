@@ -525,7 +525,7 @@ def reference(future) -> Segment:
 # --- main ----------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--duration", default="30m", help="wall time of the killed run, e.g. 30m, 4m, 90s")
     ap.add_argument("--kills", type=int, default=20, help="SIGKILLs over the run")
@@ -544,8 +544,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill moments and of the runs")
     ap.add_argument("--out", default="", help="folder for the two runs and the logs (default: a temporary one, "
                                               "removed at the end unless the soak fails)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def choose_steps(args: argparse.Namespace, job_for, out: Path) -> tuple[int, tuple[float, float] | None]:
+    """The run's steps (--steps, or fitted to --duration by a probe) and the probe's timings, if one ran."""
+    if args.steps:
+        return args.steps, None
     duration = parse_duration(args.duration)
+    startup_s, step_s = probe(job_for, out)
+    # Each kill costs a start-up and, on average, half the steps between checkpoints.
+    lost_s = args.kills * (startup_s + step_s * args.save_interval / 2)
+    steps = int((duration - startup_s - lost_s) / step_s)
+    print(f"probe: start-up {startup_s:.1f}s, {step_s * 1000:.0f} ms/step", flush=True)
+    floor = (args.kills + 2) * args.save_interval
+    if steps < floor:
+        print(f"note: {fmt_duration(duration)} leaves too little training time for {args.kills} kills on this "
+              f"machine; training {floor} steps instead", flush=True)
+        steps = floor
+    # Not a multiple of the checkpoint interval: the final checkpoint is a save of its own.
+    return steps // args.save_interval * args.save_interval + args.save_interval // 2, (startup_s, step_s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    parse_duration(args.duration)  # a bad --duration stops before anything runs
     rng = random.Random(args.seed)
     out = Path(args.out or tempfile.mkdtemp(prefix="lmforge-soak-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -556,22 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     def job_for(steps: int) -> Job:
         return classify_job(args, steps, out) if args.classify else lm_job(args, steps)
 
-    measured = None
-    if args.steps:
-        steps = args.steps
-    else:
-        measured = startup_s, step_s = probe(job_for, out)
-        # Each kill costs a start-up and, on average, half the steps between checkpoints.
-        lost_s = args.kills * (startup_s + step_s * args.save_interval / 2)
-        steps = int((duration - startup_s - lost_s) / step_s)
-        print(f"probe: start-up {startup_s:.1f}s, {step_s * 1000:.0f} ms/step", flush=True)
-        floor = (args.kills + 2) * args.save_interval
-        if steps < floor:
-            print(f"note: {fmt_duration(duration)} leaves too little training time for {args.kills} kills on this "
-                  f"machine; training {floor} steps instead", flush=True)
-            steps = floor
-        # Not a multiple of the checkpoint interval: the final checkpoint is a save of its own.
-        steps = steps // args.save_interval * args.save_interval + args.save_interval // 2
+    steps, measured = choose_steps(args, job_for, out)
     job = job_for(steps)
     print(f"{job.kind} run of {steps} steps, checkpoint every {args.save_interval} steps (keep {args.keep})",
           flush=True)
