@@ -181,6 +181,21 @@ def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, capsys):
     assert finished.steps == saved["steps"] == 6 and saved["val_loss"] == pytest.approx(done.val_loss)
 
 
+def test_resuming_a_run_killed_while_writing_its_report_writes_the_report(corpus, tmp_path, capsys):
+    # The report is written after run.json says finished: a kill in between left a run without one.
+    run = tmp_path / "run"
+    train_lm(corpus, run)
+    for name in ("report.html", "report.md"):
+        (run / name).unlink()
+    before = snapshot(run)
+    rc, err = cli(capsys, "train", "--resume", run)
+    assert rc == 0 and "already finished" in err
+    after = snapshot(run)
+    assert (run / "report.html").is_file() and (run / "report.md").is_file()
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == \
+        {k: v for k, v in before.items() if not k.startswith("report")}
+
+
 def test_resume_against_changed_data_is_refused_unless_asked(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     train_lm(corpus, run, **{"train.max_steps": 4})

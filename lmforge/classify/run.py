@@ -328,6 +328,8 @@ def _open(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, labels: La
         if progress and rt.is_main:
             say(f"{run_dir} already finished; nothing was changed. To train it further, pass more "
                 "--train.epochs (or --train.max_steps, or a longer --train.time_budget_s).")
+        if rt.is_main and not (run_dir / "report.html").is_file():  # killed while writing it
+            try_write_report(run_dir)
         return resumed.info["run_id"], done
 
     def record() -> str:

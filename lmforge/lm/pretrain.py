@@ -236,6 +236,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         if main_rank:  # left by a kill in the middle of a write; the files they were for are intact
             runs.sweep_temp_files(plan.run_dir, "lm")
         if plan.finished is not None:
+            if main_rank and not (plan.run_dir / "report.html").is_file():  # killed while writing it
+                try_write_report(plan.run_dir)
             return plan.finished
         cfg = plan.cfg
     elif cfg is None:
