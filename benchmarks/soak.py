@@ -12,9 +12,10 @@ RUN` (`lmforge classify train --resume RUN` with --classify). At the end it chec
   * memory: the peak resident set size of every resumed process while it trains (sampled from
     /proc after its first step) stays within 10% of the reference's, and later processes' peaks
     within 10% of earlier ones' (each process's whole-life peak from wait4 is printed too);
-  * disk: the run folder never holds more than its retention allows (keep_checkpoints complete
-    checkpoints, one more while the oldest is pruned, a partial one being written and one left by a
-    kill), and ends with exactly keep_checkpoints checkpoints and no temporary files;
+  * disk: once its data is prepared, the run folder never holds more than its retention allows
+    (keep_checkpoints complete checkpoints, one more while the oldest is pruned, a partial one being
+    written and one left by a kill), and ends with exactly keep_checkpoints checkpoints and no
+    temporary files (the peak while data is prepared, working files included, is printed apart);
   * every resume succeeded (none refused, none needed --overwrite).
 The run's length in steps is fitted to `--duration` (the killed run's wall time) from a short probe
 of this machine's step and start-up times, or set with --steps; when start-ups alone would fill the
@@ -242,7 +243,9 @@ class Segment:
     peak_rss_kb: int = 0  # wait4's ru_maxrss: the whole process
     train_rss_kb: int = 0  # highest sampled RSS while training (after its first step, before the last)
     first_step_s: float = 0.0  # from launch to its first logged step
-    samples: list = field(default_factory=list)  # (seconds since the soak began, RSS kB, bytes on disk)
+    # (seconds since the soak began, RSS kB, bytes on disk, whether the run's data was ready: a
+    # process that prepares it holds the preparation's working files for a while)
+    samples: list = field(default_factory=list)
     log: str = ""
 
 
@@ -271,7 +274,8 @@ def run_segment(job: Job, run: Path, plan: Kill | None, log_path: Path, clock0: 
         if now >= next_sample:
             rss = rss_kb(proc.pid)
             if rss is not None:
-                seg.samples.append((round(now - clock0, 2), rss, tree_bytes(run)))
+                ready = seg.started_step > 0 or seg.first_step_s > 0
+                seg.samples.append((round(now - clock0, 2), rss, tree_bytes(run), ready))
                 if 0 <= seg.started_step < step < job.max_steps:
                     seg.train_rss_kb = max(seg.train_rss_kb, rss)
             next_sample = now + 0.25
@@ -620,17 +624,18 @@ def main(argv: list[str] | None = None) -> int:
     n_roots = max(1, len(job.checkpoint_roots(ref_run)))
     other_b = tree_bytes(ref_run) - ckpt_b * args.keep * n_roots
     bound = other_b + ckpt_b * n_roots * (args.keep + 3) + (1 << 20)
-    disk_peak = max((b for s in segments for _, _, b in s.samples), default=0)
+    disk_peak = max((b for s in segments for _, _, b, ready in s.samples if ready), default=0)
+    prepare_peak = max((b for s in segments for _, _, b, ready in s.samples if not ready), default=0)
     left = leftovers(soak_run)
     done, tmp = checkpoint_state(job, soak_run)
     kept_ok = len(done) == args.keep * n_roots and not tmp
     refused = [s for s in segments if not s.killed and s.rc not in (0, None)]
 
     with open(out / "samples.csv", "w", encoding="utf-8") as f:  # RSS and disk use over time, per process
-        f.write("process,seconds,rss_mb,run_folder_mb\n")
+        f.write("process,seconds,rss_mb,run_folder_mb,data_ready\n")
         for name, seg_list in (("reference", [ref_seg]), ("killed", segments)):
             for i, seg in enumerate(seg_list):
-                f.writelines(f"{name}-{i},{t},{r / 1024:.1f},{b / 1e6:.2f}\n" for t, r, b in seg.samples)
+                f.writelines(f"{name}-{i},{t},{r / 1024:.1f},{b / 1e6:.2f},{int(d)}\n" for t, r, b, d in seg.samples)
 
     landed: dict[str, int] = {}
     for s in kills:
@@ -648,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
           f" MB vs reference {ref_train / 1024:.0f} MB (max/reference {rss_ratio:.3f}; later/earlier processes "
           f"{growth:.3f}): {'flat' if rss_flat else 'NOT FLAT'}")
     print(f"disk: peak {disk_peak / 1e6:.1f} MB, bound {bound / 1e6:.1f} MB (checkpoint {ckpt_b / 1e6:.2f} MB, "
-          f"keep {args.keep}); at the end {len(done)} checkpoints, leftovers: {left or 'none'}")
+          f"keep {args.keep}); at the end {len(done)} checkpoints, leftovers: {left or 'none'}; while "
+          f"preparing data: {prepare_peak / 1e6:.1f} MB")
     ok = (finished and not cmp["differs"] and same_result and rss_flat and disk_peak <= bound and not left
           and kept_ok and not refused and not cmp["missing_files"] and len(kills) == args.kills)
     if ok and not args.out:
@@ -670,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_max_over_reference": round(rss_ratio, 3) if not math.isnan(rss_ratio) else None,
         "rss_later_over_earlier": round(growth, 3) if not math.isnan(growth) else None, "rss_flat": rss_flat,
         "disk_peak_mb": round(disk_peak / 1e6, 2), "disk_bound_mb": round(bound / 1e6, 2),
+        "disk_prepare_peak_mb": round(prepare_peak / 1e6, 2),
         "final_checkpoints": len(done), "leftovers": left, "failed_processes": len(refused),
     }))
     return 0 if ok else 1
