@@ -265,7 +265,7 @@ def _oof_weights(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, n_classes: 
                                             y[tr][inner_val], n_classes, fold_dir, rt, False, False,
                                             (part.texts, y[tr]), clock=clock, vectors_cache=vectors_cache)
         last["fit_s"] = sum(f.get("fit_s", 0.0) for f in facts.values())
-        last["neural"] = sum(k in NEURAL_KINDS for k in cfg.model.member_kinds())
+        last["neural"] = sum(kind in NEURAL_KINDS for kind in cfg.model.member_kinds())
         if not rt.is_main:
             last["wall_s"] = time.perf_counter() - t_fold
             return [np.full((len(te), n_classes), 1.0 / n_classes) for _ in names]

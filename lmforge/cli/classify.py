@@ -115,6 +115,11 @@ def dispatch(args: argparse.Namespace) -> int:
             from lmforge.cli.options import check_resume_args, resume_config
 
             check_resume_args(args)
+            if args.time:
+                from lmforge.errors import ConfigError
+
+                raise ConfigError("--time plans a new run; a resumed run keeps its plan (give more "
+                                  "--train.time_budget_s or --train.epochs to extend it)")
             extra = {dotted: getattr(args, attr) for attr, dotted in _SHORTCUTS.items()
                      if attr != "out" and getattr(args, attr, None) is not None}
             result = run.train_classifier(resume_config(args, args.resume, ClassifyConfig, extra), resume=args.resume,
