@@ -84,30 +84,6 @@ def test_folds_that_overlap_or_miss_texts_are_refused():
         out_of_fold(fit_predict, [(idx[50:], idx[:50])], 100, 2)
 
 
-@pytest.mark.slow
-def test_oof_stacking_run_weighs_members_on_out_of_fold_predictions(tmp_path):
-    train = write_jsonl(tmp_path / "train.jsonl", sentiment_records(160, seed=0))
-    test = write_jsonl(tmp_path / "test.jsonl", sentiment_records(80, seed=1))
-    over = tiny_overrides(tmp_path / "run", **{"data.path": str(train), "data.test_path": str(test),
-                                               "model.kind": "ensemble", "model.members": "linear,fasttext",
-                                               "model.stacking": "oof", "model.stack_folds": 2,
-                                               "train.epochs": 3})
-    result = train_classifier(load_config(None, over, cls=ClassifyConfig), progress=False)
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    st = metrics["stacking"]
-    assert st["method"] == "oof" and st["folds"] == 2
-    acc = st["oof_accuracy"]
-    assert set(acc) == {"linear", "fasttext"} and max(acc.values()) >= 0.9
-    # The member that predicts its held-out folds better weighs more.
-    better = int(acc["fasttext"] > acc["linear"])
-    assert st["weights"][better] >= st["weights"][1 - better]
-    ensemble = json.loads((tmp_path / "run" / "ensemble.json").read_text())
-    assert ensemble["weights"] == st["weights"] == result.weights and sum(st["weights"]) == pytest.approx(1.0)
-    assert "split_weights" in st
-    assert not (tmp_path / "run" / "stack").exists()  # fold models are not kept
-    assert result.test["accuracy"] >= 0.9
-
-
 def test_budget_plan_fits_members_and_stacking_to_the_time():
     rich = plan_budget(600, 5, 20_000, True, "", True, "auto", 5)
     assert rich.members == "linear,fasttext,bilstm" and rich.stacking == "oof" and rich.folds == 5
@@ -127,6 +103,29 @@ def test_budget_clock_shares_what_is_left():
     assert clock.slot("bilstm", now=40.0) == pytest.approx(100 - 40 - 5 - 5)
     clock.predicted("bilstm", seconds=0.5, texts=100)  # scoring 1000 texts will take 5 s
     assert clock.deadline == pytest.approx(110 - 5 - REPORT_S)
+
+
+@pytest.mark.slow
+def test_oof_stacking_run_weighs_members_on_out_of_fold_predictions(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", sentiment_records(160, seed=0))
+    test = write_jsonl(tmp_path / "test.jsonl", sentiment_records(80, seed=1))
+    over = tiny_overrides(tmp_path / "run", **{"data.path": str(train), "data.test_path": str(test),
+                                               "model.kind": "ensemble", "model.members": "linear,fasttext",
+                                               "model.stacking": "oof", "model.stack_folds": 2,
+                                               "train.epochs": 3})
+    result = train_classifier(load_config(None, over, cls=ClassifyConfig), progress=False)
+    run = tmp_path / "run"
+    st = json.loads((run / "metrics.json").read_text())["stacking"]
+    assert st["method"] == "oof" and st["folds"] == 2 and st["folds_done"] == 2 and st["texts"] == 160
+    acc = st["oof_accuracy"]
+    assert set(acc) == {"linear", "fasttext"} and max(acc.values()) >= 0.9
+    better = int(acc["fasttext"] > acc["linear"])
+    assert st["weights"][better] >= st["weights"][1 - better]  # the better member out of fold weighs more
+    ensemble = json.loads((run / "ensemble.json").read_text())
+    assert ensemble["weights"] == st["weights"] == result.weights and sum(st["weights"]) == pytest.approx(1.0)
+    assert "split_weights" in st
+    assert not (run / "stack").exists()  # fold models are not kept
+    assert result.test["accuracy"] >= 0.9
 
 
 @pytest.mark.slow

@@ -216,16 +216,21 @@ def member_vectors(cfg: ClassifyConfig, texts: Sequence[str], vocab, cache: dict
     """
     if cfg.text.vectors != "train":
         return load_vectors(cfg.text.vectors, vocab)
+    cache = {} if cache is None else cache
+    wv = train_vectors(cfg, texts, cache, log)
+    return vectors_matrix(wv.words, wv.matrix, vocab)
+
+
+def train_vectors(cfg: ClassifyConfig, texts: Sequence[str], cache: dict, log: Log):
+    """The word vectors computed from the training texts (PPMI + SVD), once per run: kept in `cache`."""
     from lmforge.classify.vectors import train_word_vectors
 
-    cache = {} if cache is None else cache
     if "train" not in cache:
         t = cfg.text
         cache["train"] = train_word_vectors(texts, dim=t.vectors_dim, min_count=max(2, t.min_freq),
                                             language=t.language, unit=t.tokenizer, lowercase=t.lowercase,
                                             strip_html=t.strip_html, seed=cfg.seed, log=log)
-    wv = cache["train"]
-    return vectors_matrix(wv.words, wv.matrix, vocab)
+    return cache["train"]
 
 
 def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, task: ClassifyTask,

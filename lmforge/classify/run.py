@@ -28,7 +28,7 @@ from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.classify.config import NEURAL_KINDS, ClassifyConfig
 from lmforge.classify.data import (Labeled, LabelMap, kfold_splits, label_distribution, read_labeled, skew_message,
                                    stratified_split)
-from lmforge.classify.members import load_member, train_linear, train_neural
+from lmforge.classify.members import load_member, train_linear, train_neural, train_vectors
 from lmforge.classify.plan import MIN_SLOT_S, BudgetClock, ClassifyPlan, plan_budget, scoring_reserve_s
 from lmforge.classify.stacking import combine, out_of_fold, tune_weights
 from lmforge.classify.text import detect_language
@@ -203,6 +203,8 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
         else:
             mcfg = cfg
             if clock is not None:
+                if kind in ("bilstm", "transformer") and cfg.text.vectors == "train" and not resume:
+                    train_vectors(cfg, train.texts, vectors_cache, log)  # before the slot: not out of it
                 slot = clock.slot(kind)
                 mcfg = replace(cfg, train=replace(cfg.train, time_budget_s=slot))
                 log(f"{name}: {slot:.0f}s of the run budget")
@@ -232,14 +234,16 @@ def _timed_predict(member, texts: list[str], rt: Runtime, clock: BudgetClock | N
 
 def _oof_weights(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, n_classes: int, run_dir: Path, rt: Runtime,
                  progress: bool, clock: BudgetClock | None, vectors_cache: dict,
-                 linear_C: float | None = None) -> tuple[list[float], dict]:
+                 linear_C: float | None = None, final_facts: dict | None = None) -> tuple[list[float] | None, dict]:
     """Ensemble weights tuned on out-of-fold predictions of the whole training set (see stacking.py).
 
     Each fold trains every member on the other folds, with its own inner validation split for early
     stopping, so neither the member nor its checkpoint choice sees the held-out fold's labels.
     Word vectors computed from the training texts (no labels) are shared by the folds, and so is
     the linear model's C (`linear_C`, one number chosen by cross-validation for the final model):
-    the fold models then fit in seconds.
+    the fold models then fit in seconds. Under a run budget, a fold starts only when it can end
+    in time (the first is judged by the final members' training, `final_facts`); with no fold
+    done the weights are None (the caller keeps the split's).
     """
     log = _say(progress, rt)
     t0 = time.perf_counter()
@@ -249,7 +253,9 @@ def _oof_weights(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, n_classes: 
     if linear_C:
         cfg = replace(cfg, model=replace(cfg.model, linear=replace(cfg.model.linear, C=linear_C)))
 
-    last = {"fold": 0, "wall_s": 0.0, "fit_s": 0.0, "neural": 0}  # the latest fold's timings
+    final = [f for f in (final_facts or {}).values() if isinstance(f, dict)]
+    last = {"fold": 0, "wall_s": sum(f.get("train_s", 0.0) for f in final),  # the latest fold's timings
+            "fit_s": sum(f.get("fit_s", 0.0) for f in final), "neural": sum("fit_s" in f for f in final)}
 
     def fit_predict(tr: np.ndarray, te: np.ndarray) -> list[np.ndarray]:
         i = last["fold"] = last["fold"] + 1
@@ -285,6 +291,9 @@ def _oof_weights(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, n_classes: 
     if rt.is_main:
         shutil.rmtree(run_dir / "stack", ignore_errors=True)
     done = int(sum(covered[te].all() for _, te in folds))
+    if not done:
+        log("stacking: no fold fits in the run budget; the validation split weighs the members")
+        return None, {"method": "split", "folds_done": 0, "note": "no out-of-fold fold fitted in the run budget"}
     oof, yc = [p[covered] for p in oof], y[covered]
     weights = tune_weights(oof, yc)
     facts = {"method": "oof", "folds": k, "folds_done": done, "texts": int(covered.sum()), "weights": weights,
@@ -512,7 +521,8 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
     else:
         fit_set, fit_y, val_set, val_y, refit = train, y, valid, valid_y, None
     vectors_cache: dict = {}
-    clock = _budget_clock(cfg, t_start, len(val_y) + (len(test_y) if test_y is not None else 0))
+    # Validation texts are predicted as each member finishes; the test texts at the end.
+    clock = _budget_clock(cfg, t_start, len(test_y) if test_y is not None else 0)
     with ckpt.guard_writes(run_dir):
         members, val_probas, weights, facts = _fit_members(cfg, fit_set, fit_y, val_set, val_y, len(labels),
                                                            run_dir, rt, resume, progress, refit, on_eval, run_id,
@@ -520,9 +530,9 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         stacking = {"method": "split", "weights": weights}
         if cfg.model.stacking == "oof" and len(members if rt.is_main else cfg.model.member_kinds()) > 1:
             oof_w, stacking = _oof_weights(cfg, train, y, len(labels), run_dir, rt, progress, clock, vectors_cache,
-                                           facts.get("linear", {}).get("C"))
+                                           facts.get("linear", {}).get("C"), facts)
             stacking["split_weights"] = weights
-            weights = oof_w
+            weights = oof_w or weights
     if not rt.is_main:
         return ClassifyResult(run_dir, None, None, cv)
     with ckpt.guard_writes(run_dir):

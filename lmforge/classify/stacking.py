@@ -54,9 +54,9 @@ def out_of_fold(fit_predict: FitPredict, folds: Sequence[tuple[np.ndarray, np.nd
 
     `folds` are (train, held-out) index pairs whose held-out parts cover 0..n-1 exactly once;
     `fit_predict` trains on the first and predicts the second, so no prediction comes from a model
-    that was given that text's label. `keep_going()` is asked before every fold after the first
-    (a run budget running out): when it says no, the texts of the folds not done have no
-    prediction (NaN, and False in the mask).
+    that was given that text's label. `keep_going()` is asked before every fold (a run budget
+    running out): when it says no, the texts of the folds not done have no prediction (NaN, and
+    False in the mask).
     """
     out: list[np.ndarray] | None = None
     covered = np.zeros(n, dtype=bool)
@@ -65,10 +65,10 @@ def out_of_fold(fit_predict: FitPredict, folds: Sequence[tuple[np.ndarray, np.nd
         held[te] += 1
     if (held != 1).any():
         raise ValueError("the folds' held-out parts do not cover every text exactly once")
-    for i, (tr, te) in enumerate(folds):
+    for tr, te in folds:
         if np.intersect1d(tr, te).size:
             raise ValueError("a fold's training part overlaps its held-out part")
-        if i and keep_going is not None and not keep_going():
+        if keep_going is not None and not keep_going():
             break
         preds = fit_predict(tr, te)
         if out is None:
