@@ -53,8 +53,8 @@ def datasets(root: Path) -> dict[str, dict]:
 
 # (model name, preset or None, overrides) per dataset. "default" is `lmforge classify train` with no
 # option (what a newcomer gets); "default-split" the same with its ensemble weighed on the
-# validation split instead of out-of-fold (the same run where 'auto' picks split anyway); "best"
-# is the preset lmforge recommends there.
+# validation split instead of out-of-fold (identical to "default" where 'auto' picks the split
+# anyway: large sets); "best" is the preset lmforge recommends there.
 PLAN: dict[str, list[tuple[str, str | None, dict]]] = {
     "imdb": [
         ("default", None, {}),
