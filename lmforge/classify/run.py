@@ -456,14 +456,16 @@ def _warm_imports(cfg: ClassifyConfig) -> None:
         import torch.utils.tensorboard  # noqa: F401
 
 
-def _budget_clock(cfg: ClassifyConfig, t_start: float, scored_texts: int) -> BudgetClock | None:
+def _budget_clock(cfg: ClassifyConfig, t_start: float, scored_texts: int, refit: bool) -> BudgetClock | None:
     """The clock that shares out a run budget's training time (None without train.run_budget_s)."""
     if cfg.train.run_budget_s <= 0:
         return None
     kinds = cfg.model.member_kinds()
     folds = cfg.model.stack_folds if cfg.model.stacking == "oof" else 0
     neural = [k for k in kinds if k in NEURAL_KINDS] * (1 + folds)
-    linear_fits = (2 + 2 * folds) if "linear" in kinds else 0  # each training fits it, then refits it
+    # The final linear model is refitted on all the labeled texts when a split was held out; each
+    # fold's is always fitted, then refitted on the fold's training part.
+    linear_fits = (1 + refit + 2 * folds) if "linear" in kinds else 0
     return BudgetClock(t_start + cfg.train.run_budget_s, neural, linear_fits,
                        scoring_reserve_s(cfg.train.run_budget_s), scored_texts)
 
@@ -522,7 +524,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         fit_set, fit_y, val_set, val_y, refit = train, y, valid, valid_y, None
     vectors_cache: dict = {}
     # Validation texts are predicted as each member finishes; the test texts at the end.
-    clock = _budget_clock(cfg, t_start, len(test_y) if test_y is not None else 0)
+    clock = _budget_clock(cfg, t_start, len(test_y) if test_y is not None else 0, refit is not None)
     with ckpt.guard_writes(run_dir):
         members, val_probas, weights, facts = _fit_members(cfg, fit_set, fit_y, val_set, val_y, len(labels),
                                                            run_dir, rt, resume, progress, refit, on_eval, run_id,
