@@ -145,3 +145,16 @@ def test_time_budget_run_ends_within_ten_percent(tmp_path, capsys):
     assert 0.9 * budget_s <= wall <= 1.1 * budget_s, (wall, saved["member_facts"], saved["stacking"])
     assert result["test"]["accuracy"] >= 0.9
     assert saved["stacking"]["method"] in ("oof", "split")
+
+
+def test_linear_search_for_C_stops_at_its_deadline():
+    from lmforge.classify.config import LinearConfig
+    from lmforge.classify.linear import LinearTextModel
+
+    records = sentiment_records(200, seed=3)
+    texts, y = [r["text"] for r in records], np.array([r["label"] == "pos" for r in records], dtype=int)
+    cfg = LinearConfig(features="nb", ngrams=2, char_ngrams=0)
+    full = LinearTextModel(cfg, "en", True, True, 2).fit(texts, y)
+    assert len(full.cv_scores) == 4
+    rushed = LinearTextModel(cfg, "en", True, True, 2).fit(texts, y, search_until=time.perf_counter())
+    assert len(rushed.cv_scores) == 1 and rushed.C in full.cv_scores  # one whole C tried, then stopped

@@ -162,13 +162,13 @@ def load_member(folder: Path, kind: str, device: torch.device | str = "cpu"):
 
 
 def train_linear(cfg: ClassifyConfig, texts: Sequence[str], y: np.ndarray, n_classes: int, folder: Path,
-                 log: Log) -> LinearMember:
+                 log: Log, search_until: float | None = None) -> LinearMember:
     from lmforge.classify.linear import LinearTextModel
 
     model = LinearTextModel(cfg.model.linear, cfg.text.language, cfg.text.lowercase, cfg.text.strip_html, n_classes)
     sample = oversample_indices(y, cfg.seed) if cfg.data.oversample else np.arange(len(y))
     cw = balanced_class_weights(y, n_classes) if cfg.data.class_weights else None
-    model.fit([texts[i] for i in sample], y[sample], cw, cfg.seed, log=log)
+    model.fit([texts[i] for i in sample], y[sample], cw, cfg.seed, log=log, search_until=search_until)
     model.save(folder)
     return LinearMember(model)
 

@@ -42,6 +42,7 @@ REPORT_S = 2.0  # metrics, plots and the report, after the predictions
 FIRST_NEURAL_S = 2.0
 PER_NEURAL_S = 1.0
 MIN_SLOT_S = 1.0
+LINEAR_SEARCH_SHARE = 0.2  # of the training time left, at most, for the linear model's search for C
 MAX_EPOCHS = 60.0  # neural models stop at this many epochs even when time is left
 
 
@@ -135,6 +136,12 @@ class BudgetClock:
         left = (self.deadline - now - self.linear_left * self.linear_s - (len(weights) + 1) * self.overhead_s
                 - self.one_off_s)
         return max(MIN_SLOT_S, left * w / (w + sum(weights)))
+
+    def linear_search_until(self, now: float | None = None) -> float:
+        """When the linear model should stop trying values of C: after LINEAR_SEARCH_SHARE of the
+        time left (the rate used to plan is rough, and a busy CPU can make the search minutes)."""
+        now = time.perf_counter() if now is None else now
+        return now + LINEAR_SEARCH_SHARE * max(0.0, self.deadline - now)
 
     @property
     def deadline(self) -> float:

@@ -186,7 +186,8 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
         t0 = time.perf_counter()
         if kind == "linear":
             if rt.is_main:  # scikit-learn runs in one process; the others wait at the next barrier
-                member = train_linear(cfg, train.texts, y, n_classes, folder, log)
+                until = clock.linear_search_until() if clock is not None else None
+                member = train_linear(cfg, train.texts, y, n_classes, folder, log, until)
                 facts[name] = {"train_s": time.perf_counter() - t0, "C": member.model.C}
                 val_p = _timed_predict(member, val.texts, rt, clock, name)
             if clock is not None:
