@@ -872,7 +872,8 @@ def choose_tokenizer(sample: str, total_bytes: int, cjk_split: str,
                           f"vocabulary {vocab} for {total_bytes / 1e6:.1f} MB" + why_small)
 
 
-def sample_corpus(path: str | None, text_field: str, max_chars: int = 1_000_000) -> tuple[str, int]:
+def sample_corpus(path: str | None, text_field: str, max_chars: int = 1_000_000,
+                  encoding: str = "auto") -> tuple[str, int]:
     """The first `max_chars` characters of the corpus and the total size of its files in bytes."""
     from lmforge.data.readers import find_files, read_documents
 
@@ -880,7 +881,7 @@ def sample_corpus(path: str | None, text_field: str, max_chars: int = 1_000_000)
         return "", 0
     total = sum(f.stat().st_size for f in find_files(path))
     parts, n = [], 0
-    for doc in read_documents(path, text_field=text_field, doc_split="file"):
+    for doc in read_documents(path, text_field=text_field, doc_split="file", encoding=encoding):
         parts.append(doc.text[: max_chars - n])
         n += len(parts[-1])
         if n >= max_chars:

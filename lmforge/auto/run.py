@@ -46,7 +46,7 @@ def plan_run(
     if "tokenizer.kind" not in fixed and cfg.data.path:
         from lmforge.auto.planner import choose_tokenizer, sample_corpus
 
-        sample, total = sample_corpus(cfg.data.path, cfg.data.text_field)
+        sample, total = sample_corpus(cfg.data.path, cfg.data.text_field, encoding=cfg.data.encoding)
         peak_tflops = max(hw.bf16_tflops if hw.fast_bf16 else 0.0, hw.fp32_tflops)
         kind, vocab, why = choose_tokenizer(sample, total, cfg.tokenizer.cjk_split, budget_s * peak_tflops)
         cfg = from_dict(Config, to_dict(cfg))

@@ -14,7 +14,7 @@ from pathlib import Path
 from lmforge.config import Config, DataConfig
 from lmforge.data import default_corpus
 from lmforge.data.clean import CleanReport, clean_documents, split_documents
-from lmforge.data.readers import find_files, read_texts
+from lmforge.data.readers import ReadReport, find_files, read_documents
 from lmforge.data.tokenizer import Tokenizer, train_tokenizer
 from lmforge.data.tokens import TokenFile, cache_key, encode_corpus
 from lmforge.errors import DataError
@@ -40,10 +40,12 @@ def _file_signature(path: str | None) -> list:
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in find_files(path)]
 
 
-def _load_documents(data: DataConfig, path: str | None) -> list[str]:
+def _load_documents(data: DataConfig, path: str | None) -> tuple[list[str], ReadReport | None]:
+    """The documents under `path` and the report of the files read and left out (None: embedded corpus)."""
     if path is None:
-        return default_corpus.default_documents()
-    return read_texts(path, text_field=data.text_field, doc_split=data.doc_split)
+        return default_corpus.default_documents(), None
+    stream = read_documents(path, text_field=data.text_field, doc_split=data.doc_split, encoding=data.encoding)
+    return [doc.text for doc in stream], stream.report
 
 
 def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
@@ -77,12 +79,14 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
 
     t0 = time.perf_counter()
     source = data.path or default_corpus.describe()
-    docs = _load_documents(data, data.path)
+    docs, files = _load_documents(data, data.path)
     cleaning = cfg.clean
     docs, report = clean_documents(docs, cleaning)
+    val_files = None
     if data.valid_path:
         train_docs = docs
-        val_docs, val_report = clean_documents(_load_documents(data, data.valid_path), cleaning)
+        raw_val, val_files = _load_documents(data, data.valid_path)
+        val_docs, val_report = clean_documents(raw_val, cleaning)
     else:
         train_docs, val_docs = split_documents(docs, data.val_fraction, cfg.seed)
         val_report = None
@@ -102,6 +106,8 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     t_enc = time.perf_counter() - t0 - t_read - t_tok
     summary = {
         "source": str(source),
+        "files": files.to_dict() if files else None,
+        "validation_files": val_files.to_dict() if val_files else None,
         "cleaning": report.to_dict(),
         "validation_cleaning": val_report.to_dict() if val_report else None,
         "train_documents": len(train_docs),
@@ -115,12 +121,15 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     }
     atomic_write_json(manifest, {"key": key, "summary": summary})
     if not quiet:
-        _print_summary(summary, report)
+        _print_summary(summary, report, [r for r in (files, val_files) if r is not None])
     return PreparedData(folder, tok, train, val, summary, reused=False)
 
 
-def _print_summary(summary: dict, report: CleanReport) -> None:
+def _print_summary(summary: dict, report: CleanReport, reads: list[ReadReport]) -> None:
     console.print(f"[green]prepare[/green]: {summary['source']}")
+    for read in reads:
+        for line in read.summary_lines():
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     for line in report.summary_lines():
         console.print(f"  {line}")
     console.print(

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.data.clean import clean_documents
-from lmforge.data.readers import read_texts
+from lmforge.data.readers import read_documents
 from lmforge.data.tokens import TokenFile, encode_corpus
 from lmforge.errors import DataError
 from lmforge.lm.model import load_run_model
@@ -73,7 +73,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, max_tokens: in
         tokens = TokenFile(Path(run_dir) / "data" / "val.bin").tokens
         source = "validation split"
     else:
-        docs, _ = clean_documents(read_texts(data, cfg.data.text_field, cfg.data.doc_split), cfg.clean)
+        stream = read_documents(data, cfg.data.text_field, cfg.data.doc_split, cfg.data.encoding)
+        docs, _ = clean_documents([doc.text for doc in stream], cfg.clean)
+        files_read, files_skipped = len(stream.report.files), len(stream.report.skipped)
         if not docs:
             raise DataError(f"{data}: no text left after cleaning")
         with tempfile.TemporaryDirectory() as tmp:
@@ -84,4 +86,6 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, max_tokens: in
     with torch.no_grad():
         metrics = evaluate_stream(model, tokens, token_byte_lengths(tok), T, max_tokens or len(tokens), rt)
     metrics["source"] = source
+    if data is not None:
+        metrics["files_read"], metrics["files_skipped"] = files_read, files_skipped
     return metrics
