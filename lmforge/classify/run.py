@@ -31,8 +31,8 @@ from lmforge.classify.members import load_member, train_linear, train_neural
 from lmforge.classify.text import detect_language
 from lmforge.config import from_dict, save_config
 from lmforge.errors import ConfigError, DataError
-from lmforge.classify.metrics import (classification_metrics, confusion_table, format_metrics, predict_labels,
-                                         save_confusion_png, summarize_folds)
+from lmforge.classify.metrics import (check_threshold, classification_metrics, confusion_table, format_metrics,
+                                      predict_labels, save_confusion_png, summarize_folds)
 from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
 from lmforge.console import console, print_summary
 
@@ -120,10 +120,13 @@ def _read(cfg: ClassifyConfig):
     d = cfg.data
     if not d.path:
         raise ConfigError("config field 'data.path': give the labeled training data (--data FILE)")
-    train = read_labeled(d.path, d.text_field, d.label_field)
+    train = read_labeled(d.path, d.text_field, d.label_field, encoding=d.encoding)
     labels = LabelMap.from_labels(train.labels, d.path)
-    valid = read_labeled(d.valid_path, d.text_field, d.label_field) if d.valid_path else None
-    test = read_labeled(d.test_path, d.text_field, d.label_field) if d.test_path else None
+    valid = read_labeled(d.valid_path, d.text_field, d.label_field, encoding=d.encoding) if d.valid_path else None
+    test = read_labeled(d.test_path, d.text_field, d.label_field, encoding=d.encoding) if d.test_path else None
+    if len(labels) > 2 and cfg.eval.threshold != 0.5:
+        raise ConfigError(f"config field 'eval.threshold': {cfg.eval.threshold} applies to two-class tasks only; "
+                          f"{d.path} has {len(labels)} classes (each text gets its most probable class)")
     return train, valid, test, labels
 
 
@@ -232,7 +235,11 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     warn = skew_message(y, labels, cfg.data.skew_warning_ratio)
     if warn and rt.is_main:
         console.print(f"[yellow]warning:[/yellow] {cfg.data.path}: {warn}")
+    reads = [part.report for part in (train, valid, test) if part is not None and part.report is not None]
     if progress and rt.is_main:
+        for read in reads:
+            for line in read.summary_lines():
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
         print_summary("data", [
             ("training", f"{len(train):,} texts from {cfg.data.path}"),
             ("classes", ", ".join(f"{k} ({v:,})" for k, v in label_distribution(y, labels).items())),
@@ -290,7 +297,8 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
                            title=f"{run_dir.name}: {split}")
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
-                                                      "member_facts": facts})
+                                                      "member_facts": facts,
+                                                      "files": [read.to_dict() for read in reads]})
     if progress:
         _print_result(result, labels, split)
     return result
@@ -373,9 +381,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, threshold: float | None 
     """Every metric of a trained run on labeled data (fields default to the run's)."""
     clf = Classifier(run_dir, device)
     d = clf.cfg.data
+    t = check_threshold(clf.cfg.eval.threshold if threshold is None else threshold, len(clf.labels), threshold)
     ds = read_labeled(data, text_field or d.text_field, label_field or d.label_field)
     y = clf.labels.encode(ds)
-    t = clf.cfg.eval.threshold if threshold is None else threshold
     return classification_metrics(y, clf.predict_proba(ds.texts), clf.labels.names, t)
 
 
@@ -387,9 +395,9 @@ def predict_run(run_dir: str | Path, input_path: str | Path, output: str | Path 
     Labels in the input, if any, are ignored; the output keeps each record's position.
     """
     clf = Classifier(run_dir, device)
+    t = check_threshold(clf.cfg.eval.threshold if threshold is None else threshold, len(clf.labels), threshold)
     ds = read_labeled(input_path, text_field or clf.cfg.data.text_field, "", need_labels=False)
     proba = clf.predict_proba(ds.texts)
-    t = clf.cfg.eval.threshold if threshold is None else threshold
     pred = predict_labels(proba, t)
     names = clf.labels.names
     rows = [{"label": names[int(c)], **{f"p_{n}": float(p[j]) for j, n in enumerate(names)}}
