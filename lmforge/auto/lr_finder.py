@@ -218,6 +218,11 @@ def find_lr(cfg, *, steps: int = 100, lr_min: float = 1e-5, lr_max: float = 1.0,
     from lmforge.trainer.runtime import init_runtime
     from lmforge.console import console
 
+    from lmforge.config import check_option, is_int, is_number
+
+    check_option(is_int(steps) and 2 <= steps <= 100_000, "--steps", steps, "must be an integer in [2, 100000]")
+    check_option(is_number(lr_min) and lr_min > 0, "--lr-min", lr_min, "must be a finite number > 0")
+    check_option(is_number(lr_max) and lr_max > lr_min, "--lr-max", lr_max, f"must be a finite number above --lr-min {lr_min}")
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare(cfg, quiet=not progress)

@@ -386,6 +386,10 @@ def tune(
     on_trial: Callable[[Any], None] | None = None,
 ) -> TuneResult:
     """Run (or resume) the study until it holds `n_trials` finished trials or `time_s` has passed."""
+    from lmforge.config import MAX_SEED, check_option, is_int
+
+    check_option(is_int(n_trials) and 1 <= n_trials <= 1_000_000, "--trials", n_trials, "must be an integer >= 1")
+    check_option(is_int(seed) and 0 <= seed <= MAX_SEED, "--seed", seed, f"must be an integer in [0, {MAX_SEED}]")
     optuna = _optuna()
 
     from lmforge.console import console

@@ -172,7 +172,15 @@ class LabelMap:
 
     @classmethod
     def load(cls, path: Path) -> LabelMap:
-        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["labels"])
+        try:
+            names = json.loads(Path(path).read_text(encoding="utf-8"))["labels"]
+        except FileNotFoundError:
+            raise DataError(f"{path} is missing; the run folder is incomplete (was training started?)") from None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); the run folder is damaged") from None
+        if not isinstance(names, list) or len(names) < 2:
+            raise DataError(f"{path} does not hold a list of at least two labels; the run folder is damaged")
+        return cls(names)
 
 
 def class_counts(y: np.ndarray, n_classes: int) -> np.ndarray:

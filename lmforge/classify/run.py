@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.classify.config import NEURAL_KINDS, ClassifyConfig
@@ -29,7 +28,7 @@ from lmforge.classify.data import (Labeled, LabelMap, kfold_splits, label_distri
                                    stratified_split)
 from lmforge.classify.members import load_member, train_linear, train_neural
 from lmforge.classify.text import detect_language
-from lmforge.config import from_dict, save_config
+from lmforge.config import from_dict, read_run_config, save_config
 from lmforge.errors import ConfigError, DataError
 from lmforge.classify.metrics import (check_threshold, classification_metrics, confusion_table, format_metrics,
                                       predict_labels, save_confusion_png, summarize_folds)
@@ -100,10 +99,8 @@ def resolve_auto(cfg: ClassifyConfig, texts: list[str]) -> ClassifyConfig:
 
 
 def load_run_config(run_dir: Path) -> ClassifyConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a classifier run folder (no config.yaml); pass the folder given as --out")
-    return from_dict(ClassifyConfig, yaml.safe_load(path.read_text(encoding="utf-8")) or {}, source=str(path)).validate()
+    tree = read_run_config(run_dir, "classify")
+    return from_dict(ClassifyConfig, tree, source=str(Path(run_dir) / "config.yaml")).validate()
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -358,6 +355,9 @@ class Classifier:
     """A trained run folder, loaded: `predict_proba(texts)` averages its members as trained."""
 
     def __init__(self, run_dir: str | Path, device: str = "cpu"):
+        from lmforge.trainer.runtime import check_device
+
+        check_device(device)
         self.run_dir = Path(run_dir)
         self.cfg = load_run_config(self.run_dir)
         self.labels = LabelMap.load(self.run_dir / "labels.json")

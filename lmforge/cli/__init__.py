@@ -7,6 +7,7 @@ One module per command family: `lm` (train, prepare, eval, generate, config), `c
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -28,8 +29,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 done, 2 bad input or usage, 1 a bug, 130 interrupted)."""
     t_start = time.perf_counter()  # a --time budget counts from here
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse has already printed
+        return e.code if isinstance(e.code, int) else 2 if e.code else 0
     args.t_start = t_start
     try:
         return _dispatch(args)
@@ -39,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
+    except Exception as e:
+        if os.environ.get("LMFORGE_TRACEBACK") == "1":
+            raise
+        # Bad input never lands here (it raises LmforgeError); this is a bug, told in one line.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"lmforge: internal error: {type(e).__name__}: {first[:300]}. This is a bug in lmforge; please "
+              "report it with the command line (LMFORGE_TRACEBACK=1 shows the traceback).", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

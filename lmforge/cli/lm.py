@@ -91,7 +91,6 @@ def dispatch(args: argparse.Namespace) -> int:
 
         cfg = SampleConfig(prompt=args.prompt or "", num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        cfg.validate()
         generate(args.run, args.prompt, cfg, seed=args.seed, device=args.device)
         return 0
     if args.command == "config":

@@ -6,6 +6,7 @@ import argparse
 import typing
 
 from lmforge.config import Config, iter_fields
+from lmforge.errors import ConfigError
 
 
 def _type_name(tp) -> str:
@@ -39,9 +40,14 @@ def make_config(args: argparse.Namespace):
     from lmforge.config import load_config
 
     overrides = overrides_from(args)
-    data = getattr(args, "data", None) or getattr(args, "data_pos", None)
-    if data:
-        overrides["data.path"] = data
-    if getattr(args, "out", None):
+    given = {name: value for name, value in (("DATA", getattr(args, "data_pos", None)),
+                                             ("--data", getattr(args, "data", None)),
+                                             ("--data.path", overrides.get("data.path"))) if value is not None}
+    if len(set(given.values())) > 1:
+        raise ConfigError(f"the training data is given twice ({', '.join(f'{k} {v}' for k, v in given.items())}); "
+                          "give it once")
+    if given:
+        overrides["data.path"] = next(iter(given.values()))
+    if getattr(args, "out", None) is not None:
         overrides["out"] = args.out
     return load_config(args.config, overrides)

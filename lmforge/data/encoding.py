@@ -12,7 +12,6 @@ The detected codec must decode the whole file strictly, or the error says where 
 
 from __future__ import annotations
 
-import codecs
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -141,7 +140,12 @@ def _strict(data: bytes, codec: str, source: str, why: str) -> str:
 
 
 def _explicit(data: bytes, source: str, encoding: str) -> Decoded:
-    codec = codecs.lookup(encoding).name
+    from lmforge.config import text_codec
+
+    codec = text_codec(encoding)
+    if codec is None:
+        raise DataError(f"{source}: {encoding!r} (--data.encoding) is not a known text encoding; use auto, or a codec "
+                        "name such as utf-8, latin-1, cp1252, gbk")
     if codec == "utf-8" and data.startswith(_UTF8_BOM):
         data = data[len(_UTF8_BOM) :]
     try:

@@ -7,7 +7,6 @@ Every error names the file (and line or field) and says what to do about it.
 
 from __future__ import annotations
 
-import codecs
 import csv
 import glob
 import gzip
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from lmforge.config import text_codec
 from lmforge.data.encoding import Decoded, decode
 from lmforge.errors import DataError
 
@@ -188,7 +188,7 @@ class ReadReport:
     decoded: dict[str, list[str]] = field(default_factory=dict)  # "cp1252 (detected)" -> files
 
     def note_decoding(self, path: Path, decoded: Decoded) -> None:
-        if codecs.lookup(decoded.encoding).name != "utf-8":
+        if text_codec(decoded.encoding) != "utf-8":
             self.decoded.setdefault(f"{decoded.encoding} ({decoded.how})", []).append(str(path))
 
     def summary_lines(self, limit: int | None = 20) -> list[str]:

@@ -10,13 +10,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge.config import check_option, is_int
 from lmforge.data.clean import clean_documents
 from lmforge.data.readers import read_documents
 from lmforge.data.tokens import TokenFile, encode_corpus
 from lmforge.errors import DataError
 from lmforge.lm.model import load_run_model
 from lmforge.lm.task import token_byte_lengths, window_batch
-from lmforge.trainer.runtime import Runtime
+from lmforge.trainer.runtime import Runtime, check_device
 
 
 def evaluate_stream(
@@ -65,7 +66,11 @@ def evaluate_stream(
 def evaluate(run_dir: str | Path, data: str | Path | None = None, max_tokens: int = 0,
              device: str = "cpu") -> dict[str, float]:
     """Metrics of the run's model on `data` (cleaned as in training), or on its validation split."""
+    check_option(is_int(max_tokens) and max_tokens >= 0, "--max-tokens", max_tokens, "must be an integer >= 0 (0: all)")
+    check_device(device)
     model, tok, info = load_run_model(Path(run_dir), device)
+    check_option(max_tokens == 0 or max_tokens >= model.cfg.context_len, "--max-tokens", max_tokens,
+                 f"is less than one window of the model's context ({model.cfg.context_len} tokens)")
     cfg = info["config"]
     rt = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device(device), precision="fp32")
     T = model.cfg.context_len

@@ -18,8 +18,18 @@ from lmforge.errors import DataError
 from lmforge.models.gpt import GPT
 
 def build_model(cfg: ModelConfig, vocab_size: int, seed: int) -> GPT:
+    from lmforge.errors import TrainingError
+    from lmforge.trainer.step import is_oom_error
+
     torch.manual_seed(seed)
-    return GPT(cfg, vocab_size)
+    try:
+        return GPT(cfg, vocab_size)
+    except (RuntimeError, MemoryError) as e:
+        if not is_oom_error(e):
+            raise
+        params = cfg.block_params() + vocab_size * cfg.d_model
+        raise TrainingError(f"the model (about {params:,} parameters, {4 * params / 2**30:.1f} GiB in fp32) does not "
+                            "fit in memory; make it smaller (model.n_layer, model.d_model, model.context_len)") from None
 
 
 def save_shape(model: GPT, path: Path) -> None:
@@ -44,16 +54,11 @@ def model_from_shape(path: Path) -> GPT:
 
 def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
     """The trained model of a run folder (best validation weights), its tokenizer and config."""
-    import yaml
-
-    from lmforge.config import Config, from_dict
+    from lmforge.config import Config, from_dict, read_run_config
     from lmforge.trainer.checkpoint import latest_checkpoint, load_weights
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
-        raise DataError(f"{run_dir} is not an lmforge run folder (no config.yaml); pass the folder given as --out")
-    cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text(encoding="utf-8")), source=str(cfg_path))
+    cfg = from_dict(Config, read_run_config(run_dir, "lm"), source=str(run_dir / "config.yaml"))
     tok = Tokenizer.load(run_dir / "data" / "tokenizer.json")
     model = model_from_shape(run_dir / "model.json")
     weights = run_dir / "model.safetensors"

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from lmforge.atomic import atomic_write_json
-from lmforge.config import Config, from_dict, save_config
+from lmforge.config import Config, from_dict, read_run_config, save_config
 from lmforge.errors import ConfigError
 from lmforge.lm.model import build_model, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
@@ -66,12 +66,8 @@ def _runtime_choices(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, task
 
 
 def load_run_config(run_dir: Path) -> Config:
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"cannot resume: {path} not found; pass the run folder given as --out")
-    return from_dict(Config, yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path)).validate()
+    tree = read_run_config(run_dir, "lm")
+    return from_dict(Config, tree, source=str(Path(run_dir) / "config.yaml")).validate()
 
 
 def train(cfg: Config | None = None, resume: str | Path | None = None, progress: bool = True,
