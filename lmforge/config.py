@@ -92,9 +92,14 @@ class TokenizerConfig:
     vocab_size: int = 4096
     """BPE vocabulary size including special tokens (the char tokenizer sizes its own vocabulary: one id per character seen, plus 256 bytes)."""
     cjk_split: Literal["char", "jieba", "none"] = "char"
-    """BPE only: pre-split runs of Chinese/Japanese/Korean characters per character or per jieba word, so CJK text trains as fast as English."""
+    """BPE with tokenizer.pretokenizer lmforge only: pre-split runs of Chinese/Japanese/Korean characters per character or per jieba word, so CJK text trains as fast as English."""
     min_frequency: int = 2
     """BPE only: a pair must occur this often to be merged."""
+    pretokenizer: Literal["lmforge", "gpt2", "llama3", "qwen2"] = "lmforge"
+    """BPE only: how text is cut into words before BPE. 'lmforge': lines, each CJK character on its own
+    (tokenizer.cjk_split), then GPT-2's rule; exports to Hugging Face but not to GGUF. 'gpt2', 'llama3',
+    'qwen2': those models' rules exactly (llama3 and qwen2 keep newline runs and cut digits into
+    groups of three or one), which llama.cpp reproduces, so the model also exports to GGUF."""
 
     def validate(self) -> None:
         check_types(self, "tokenizer.")  # also checked here: the tokenizer trainer is called directly
@@ -104,6 +109,8 @@ class TokenizerConfig:
             check(self.vocab_size <= MAX_VOCAB, "tokenizer.vocab_size",
                   f"must be at most {MAX_VOCAB:,}: larger vocabularies make the embedding huge and most ids unused")
         check(0 <= self.min_frequency <= MAX_COUNT, "tokenizer.min_frequency", f"must be an integer in [0, {MAX_COUNT}]")
+        check(self.cjk_split != "jieba" or self.pretokenizer == "lmforge", "tokenizer.cjk_split",
+              f"'jieba' works with tokenizer.pretokenizer lmforge only, not {self.pretokenizer!r}")
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
@@ -114,7 +121,7 @@ def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
 
 def default_d_ff(d_model: int, mlp: str) -> int:
     """GPT-2's 4x for a GELU MLP; for SwiGLU the width with about the same parameter count."""
-    return 4 * d_model if mlp == "gelu" else swiglu_hidden(d_model)
+    return swiglu_hidden(d_model) if mlp == "swiglu" else 4 * d_model
 
 
 @dataclass
@@ -144,12 +151,23 @@ class ModelConfig:
     """'rms' (RMSNorm) or 'layer' (LayerNorm without bias, GPT-2's and nanoGPT's choice)."""
     position: Literal["rope", "learned"] = "rope"
     """'rope' (rotary positions) or 'learned' (a learned position embedding added to the input, as in GPT-2)."""
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
-    """'swiglu' (gated SiLU) or 'gelu' (GPT-2's two-layer GELU MLP)."""
+    mlp: Literal["swiglu", "gelu", "gelu_tanh"] = "swiglu"
+    """'swiglu' (gated SiLU), 'gelu' (GPT-2's two-layer MLP with the exact, erf-based GELU) or 'gelu_tanh'
+    (the same with GELU's tanh approximation, as GPT-2 was trained and as llama.cpp computes it)."""
     rope_base: float = 10000.0
     """Base (theta) of the rotary position frequencies."""
     norm_eps: float = 1e-5
     """Epsilon of the normalization layers."""
+    head_dim: int = 0
+    """Width of each attention head; 0 means d_model / n_head. Imported models may use another width
+    (Qwen3-0.6B: 16 heads of 128 in a 1024-wide stream)."""
+    bias: bool = False
+    """Biases in every linear layer (and LayerNorm) but the output layer, as in GPT-2; for imported checkpoints."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections only, as in Qwen2; for imported checkpoints."""
+    qk_norm_shared: bool = True
+    """With qk_norm: one gain vector serves queries and keys (attention sees only their product); false
+    keeps a gain for each, as Qwen3 checkpoints have."""
 
     def validate(self) -> None:
         check_types(self, "model.")  # also checked here: models are built from this section directly
@@ -157,9 +175,13 @@ class ModelConfig:
             check(0 < getattr(self, name) <= most, f"model.{name}", f"must be in [1, {most:,}]")
         check(self.n_kv_head >= 0, "model.n_kv_head", "must be >= 0 (0: as many as model.n_head)")
         check(0 <= self.d_ff <= MAX_WIDTH, "model.d_ff", f"must be in [0, {MAX_WIDTH:,}] (0: the default width for model.mlp)")
-        check(self.d_model % self.n_head == 0, "model.d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
-        check(self.position != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.n_head",
-               "head size d_model/n_head must be even for rotary embeddings (or set model.position: learned)")
+        check(0 <= self.head_dim <= MAX_WIDTH, "model.head_dim", f"must be in [0, {MAX_WIDTH:,}] (0: d_model / n_head)")
+        check(self.head_dim > 0 or self.d_model % self.n_head == 0, "model.d_model",
+              f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        head = self.head_dim or self.d_model // self.n_head
+        check(self.position != "rope" or head % 2 == 0, "model.n_head",
+               "head size (model.head_dim, or d_model/n_head) must be even for rotary embeddings "
+               "(or set model.position: learned)")
         kv = self.n_kv_head or self.n_head
         check(self.n_head % kv == 0, "model.n_kv_head", f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
         check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
@@ -173,15 +195,15 @@ class ModelConfig:
     def block_params(self) -> int:
         """Weights of the transformer blocks (attention and MLP matrices), without embeddings."""
         r = self.resolved()
-        head = r.d_model // r.n_head
-        attn = r.d_model * (r.n_head + 2 * r.n_kv_head) * head + r.d_model * r.d_model
+        attn = r.d_model * (r.n_head + 2 * r.n_kv_head) * r.head_dim + r.n_head * r.head_dim * r.d_model
         mlp = (3 if r.mlp == "swiglu" else 2) * r.d_model * r.d_ff
         return r.n_layer * (attn + mlp)
 
     def resolved(self) -> ModelConfig:
         """A copy with every 'choose for me' value (0) replaced by what it stands for."""
         return dataclasses.replace(self, n_kv_head=self.n_kv_head or self.n_head,
-                                   d_ff=self.d_ff or default_d_ff(self.d_model, self.mlp))
+                                   d_ff=self.d_ff or default_d_ff(self.d_model, self.mlp),
+                                   head_dim=self.head_dim or self.d_model // self.n_head)
 
 
 @dataclass
@@ -256,6 +278,8 @@ class TrainConfig:
     """Steps between checkpoints; 0 means at every evaluation."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep for resuming."""
+    track: Literal["tensorboard", "mlflow", "none"] = "tensorboard"
+    """Experiment tracking of the training records: 'tensorboard' (event files in RUN/tb), 'mlflow' (a local store in RUN/mlflow.db, or MLFLOW_TRACKING_URI when set) or 'none'."""
 
     def validate(self) -> None:
         check(0 < self.max_steps <= MAX_STEPS, "train.max_steps", f"must be in [1, {MAX_STEPS:,}]")
@@ -309,10 +333,14 @@ class SampleConfig:
 
 @dataclass
 class Config:
-    out: str = "runs/latest"
-    """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here."""
+    out: str = ""
+    """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here; empty: a new dated folder under runs/ (runs/latest links to it)."""
     seed: int = 1337
     """Seed for the data split, initialization, batch order and dropout."""
+    init: str | None = None
+    """Start from a trained model instead of random weights: an lmforge run folder (`lmforge import` makes one of a
+    Hugging Face model; `train --init` takes either). Its tokenizer and model shape are used; only model.context_len
+    and model.dropout may differ from it."""
     data: DataConfig = field(default_factory=DataConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

@@ -32,13 +32,15 @@ class Labeled:
     where: list[tuple[str, int]] = field(default_factory=list)  # (file, line)
     path: str = ""
     report: ReadReport | None = None  # the files read and left out
+    ids: list = field(default_factory=list)  # the id field's value per record (None where absent), if asked for
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx: Sequence[int]) -> Labeled:
         return Labeled([self.texts[i] for i in idx], [self.labels[i] for i in idx],
-                       [self.where[i] for i in idx] if self.where else [], self.path, self.report)
+                       [self.where[i] for i in idx] if self.where else [], self.path, self.report,
+                       [self.ids[i] for i in idx] if self.ids else [])
 
 
 def _fields_hint(record: dict) -> str:
@@ -68,14 +70,18 @@ def _label_value(value, source: str, line: int, label_field: str):
 
 
 def read_labeled(path: str | Path, text_field: str, label_field: str, need_labels: bool = True,
-                 encoding: str = "auto") -> Labeled:
+                 encoding: str = "auto", id_field: str | None = None) -> Labeled:
     """Every record of the files under `path`, checked: text present and non-empty, label present,
-    and the labels written in one style (see `check_label_styles`)."""
+    and the labels written in one style (see `check_label_styles`). With `id_field`, each record's
+    value of that field is kept too (None where it has none)."""
     texts: list[str] = []
     labels: list = []
     where: list[tuple[str, int]] = []
+    ids: list = []
     records = iter_records(path, encoding)
     for record, source, line in records:
+        if id_field is not None:
+            ids.append(record.get(id_field))
         if text_field not in record:
             raise DataError(f"{source}:{line}: no field {text_field!r}. Fields present: {_fields_hint(record)}. "
                             "Use --text-field NAME to pick the text field.")
@@ -94,7 +100,7 @@ def read_labeled(path: str | Path, text_field: str, label_field: str, need_label
         where.append((source, line))
     if not texts:
         raise DataError(f"{path}: holds no records. Check the path and the file contents.")
-    data = Labeled(texts, labels, where, str(path), records.report)
+    data = Labeled(texts, labels, where, str(path), records.report, ids)
     if need_labels:
         check_label_styles(data, label_field)
     return data
