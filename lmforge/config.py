@@ -371,7 +371,8 @@ class Config:
 
 def check_run_fields(cfg) -> None:
     """The run folder and seed, shared by the language-model and classifier configs."""
-    check(bool(cfg.out.strip()), "out", "must name a run folder")
+    check(cfg.out == "" or bool(cfg.out.strip()), "out",
+          "is blank; name a run folder, or leave it out for a new dated run folder under runs/")
     check(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (2**32 - 1)")
 
 
@@ -635,19 +636,59 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """
     cls = cls or Config
     tree: dict = {}
-    source = ""
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        source = str(p)
+        tree = read_config_file(Path(path))
+        try:  # the file's own keys and types, so that their errors name the file
+            from_dict(cls, tree, source=str(path))
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value, cls)
-    return from_dict(cls, tree, source=source).validate()
+    return from_dict(cls, tree).validate()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one section; "
+                                  "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(p: Path) -> dict:
+    """A YAML config file as a dict; one-line errors naming the file (and line) otherwise."""
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from None
+    except yaml.YAMLError as e:
+        mark, start = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if start is not None and getattr(e, "context", None) and (mark is None or start.line != mark.line):
+            problem = f"{e.context} opened at line {start.line + 1}: {problem}"
+        raise ConfigError(f"config file {p} is not valid YAML{where} ({problem}); fix it there") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {p} must be a mapping of sections (like `model:` and `train:`), "
+                          f"not {type(tree).__name__} {str(tree)[:60]!r}")
+    return tree
 
 
 RUN_KINDS = {"lm": "language-model", "classify": "classifier"}

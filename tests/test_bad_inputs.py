@@ -5,6 +5,7 @@ folder changed (see tests/catalogue.py). Cases that would train fail before trai
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 from catalogue import (PNG, TINY_LM, case, csv_text, gz, jsonl, labeled, parametrize, parquet, prose, run_case,
@@ -221,7 +222,7 @@ CONFIG = [
     case("config", "classify-gpt-run-not-a-run", "classify train --data d.jsonl --model gpt --out run "
          "--model.gpt.run d.jsonl", "d.jsonl", files={"d.jsonl": jsonl(RECS)}),
     case("config", "classify-gpt-run-is-classifier", "classify train --data d.jsonl --model gpt --out run "
-         "--model.gpt.run clf", "clf", "classifier run", files={"d.jsonl": jsonl(RECS)}, runs=("clf",)),
+         "--model.gpt.run clf", "clf holds an lmforge classify run", files={"d.jsonl": jsonl(RECS)}, runs=("clf",)),
     case("config", "classify-yaml-is-lm-config", "classify train --config c.yaml --data d.jsonl", "c.yaml",
          "'tokenizer'", files={"c.yaml": "tokenizer:\n  kind: char\n", "d.jsonl": jsonl(RECS)}),
 ]
@@ -284,9 +285,9 @@ CLASSIFY = [
     case("classify", "latin1-csv-mixed-with-utf8", "classify train --data d.csv --model linear --out run",
          "d.csv", "mixes encodings",
          files={"d.csv": "text,label\nGrüße aus München,1\n".encode("latin-1") + "Größe,0\n".encode()}),
-    case("classify", "eval-on-lm-run", "classify eval lm --data d.jsonl", "lm is a language-model run",
+    case("classify", "eval-on-lm-run", "classify eval lm --data d.jsonl", "lm holds an lmforge lm run",
          "lmforge eval", files={"d.jsonl": jsonl(RECS)}, runs=("lm",)),
-    case("classify", "predict-on-lm-run", "classify predict lm --input d.jsonl", "language-model run",
+    case("classify", "predict-on-lm-run", "classify predict lm --input d.jsonl", "lm run, not a classifier",
          files={"d.jsonl": jsonl(RECS)}, runs=("lm",)),
     case("classify", "eval-not-a-run", "classify eval somewhere --data d.jsonl", "somewhere",
          "not an lmforge run folder", files={"d.jsonl": jsonl(RECS), "somewhere/notes.txt": "x"}),
@@ -321,7 +322,7 @@ CLASSIFY = [
 
 RUN = "lm"
 GENERATION = [
-    case("generate", "classifier-run", "generate clf --prompt hi", "clf is a classifier run",
+    case("generate", "classifier-run", "generate clf --prompt hi", "clf holds an lmforge classify run",
          "lmforge classify", runs=("clf",)),
     case("generate", "not-a-run", "generate docs --prompt hi", "docs", "not an lmforge run folder",
          files={"docs/a.txt": "x"}),
@@ -354,7 +355,7 @@ GENERATION = [
     case("eval", "max-tokens-negative", "eval lm --max-tokens -1", "--max-tokens -1", runs=("lm",)),
     case("eval", "max-tokens-below-context", "eval lm --max-tokens 5", "--max-tokens 5", "one window",
          runs=("lm",)),
-    case("eval", "classifier-run", "eval clf", "clf is a classifier run", runs=("clf",)),
+    case("eval", "classifier-run", "eval clf", "clf holds an lmforge classify run", runs=("clf",)),
     case("eval", "not-a-run", "eval docs", "docs", "not an lmforge run folder", files={"docs/a.txt": "x"}),
     case("eval", "data-missing", "eval lm --data nope.txt", "nope.txt", "no such file", runs=("lm",)),
     case("eval", "data-binary", "eval lm --data d.txt", "d.txt", "binary file", files={"d.txt": PNG},
@@ -364,17 +365,130 @@ GENERATION = [
     case("eval", "device-unknown", "eval lm --device gpu0", "--device gpu0", runs=("lm",)),
     case("resume", "not-a-run", "train --resume docs", "docs", "not an lmforge run folder",
          files={"docs/a.txt": "x"}),
-    case("resume", "classifier-run", "train --resume clf", "clf is a classifier run", runs=("clf",)),
-    case("resume", "lm-run-as-classifier", "classify train --resume lm", "lm is a language-model run",
+    case("resume", "classifier-run", "train --resume clf", "cannot resume clf", "classify run", runs=("clf",)),
+    case("resume", "lm-run-as-classifier", "classify train --resume lm", "cannot resume lm", "lm run",
          runs=("lm",)),
+]
+
+CONV = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+
+
+def _damage(rel: str, data: bytes | str | None):
+    """A setup that replaces (or, with None, removes) a file of a copied shared run."""
+    def setup(folder: Path) -> None:
+        path = folder / rel
+        if data is None:
+            path.unlink()
+        elif isinstance(data, bytes):
+            path.write_bytes(data)
+        else:
+            path.write_text(data)
+    return setup
+
+
+def _no_intact_weights(folder: Path) -> None:
+    import shutil
+
+    shutil.rmtree(folder / "lm" / "checkpoints", ignore_errors=True)
+    (folder / "lm" / "model.safetensors").write_bytes(b"\x00" * 64)
+
+
+SERVING = [
+    case("serve", "port-negative", "serve lm --port -1", "--port -1", runs=("lm",)),
+    case("serve", "port-too-high", "serve lm --port 70000", "--port 70000", runs=("lm",)),
+    case("serve", "max-batch-zero", "serve lm --max-batch 0", "--max-batch 0", runs=("lm",)),
+    case("serve", "device-unknown", "serve lm --device tpu", "--device tpu", runs=("lm",)),
+    case("serve", "missing-run", "serve gone", "gone", "no such run folder"),
+    case("serve", "names-count", "serve lm --model-name a --model-name b", "--model-name", "one per run",
+         runs=("lm",)),
+    case("serve", "names-twice", "serve lm lm/", "--model-name", "lm", runs=("lm",)),
+    case("serve", "port-not-a-number", "serve lm --port http", "--port", "invalid int value", runs=("lm",)),
+    case("chat", "temperature-nan", "chat lm --temperature nan", "--temperature nan", runs=("lm",)),
+    case("chat", "top-p-zero", "chat lm --top-p 0", "--top-p 0", runs=("lm",)),
+    case("chat", "max-new-tokens-negative", "chat lm --max-new-tokens -3", "--max-new-tokens -3", runs=("lm",)),
+    case("chat", "device-unknown", "chat lm --device gpu7", "--device gpu7", runs=("lm",)),
+    case("chat", "classifier-run", "chat clf", "clf holds an lmforge classify run", runs=("clf",), stdin="hi\n"),
+    case("chat", "missing-run", "chat gone", "gone", stdin="hi\n"),
+    case("ui", "port-too-high", "ui --port 99999", "--port 99999"),
+    case("ui", "presets-missing", "ui --presets nope", "--presets nope"),
+    case("ui", "runs-is-a-file", "ui --runs f.txt", "--runs f.txt", files={"f.txt": "x"}),
+    case("report", "not-a-run", "report docs", "docs", files={"docs/a.txt": "x"}),
+    case("report", "missing-run", "report gone", "gone"),
+    case("compare", "not-a-run", "compare docs --out c.png", "docs", files={"docs/a.txt": "x"}),
+    case("compare", "out-is-a-user-file", "compare lm --out notes.png", "notes.png", files={"notes.png": PNG},
+         runs=("lm",)),
+    case("sft", "no-data", "sft lm --out ft", "data", runs=("lm",)),
+    case("sft", "base-missing", "sft gone --data c.jsonl --out ft", "gone", files={"c.jsonl": CONV}),
+    case("sft", "base-is-classifier", "sft clf --data c.jsonl --out ft", "clf", files={"c.jsonl": CONV},
+         runs=("clf",)),
+    case("sft", "data-missing", "sft lm --data nope.jsonl --out ft", "nope.jsonl", runs=("lm",)),
+    case("sft", "data-not-conversations", "sft lm --data c.jsonl --out ft", "c.jsonl:1", "messages",
+         files={"c.jsonl": '{"text": "hello"}\n'}, runs=("lm",)),
+    case("sft", "data-unknown-role", "sft lm --data c.jsonl --out ft", "c.jsonl:1", "wizard",
+         files={"c.jsonl": '{"messages": [{"role": "wizard", "content": "x"}]}\n'}, runs=("lm",)),
+    case("sft", "data-content-not-text", "sft lm --data c.jsonl --out ft", "c.jsonl:1", "content",
+         files={"c.jsonl": '{"messages": [{"role": "user", "content": 5}, '
+                           '{"role": "assistant", "content": "a"}]}\n'}, runs=("lm",)),
+    case("sft", "data-invalid-json", "sft lm --data c.jsonl --out ft", "c.jsonl:2", files={"c.jsonl": CONV + "{oops\n"},
+         runs=("lm",)),
+    case("sft", "lr-nan", "sft lm --data c.jsonl --out ft --optim.lr nan", "optim.lr", files={"c.jsonl": CONV},
+         runs=("lm",)),
+    case("export", "missing-run", "export gone --to hf --out x", "gone"),
+    case("export", "classifier-run", "export clf --to hf --out x", "clf", "classify", runs=("clf",)),
+    case("export", "hf-q8", "export lm --to hf --out x --dtype q8_0", "--dtype q8_0", runs=("lm",)),
+    case("export", "gguf-auto", "export lm --to gguf --out x.gguf --dtype auto", "--dtype auto", runs=("lm",)),
+    case("export", "to-unknown", "export lm --to onnx --out x", "--to", "invalid choice", runs=("lm",)),
+    case("export", "out-is-a-user-folder", "export lm --to hf --out mine", "mine", files={"mine/notes.txt": "x"},
+         runs=("lm",)),
+    case("export", "gguf-char-tokenizer", "export lm --to gguf --out m.gguf", "tokenizer.kind", "--to hf",
+         runs=("lm",)),
+    case("export", "out-is-the-run", "export lm --to hf --out lm", "lm", runs=("lm",)),
+    case("import", "missing-folder", "import nope --out r", "nope"),
+    case("import", "not-a-model-folder", "import docs --out r", "docs", files={"docs/a.txt": "x"}),
+    case("import", "config-not-json", "import h --out r", "config.json", files={"h/config.json": "{oops"}),
+    case("import", "unsupported-architecture", "import h --out r", "h", "bert",
+         files={"h/config.json": '{"architectures": ["BertModel"], "model_type": "bert"}'}),
+    case("import", "context-negative", "import h --out r --context-len -5", "--context-len -5",
+         files={"h/config.json": "{}"}),
+    case("train", "init-missing", "train d.txt --out run --init gone", "gone", files={"d.txt": TEXT}),
+    case("train", "init-is-classifier", "train d.txt --out run --init clf", "clf", files={"d.txt": TEXT},
+         runs=("clf",)),
+]
+
+DAMAGED = [
+    case("damaged", "weights-garbage-no-checkpoint", "generate lm --prompt hi", "lm", "model.safetensors",
+         runs=("lm",), setup=_no_intact_weights),
+    case("damaged", "tokenizer-garbage", "generate lm --prompt hi", "tokenizer.json", runs=("lm",),
+         setup=_damage("lm/data/tokenizer.json", "{not json")),
+    case("damaged", "tokenizer-missing", "eval lm", "tokenizer.json", runs=("lm",),
+         setup=_damage("lm/data/tokenizer.json", None)),
+    case("damaged", "model-json-garbage", "generate lm --prompt hi", "model.json", runs=("lm",),
+         setup=_damage("lm/model.json", "[1, 2")),
+    case("damaged", "config-missing-resume", "train --resume lm", "lm", runs=("lm",),
+         setup=_damage("lm/config.yaml", None)),
+    case("damaged", "ensemble-json-garbage", "classify predict clf --input d.jsonl", "ensemble.json",
+         files={"d.jsonl": jsonl(RECS)}, runs=("clf",), setup=_damage("clf/ensemble.json", "{")),
+    case("damaged", "classifier-member-missing", "classify predict clf --input d.jsonl", "clf",
+         files={"d.jsonl": jsonl(RECS)}, runs=("clf",), setup=lambda f: shutil.rmtree(f / "clf" / "linear")),
+    case("damaged", "classifier-config-garbage", "classify eval clf --data d.jsonl", "config.yaml",
+         files={"d.jsonl": jsonl(RECS)}, runs=("clf",), setup=_damage("clf/config.yaml", "text: [")),
+]
+
+MORE_DATA = [
+    case("data", "parquet-struct-text", "prepare d.parquet --out run", "d.parquet:1", "'text'",
+         files={"d.parquet": parquet({"text": [{"a": 1}, {"a": 2}]})}),
+    case("data", "jsonl-text-is-object", "prepare d.jsonl --out run", "d.jsonl:1", "'text'",
+         files={"d.jsonl": '{"text": {"a": 1}}\n'}),
+    case("data", "jsonl-line-not-utf8", "prepare d.jsonl --out run", "d.jsonl",
+         files={"d.jsonl": b'{"text": "ok"}\n{"text": "\xff\xfe bad"}\n'}),
+    case("data", "csv-only-header", "classify train --data d.csv --model linear --out run", "d.csv", "no records",
+         files={"d.csv": "text,label\n"}),
 ]
 
 PREPARE = [
     case("prepare", "corpus-too-small-for-context", "train d.txt --out run --tokenizer.kind char "
          "--model.context_len 512 --train.global_batch_tokens 512 --eval.max_tokens 512",
-         "d.txt", "context", files={"d.txt": prose(4)}),
-    case("prepare", "one-document-no-validation", P, "no validation text", "data.val_fraction",
-         files={"d.txt": "one single paragraph of text\n"}),
+         "training split", "model.context_len", files={"d.txt": prose(4)}),
     case("prepare", "all-removed-by-min-chars", P + " --clean.min_chars 100000", "no training text left",
          files={"d.txt": TEXT}),
     case("prepare", "validation-file-empty", P + " --data.valid_path v.txt", "no validation text",
@@ -406,12 +520,12 @@ CLI = [
 SUBPROCESS = [
     case("exit-path", "binary-data", P, "d.txt", "binary file", files={"d.txt": PNG}, subprocess=True),
     case("exit-path", "bad-config-value", "train --model.dropout 2", "model.dropout", subprocess=True),
-    case("exit-path", "wrong-run-kind", "generate clf --prompt hi", "classifier run", runs=("clf",),
+    case("exit-path", "wrong-run-kind", "generate clf --prompt hi", "classify run", runs=("clf",),
          subprocess=True),
     case("exit-path", "unknown-option", "train --optim.lrr 1", "Did you mean --optim.lr", subprocess=True),
 ]
 
-CASES = DATA_FILES + CONFIG + CLASSIFY + GENERATION + PREPARE + CLI + SUBPROCESS
+CASES = DATA_FILES + MORE_DATA + CONFIG + CLASSIFY + GENERATION + SERVING + DAMAGED + PREPARE + CLI + SUBPROCESS
 
 
 @parametrize(CASES)
@@ -421,7 +535,8 @@ def test_bad_input(bad, tmp_path, capsys, monkeypatch, shared_runs):
 
 def test_catalogue_size_and_categories():
     assert len(CASES) >= 100
-    assert {c.category for c in CASES} >= {"data", "config", "classify", "generate", "eval", "prepare", "cli"}
+    assert {c.category for c in CASES} >= {"data", "config", "classify", "generate", "eval", "prepare", "cli", "serve",
+                                           "chat", "sft", "export", "import", "damaged"}
 
 
 def test_tiny_lm_settings_train():

@@ -383,6 +383,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
             fit_idx, val_idx = np.arange(len(y)), np.arange(0)
         else:
             fit_idx, val_idx = stratified_split(y, cfg.data.val_fraction, cfg.seed)
+            _check_split(cfg, y, fit_idx, val_idx, len(labels))
         fit_set, val_set = train.subset(fit_idx), train.subset(val_idx)
         fit_y, val_y = y[fit_idx], y[val_idx]
         refit = (train.texts, y) if len(val_idx) else None
@@ -439,6 +440,18 @@ def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas,
                                                       "files": [read.to_dict() for read in reads]})
     log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     return result
+
+
+def _check_split(cfg: ClassifyConfig, y, fit_idx, val_idx, n_classes: int) -> None:
+    """A held-out split too small to score every class, or a training part missing a class, would give
+    a metric or a model that is not what was asked for."""
+    missing = n_classes - len(np.unique(y[fit_idx]))
+    if len(val_idx) < 2 or missing:
+        why = (f"the training part would lack {missing} of the {n_classes} classes" if missing else
+               f"the validation part would hold {len(val_idx)} record, and a score on one record means nothing")
+        raise DataError(f"{cfg.data.path}: {len(y)} records are too few to hold out validation data "
+                        f"(data.val_fraction {cfg.data.val_fraction}): {why}. Add records, give --valid FILE, or "
+                        "raise --data.val_fraction")
 
 
 def _brief(m: dict) -> dict:
@@ -511,9 +524,16 @@ class Classifier:
         info_path = self.run_dir / "ensemble.json"
         if not info_path.is_file():
             raise DataError(f"{self.run_dir} has no trained model yet (no ensemble.json); finish or resume training")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        self.kinds, self.weights = info["members"], info["weights"]
-        kinds = info.get("kinds", self.kinds)
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            self.kinds, self.weights = list(info["members"]), list(info["weights"])
+            kinds = list(info.get("kinds", self.kinds))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{info_path} is unreadable ({type(e).__name__}); the run folder is damaged. Train "
+                            "it again (--overwrite)") from None
+        if not (len(self.kinds) == len(self.weights) == len(kinds) >= 1):
+            raise DataError(f"{info_path} lists {len(self.kinds)} members but {len(self.weights)} weights; the run "
+                            "folder is damaged. Train it again (--overwrite)")
         import torch
 
         self.rt = Runtime(0, 1, 0, torch.device(device), "fp32")

@@ -14,10 +14,35 @@ import time
 from lmforge.errors import LmforgeError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, suggesting the nearest option for a misspelt one (--optim.lrr -> --optim.lr)."""
+
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = sorted(_option_strings(self))
+            for token in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(token.split("=")[0], known, n=1, cutoff=0.6)
+                if token.startswith("--") and close:
+                    message += f". Did you mean {close[0]}?"
+                    break
+        super().error(message)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    found = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= _option_strings(child)
+    return found
+
+
 def build_parser() -> argparse.ArgumentParser:
     from lmforge.cli import auto, classify, export, lm, serve
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lmforge",
         description="Raw text to a trained, evaluated language model or text classifier in one command.",
     )

@@ -127,9 +127,10 @@ def dispatch(args) -> int:
             print(json.dumps(plan.to_dict()))
         return 0
     if args.command == "lr-find":
-        from lmforge.auto.lr_finder import find_lr
+        from lmforge.auto.lr_finder import check_lr_find_options, find_lr
         from lmforge.runs import claim
 
+        check_lr_find_options(args.steps, args.lr_min, args.lr_max)
         cfg = make_config(args)
         cfg.out = str(claim(cfg.out, "lm", overwrite=args.overwrite, quiet=args.json))
         res = find_lr(cfg, steps=args.steps, lr_min=args.lr_min, lr_max=args.lr_max, progress=not args.json)

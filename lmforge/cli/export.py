@@ -52,8 +52,11 @@ def dispatch(args: argparse.Namespace) -> int:
         _report(summary, args.json)
         return 0
     if args.command == "import":
+        from lmforge.config import check_option
         from lmforge.export.hf_import import import_hf
 
+        check_option(0 <= args.context_len <= 2**20, "--context-len", args.context_len,
+                     "must be in [0, 1048576] (0: the model's max_position_embeddings)")
         _report(import_hf(args.hf_dir, args.out, args.context_len, args.overwrite), args.json)
         return 0
     raise AssertionError(args.command)

@@ -32,6 +32,11 @@ def add_config_options(p: argparse.ArgumentParser, cls: type = Config) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, str]:
+    out = getattr(args, "out", None)
+    if isinstance(out, str) and not out.strip():
+        # An empty --out (often an unset shell variable) must not quietly mean "a new dated folder".
+        raise ConfigError("config field 'out' (--out): is blank; name a run folder, or leave --out out for a new "
+                          "dated run folder under runs/")
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
 
 

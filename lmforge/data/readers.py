@@ -439,11 +439,17 @@ def _missing_column(source: str, field: str, columns: list[str]) -> DataError:
 def _csv_rows(text: str, source: str, delimiter: str, require: str | None) -> Iterator[tuple[dict, int]]:
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     # newline="" hands line endings to the csv module, which needs them for quoted multi-line fields.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote left open would otherwise swallow every later row into one field, silently.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    previous = 0
     try:
         header = next(reader, None)
         if header is None:
             return
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise DataError(f"{source}:1: column {twice[0]!r} appears twice in the header, so its values would "
+                            "overwrite each other; rename one of them")
         if require is not None and require not in header:
             raise _missing_column(f"{source}:1", require, header)
         previous = reader.line_num
@@ -458,6 +464,9 @@ def _csv_rows(text: str, source: str, delimiter: str, require: str | None) -> It
                 )
             yield dict(zip(header, row)), line
     except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise DataError(f"{source}:{previous + 1}: a quoted field opened on this line is never closed (the file "
+                            "ends inside it). Close the quote, or double a quote inside a quoted field (\"\").") from None
         raise DataError(
             f"{source}:{reader.line_num}: malformed row ({exc}). Fix the quoting on this line."
         ) from None

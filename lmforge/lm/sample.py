@@ -173,6 +173,13 @@ def generate(
     check_device(device)
     if prompt is None:
         prompt = sys.stdin.read()
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes the terminal's locale could not decode arrive as surrogates
+        from lmforge.errors import ConfigError
+
+        raise ConfigError(f"the prompt (--prompt or standard input) is not valid text at character {e.start + 1}; "
+                          "pass UTF-8 text (check the terminal's locale, e.g. LANG=C.UTF-8)") from None
     model, tok, _ = load_run_model(Path(run_dir), device)
     texts = []
     for i in range(cfg.num_samples):
