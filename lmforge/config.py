@@ -537,8 +537,9 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        # An empty string is not "unset": `--data "$UNSET"` must not fall back to the embedded corpus.
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        # "" is unset here too (presets and scripts use it); a blank --data is refused by the command line,
+        # where it would otherwise fall back to the embedded corpus.
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             if type(None) in args:
                 return None
         inner = [a for a in args if a is not type(None)]

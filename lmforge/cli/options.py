@@ -48,6 +48,10 @@ def make_config(args: argparse.Namespace):
     given = {name: value for name, value in (("DATA", getattr(args, "data_pos", None)),
                                              ("--data", getattr(args, "data", None)),
                                              ("--data.path", overrides.get("data.path"))) if value is not None}
+    for name, value in given.items():
+        if not str(value).strip():
+            raise ConfigError(f"config field 'data.path' ({name}): is blank; give a file, folder or glob, or leave it "
+                              "out for the embedded corpus")
     if len(set(given.values())) > 1:
         raise ConfigError(f"the training data is given twice ({', '.join(f'{k} {v}' for k, v in given.items())}); "
                           "give it once")
