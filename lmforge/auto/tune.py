@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from lmforge.config import from_dict, iter_fields, set_dotted, to_dict
 from lmforge.errors import ConfigError, LmforgeError
@@ -162,7 +161,10 @@ def parse_space(space: dict, cls: type) -> list[Param]:
     params = []
     for name, spec in space.items():
         if name not in types:
-            set_dotted({}, name, None, cls)  # raises with a suggestion
+            try:
+                set_dotted({}, name, None, cls)  # raises with a suggestion
+            except ConfigError as e:
+                raise ConfigError(f"search space: {str(e).replace(' on the command line', '')}") from None
         tp = types[name]
         if typing.get_origin(tp) in (typing.Union, types_mod.UnionType):
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
@@ -204,20 +206,17 @@ class TuneSpec:
 def load_tune_spec(path: str | Path, space_path: str | Path | None = None, task: str | None = None,
                    overrides: dict[str, Any] | None = None) -> TuneSpec:
     """Read a tune file (a config with a `search:` section, or a plain config plus a separate space file)."""
+    from lmforge.config import read_config_file
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"tune file {p} not found")
-    try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{p} must be a mapping of config sections")
+    tree = read_config_file(p)
     space = tree.pop("search", None)
     file_task = tree.pop("task", None)
     if space_path is not None:
-        sp = yaml.safe_load(Path(space_path).read_text(encoding="utf-8")) or {}
-        if isinstance(sp, dict) and "search" in sp:
+        sp = read_config_file(Path(space_path))
+        if "search" in sp:
             file_task = file_task or sp.get("task")
             sp = sp["search"]
         space = sp
