@@ -310,6 +310,12 @@ CLASSIFY = [
     case("classify", "run-labels-damaged", "classify predict clf --input d.jsonl", "labels.json", "damaged",
          files={"d.jsonl": jsonl(RECS)}, runs=("clf",),
          setup=lambda f: (f / "clf" / "labels.json").write_text("{not json")),
+    case("classify", "predict-output-unknown-type", "classify predict clf --input d.jsonl --output o.xml",
+         "--output o.xml", ".jsonl", files={"d.jsonl": jsonl(RECS)}, runs=("clf",)),
+    case("classify", "predict-format-contradicts-output", "classify predict clf --input d.jsonl --output o.csv "
+         "--format jsonl", "--format jsonl", "o.csv", files={"d.jsonl": jsonl(RECS)}, runs=("clf",)),
+    case("classify", "predict-output-is-input", "classify predict clf --input d.jsonl --output d.jsonl",
+         "--output d.jsonl", "input", files={"d.jsonl": jsonl(RECS)}, runs=("clf",)),
     case("classify", "vectors-dim-zero", "classify vectors --data d.txt --out v.vec --dim 0", "--dim 0",
          files={"d.txt": TEXT}),
     case("classify", "vectors-window-zero", "classify vectors --data d.txt --out v.vec --window 0", "--window 0",

@@ -568,6 +568,7 @@ def predict_run(run_dir: str | Path, input_path: str | Path, output: str | Path 
     from lmforge.data.readers import find_files
 
     if output is not None:
+        check_prediction_format(Path(output), fmt)
         runs.check_output(output, [input_path, *find_files(input_path)], overwrite=overwrite, option="--output")
     clf = Classifier(run_dir, device)
     t = check_threshold(clf.cfg.eval.threshold if threshold is None else threshold, len(clf.labels), threshold)
@@ -613,6 +614,20 @@ def format_predictions(rows: list[dict], fmt: str = "jsonl", delimiter: str = ",
         w.writerows(rows)
         return buf.getvalue()
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+_PREDICTION_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv"}
+
+
+def check_prediction_format(path: Path, fmt: str | None) -> None:
+    """An --output whose name says one format must not receive another (o.csv holding JSON lines)."""
+    from lmforge.config import check_option
+
+    implied = _PREDICTION_SUFFIXES.get(path.suffix.lower())
+    check_option(implied is not None or fmt is not None, "--output", path,
+                 "has no known file type; name it .jsonl, .csv or .tsv, or give --format")
+    check_option(fmt is None or implied is None or implied == fmt, "--format", fmt,
+                 f"contradicts --output {path}; drop --format or rename the output")
 
 
 def write_predictions(rows: list[dict], path: Path, fmt: str | None = None) -> None:

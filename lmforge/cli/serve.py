@@ -163,10 +163,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         from lmforge.report.compare import compare, print_table
 
-        from lmforge.runs import check_output
-
-        check_output(args.out, [], overwrite=args.overwrite, option="--out")
-        result = compare(args.runs, args.out)
+        result = compare(args.runs, args.out, overwrite=args.overwrite)
         if args.json:
             print(json.dumps(result))
         else:
