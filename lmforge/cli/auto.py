@@ -1,6 +1,6 @@
 """Command-line parts of the automation: `train --auto/--time`, `plan`, `lr-find`, `tune`.
 
-Argument definitions and dispatch only; the work is done in planner/run/lr_finder/tune. Importing
+Argument definitions and dispatch only; the work is done in auto/ (plan, run, lr_finder, tune). Importing
 this module is cheap (no torch), so `lmforge --help` stays fast.
 """
 
@@ -69,7 +69,7 @@ def add_commands(sub) -> None:
 
 
 def _fixed(args) -> set[str]:
-    from lmforge.auto.planner import explicit_fields
+    from lmforge.auto.inputs import explicit_fields
 
     return explicit_fields(args.config, _explicit_overrides(args))
 
@@ -95,7 +95,7 @@ def train_auto(args) -> int:
     if args.auto:
         if not args.time:
             raise ConfigError("--auto needs a time budget: add --time, e.g. --time 10m")
-        from lmforge.auto.planner import PlanOptions
+        from lmforge.auto.inputs import PlanOptions
         from lmforge.auto.run import auto_train
 
         cfg = make_config(args)
@@ -114,7 +114,7 @@ def train_auto(args) -> int:
 def dispatch(args) -> int:
 
     if args.command == "plan":
-        from lmforge.auto.planner import PlanOptions
+        from lmforge.auto.inputs import PlanOptions
         from lmforge.durations import parse_duration
         from lmforge.auto.run import plan_run
 
