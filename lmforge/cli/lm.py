@@ -57,7 +57,7 @@ def dispatch(args: argparse.Namespace) -> int:
         from lmforge.cli import auto
         from lmforge.lm.pretrain import result_json, train
 
-        if args.auto or args.time:
+        if auto.plans(args) or args.time:
             return auto.train_auto(args)
         if args.resume:
             result = train(resume=args.resume)
