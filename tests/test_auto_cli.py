@@ -70,6 +70,7 @@ def test_which_train_commands_plan():
     assert not plans(parse("x.txt", "--train.max_steps", "100"))
     assert not plans(parse("x.txt", "--train.time_budget_s", "60"))
     assert not plans(parse("--resume", "runs/x"))
+    assert not plans(parse("x.txt", "--init", "runs/base"))  # a given model trains as it is
 
 
 def test_default_train_plans_for_the_default_budget_and_says_so(corpus, tmp_path):

@@ -55,7 +55,8 @@ def test_train_with_no_options_then_eval_and_predict_agree(data, tmp_path, capsy
     assert main(["classify", "predict", str(run), "--input", str(data["test"]), "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     truth = [json.loads(line)["label"] for line in data["test"].read_text().splitlines()]
-    assert len(rows) == 100 and set(rows[0]) == {"label", "p_neg", "p_pos"}
+    assert len(rows) == 100 and set(rows[0]) == {"row", "label", "p_neg", "p_pos"}
+    assert [r["row"] for r in rows] == list(range(1, 101))  # joinable back to the input
     pred = [r["label"] for r in rows]
     y = [t == "pos" for t in truth]
     assert accuracy_score(truth, pred) == pytest.approx(metrics["accuracy"])
@@ -65,8 +66,8 @@ def test_train_with_no_options_then_eval_and_predict_agree(data, tmp_path, capsy
     csv_out = tmp_path / "pred.csv"
     assert main(["classify", "predict", str(run), "--input", str(data["test"]), "--output", str(csv_out)]) == 0
     lines = csv_out.read_text().splitlines()
-    assert lines[0] == "label,p_neg,p_pos" and len(lines) == 101
-    assert [ln.split(",")[0] for ln in lines[1:]] == pred
+    assert lines[0] == "row,label,p_neg,p_pos" and len(lines) == 101
+    assert [ln.split(",")[1] for ln in lines[1:]] == pred
 
     # The decision threshold moves binary decisions.
     assert main(["classify", "eval", str(run), "--data", str(data["test"]), "--json", "--threshold", "0.99"]) == 0
@@ -152,23 +153,27 @@ def test_there_are_presets_for_imdb_and_chinese():
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=[p.name for p in PRESETS])
-def test_presets_validate_and_smoke_run(preset, tmp_path):
+def test_presets_validate_and_learn(preset, tmp_path):
     first = preset.read_text().splitlines()[0]
     assert first.startswith("# lmforge classify train --config configs/classify/"), first
     cfg = load_config(preset, cls=ClassifyConfig)
-    zh = cfg.text.language == "zh"
-    recs = chinese_records(120) if zh else sentiment_records(120)
-    train = write_jsonl(tmp_path / "train.jsonl", recs)
-    # The preset's models and settings, on tiny data, for a fraction of an epoch.
-    over = {"data.path": str(train), "out": str(tmp_path / "run"), "train.epochs": "0.5",
-            "data.valid_path": "", "data.test_path": "", "eval.folds": "0", "train.time_budget_s": "0",
+    if "gpt" in cfg.model.member_kinds():
+        pytest.skip("needs a pretrained GPT run folder")
+    records = chinese_records if cfg.text.language == "zh" else sentiment_records
+    train = write_jsonl(tmp_path / "train.jsonl", records(300, seed=0))
+    test = write_jsonl(tmp_path / "test.jsonl", records(200, seed=1))
+    # The preset's models and settings on easy tiny data, in small batches so that its learning
+    # rates have steps enough (about 170) to learn it.
+    over = {"data.path": str(train), "out": str(tmp_path / "run"), "train.epochs": "10", "train.batch_size": "16",
+            "data.valid_path": "", "data.test_path": str(test), "eval.folds": "0", "train.time_budget_s": "0",
             "model.linear.min_df": "1", "text.min_freq": "1"}
     if cfg.text.vectors:  # a preset's vectors file is made from the real data: use the tiny data's own
         over.update({"text.vectors": "train", "text.vectors_dim": "16"})
-    if "gpt" in cfg.model.member_kinds():
-        pytest.skip("needs a pretrained GPT run folder")
     result = train_classifier(load_config(preset, over, cls=ClassifyConfig), progress=False)
-    assert result.valid is not None and 0.0 <= result.valid["accuracy"] <= 1.0
+    # Chance is 0.5 (balanced classes). Measured: 0.96 to 1.0, each member 0.89 to 1.0.
+    assert result.test["accuracy"] >= 0.9, result.test
+    for member, metrics in result.test.get("members", {}).items():
+        assert metrics["accuracy"] >= 0.75, (member, metrics)
 
 
 def test_vectors_command_then_training_with_them(data, tmp_path, capsys):

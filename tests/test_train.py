@@ -216,14 +216,22 @@ LM_PRESETS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.name.s
 
 
 @pytest.mark.parametrize("preset", LM_PRESETS, ids=[p.name for p in LM_PRESETS])
-def test_every_lm_preset_runs_a_few_steps(preset, corpus, tmp_path):
+def test_every_lm_preset_learns_in_a_few_steps(preset, corpus, tmp_path):
+    # The preset's tokenizer, model, optimizer and schedule kind, on 2 sequences a step for 25 steps
+    # (warm-up shortened to fit them).
+    context_len = load_config(preset).model.context_len
     cfg = load_config(preset, {
-        "data.path": str(corpus), "out": str(tmp_path / "run"), "train.max_steps": "3",
-        "train.time_budget_s": "0", "runtime.compile": "off", "eval.interval": "3", "eval.max_tokens": "4096",
+        "data.path": str(corpus), "out": str(tmp_path / "run"), "train.max_steps": "25",
+        "train.global_batch_tokens": str(2 * context_len), "schedule.warmup_steps": "5",
+        "train.time_budget_s": "0", "runtime.compile": "off", "eval.interval": "25", "eval.max_tokens": "4096",
         "sample.num_samples": "1", "sample.max_new_tokens": "5", "runtime.precision": "fp32",
     })
     result = lmforge.train(cfg, progress=False)
-    assert result.steps == 3 and math.isfinite(result.val_loss) and len(result.samples) == 1
+    assert result.steps == 25 and len(result.samples) == 1
+    vocab_size = json.loads((tmp_path / "run" / "model.json").read_text())["vocab_size"]
+    # An untrained model predicts about uniformly: ln(vocab). Learning the text's statistics takes
+    # the loss far below it (measured: 0.7 to 3.2 nats against 5.7 to 5.9).
+    assert result.val_loss < math.log(vocab_size) - 2.0
 
 
 def test_embedded_default_corpus_is_readable():

@@ -57,19 +57,34 @@ def plan_inputs(budget_s: float, hardware: dict, fixed, corpus: dict[str, Any]) 
             "fixed": sorted(fixed), "corpus": corpus}
 
 
-def load_previous(run_dir: str | Path, inputs: dict) -> PreviousPlan | None:
-    """The earlier plan in `run_dir` when it was made for these inputs (`corpus` compared only on the
-    keys given, so the tokenizer can be kept before the data is prepared); else None."""
-    path = Path(run_dir) / "plan.json"
+def read_plan(run_dir: str | Path | None) -> dict | None:
+    """The plan.json in `run_dir` as written, or None. Read before the run folder is claimed, since
+    --overwrite removes it and the memory of the earlier plan would go with it."""
+    if not run_dir:
+        return None
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json.loads((Path(run_dir) / "plan.json").read_text(encoding="utf-8"))
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def load_previous(run_dir: str | Path, inputs: dict, doc: dict | None = None) -> PreviousPlan | None:
+    """The earlier plan in `run_dir` (or `doc`, that plan read earlier) when it was made for these
+    inputs (`corpus` compared only on the keys given, so the tokenizer can be kept before the data is
+    prepared); else None."""
+    path = Path(run_dir) / "plan.json"
+    d = doc if doc is not None else read_plan(run_dir)
+    if d is None:
+        return None
+    try:
         old = d["inputs"]
         same = (old["format"] == inputs["format"] and old["budget_s"] == inputs["budget_s"]
                 and old["hardware"] == inputs["hardware"] and old["fixed"] == inputs["fixed"]
                 and all(old["corpus"].get(k) == v for k, v in inputs["corpus"].items()))
         return PreviousPlan.from_dict(d, str(path)) if same else None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no earlier plan, or one this planner did not write: plan afresh
+    except (ValueError, KeyError, TypeError):
+        return None  # a plan this planner did not write: plan afresh
 
 
 def sticky(new, previous, ratio_to_threshold: float, band: float = KEEP_BAND) -> tuple[Any, bool]:

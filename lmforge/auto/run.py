@@ -9,12 +9,13 @@ from pathlib import Path
 
 from lmforge.auto.choices import plan_optimizer
 from lmforge.auto.hardware import probe_hardware
-from lmforge.auto.hysteresis import PreviousPlan, load_previous, plan_inputs
+from lmforge.auto.hysteresis import PreviousPlan, load_previous, plan_inputs, read_plan
 from lmforge.auto.inputs import DataFacts, PlanOptions
 from lmforge.auto.plan import Plan, make_plan
 from lmforge.auto.timer import LMStepTimer
 from lmforge.config import Config, SampleConfig, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError
+from lmforge.runs import claim
 
 
 def plan_run(
@@ -25,6 +26,7 @@ def plan_run(
     fixed: set[str] | frozenset[str] = frozenset(),
     options: PlanOptions | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Plan:
     """Prepare the data (reused by the training run), probe the machine, time shapes and plan.
 
@@ -40,19 +42,22 @@ def plan_run(
         raise ConfigError("automatic planning runs in one process; run `lmforge plan` first and launch its "
                           "plan.yaml with torchrun (`lmforge train --config RUN/plan.yaml`)")
     t_start = time.perf_counter() if t_start is None else t_start
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    earlier_doc = read_plan(cfg.out)  # before claim: --overwrite removes the earlier plan
+    # The plan, its prepared data and the run that follows share one run folder (see lmforge.runs).
+    run_dir = claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
+    cfg = from_dict(Config, to_dict(cfg))
+    cfg.out = str(run_dir)
     device = cfg.runtime.device if "runtime.device" in fixed else "auto"
     hw = probe_hardware(device)  # first: the tokenizer's vocabulary depends on the compute at hand
     t0 = time.perf_counter()
     corpus = corpus_identity(cfg)
-    earlier = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus))
+    earlier = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus), earlier_doc)
     cfg, tokenizer_row, tokenizer_close = plan_tokenizer(cfg, hw, budget_s, fixed, earlier)
     data = prepare(cfg, quiet=not progress)
     prepare_s = time.perf_counter() - t0
     facts = DataFacts.from_prepared(data)
     corpus.update(asdict(facts))
-    previous = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus))
+    previous = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus), earlier_doc)
     # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
     timer = LMStepTimer(facts.vocab_size, hw.device, model=cfg.model, seed=cfg.seed, grad_clip=cfg.optim.grad_clip,
                         slow_s=max(0.25, budget_s / 400),
@@ -142,13 +147,15 @@ def auto_train(
     fixed: set[str] | frozenset[str] = frozenset(),
     options: PlanOptions | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ):
     """Plan, then train the plan so that the whole command ends within `budget_s`."""
     from lmforge.atomic import atomic_write_json
     from lmforge.lm.pretrain import train
 
     t_start = time.perf_counter() if t_start is None else t_start
-    plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress)
+    plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress,
+                    overwrite=overwrite)
     # The training budget, recomputed now that planning is over: what is left, less the save and
     # samples, the safety margin and about a second to build the model. (The loop keeps time for
     # its final evaluation itself.)
@@ -173,6 +180,9 @@ def auto_train(
     d = plan.to_dict()
     d["outcome"] = outcome
     atomic_write_json(Path(run_cfg.out) / "plan.json", d)
+    from lmforge.report.card import try_write_report
+
+    try_write_report(run_cfg.out)  # again, now with the plan's outcome and the samples
     return result
 
 

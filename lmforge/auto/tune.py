@@ -44,6 +44,7 @@ import yaml
 
 from lmforge.config import from_dict, iter_fields, set_dotted, to_dict
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.runs import claim, claim_study
 
 # --- tasks ------------------------------------------------------------------------------------
 
@@ -389,8 +390,7 @@ def tune(
     from lmforge.console import console
 
     task = get_task(spec.task)
-    study_dir = Path(out)
-    study_dir.mkdir(parents=True, exist_ok=True)
+    study_dir = claim_study(out)  # new, empty, or this study's folder (a killed study resumes)
     study, url = _open_study(task, study_dir, storage, study_name, n_trials, pruner, seed, progress)
     deadline = time.time() + time_s if time_s else None
     objective = _Objective(spec, task, study_dir, deadline, trial_time_s, progress)
@@ -458,9 +458,9 @@ class _Objective:
         except ConfigError as e:
             trial.set_user_attr("error", f"invalid config: {e}")
             raise
-        if run_dir.exists():  # a retried trial starts clean
+        if run_dir.exists():  # a retried trial starts clean (the study owns its trial folders)
             shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim(run_dir, self.spec.task, quiet=True)  # a run folder of its own, before shared data is linked in
         if self.progress:
             from lmforge.console import console
 

@@ -36,8 +36,9 @@ def add_train_options(p: argparse.ArgumentParser) -> None:
 
 def plans(args) -> bool:
     """Whether `train` plans: with --auto, or when nothing fixes the run's length or settings (no
-    preset, no train.max_steps or train.time_budget_s). A resumed run never plans."""
-    if args.resume:
+    preset, no train.max_steps or train.time_budget_s). A resumed run, or one that starts from a given
+    model (--init), never plans."""
+    if args.resume or getattr(args, "init", None):
         return False
     if args.auto:
         return True
@@ -52,6 +53,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out")
     p.add_argument("--time", metavar="DURATION", required=True, help="wall-clock budget, e.g. 10m")
     p.add_argument("--lr-find", action="store_true", help="use the learning-rate range test for the learning rate")
+    p.add_argument("--overwrite", action="store_true", help="--out holds a trained run: replace it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_config_options(p)
 
@@ -62,6 +64,7 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=100, help="steps of the test (default 100)")
     p.add_argument("--lr-min", type=float, default=1e-5)
     p.add_argument("--lr-max", type=float, default=1.0)
+    p.add_argument("--overwrite", action="store_true", help="--out holds a trained run: replace it")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     add_config_options(p)
 
@@ -106,11 +109,8 @@ def train_auto(args) -> int:
     """`lmforge train` that plans (see `plans`): plan, then train, all within --time (default
     DEFAULT_TIME); or, with a preset or fixed steps and --time but no --auto, a plain training budget."""
     from lmforge.durations import parse_duration
-    from lmforge.errors import ConfigError
     from lmforge.lm.pretrain import result_json, train
 
-    if args.resume:
-        raise ConfigError("--resume continues a run with its saved settings; do not combine it with --auto/--time")
     cfg = make_config(args)
     # Planning runs in one process: under torchrun only an explicit --auto plans (and says so).
     if plans(args) and (args.auto or int(os.environ.get("WORLD_SIZE", "1")) == 1):
@@ -124,11 +124,12 @@ def train_auto(args) -> int:
                           f"(change it with --time, e.g. --time 30m; a preset (--config) or --train.max_steps "
                           "trains a fixed run instead)", highlight=False)
         result = auto_train(cfg, parse_duration(args.time or DEFAULT_TIME), t_start=getattr(args, "t_start", None),
-                            fixed=_fixed(args), options=PlanOptions(lr_method="find" if args.lr_find else "rule"))
+                            fixed=_fixed(args), options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
+                            overwrite=args.overwrite)
     else:
         if args.time:
             cfg.train.time_budget_s = parse_duration(args.time)
-        result = train(cfg)
+        result = train(cfg, overwrite=args.overwrite)
     if args.json and int(os.environ.get("RANK", 0)) == 0:
         print(result_json(result))
     return 0
@@ -144,14 +145,16 @@ def dispatch(args) -> int:
         cfg = make_config(args)
         plan = plan_run(cfg, parse_duration(args.time), t_start=getattr(args, "t_start", None),
                         fixed=_fixed(args), options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
-                        progress=not args.json)
+                        progress=not args.json, overwrite=args.overwrite)
         if args.json:
             print(json.dumps(plan.to_dict()))
         return 0
     if args.command == "lr-find":
         from lmforge.auto.lr_finder import find_lr
+        from lmforge.runs import claim
 
         cfg = make_config(args)
+        cfg.out = str(claim(cfg.out, "lm", overwrite=args.overwrite, quiet=args.json))
         res = find_lr(cfg, steps=args.steps, lr_min=args.lr_min, lr_max=args.lr_max, progress=not args.json)
         if args.json:
             print(json.dumps({"suggestion": res.suggestion, "stop_reason": res.stop_reason, "steps": len(res.lrs),

@@ -2,64 +2,18 @@
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmforge.data.clean import clean_documents
 from lmforge.data.readers import read_texts
 from lmforge.data.tokens import TokenFile, encode_corpus
 from lmforge.errors import DataError
 from lmforge.lm.model import load_run_model
-from lmforge.lm.task import token_byte_lengths, window_batch
+from lmforge.lm.task import evaluate_stream, token_byte_lengths
 from lmforge.trainer.runtime import Runtime
-
-
-def evaluate_stream(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    byte_lengths: np.ndarray,
-    context_len: int,
-    max_tokens: int,
-    rt: Runtime,
-    batch_size: int = 32,
-) -> dict[str, float]:
-    """Loss, perplexity and bits per byte over non-overlapping windows from the start of `tokens`.
-
-    Deterministic (no sampling noise between evaluations); ranks score interleaved windows and
-    the sums are all-reduced.
-    """
-    T = context_len
-    n_windows = max(1, min((len(tokens) - 1) // T, max_tokens // T))
-    starts = np.arange(n_windows) * T
-    mine = starts[rt.rank :: rt.world_size]
-    nats = torch.zeros((), dtype=torch.float64)
-    count = torch.zeros((), dtype=torch.float64)
-    nbytes = torch.zeros((), dtype=torch.float64)
-    for i in range(0, len(mine), batch_size):
-        x, y = window_batch(tokens, mine[i : i + batch_size], T, rt.device)
-        logits = model(x)
-        nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-        nats += nll.double().cpu()
-        count += y.numel()
-        nbytes += float(byte_lengths[y.cpu().numpy()].sum())
-    if rt.distributed:
-        import torch.distributed as dist
-
-        sums = torch.stack([nats, count, nbytes]).to(rt.device)
-        dist.all_reduce(sums)
-        nats, count, nbytes = sums.cpu()
-    loss = float(nats / count)
-    return {
-        "val_loss": loss,
-        "val_ppl": math.exp(min(loss, 50.0)),
-        "val_bpb": float(nats / math.log(2) / max(float(nbytes), 1.0)),
-        "val_tokens": int(count),
-    }
 
 
 def evaluate(run_dir: str | Path, data: str | Path | None = None, max_tokens: int = 0,
@@ -70,6 +24,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, max_tokens: in
     rt = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device(device), precision="fp32")
     T = model.cfg.context_len
     if data is None:
+        if not (Path(run_dir) / "data" / "val.bin").is_file():
+            raise DataError(f"{run_dir} has no validation split (an imported model has none); "
+                            "score a text file with --data FILE")
         tokens = TokenFile(Path(run_dir) / "data" / "val.bin").tokens
         source = "validation split"
     else:

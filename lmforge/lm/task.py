@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.data.tokens import TokenFile
@@ -25,6 +28,49 @@ def window_batch(tokens: np.ndarray, starts: np.ndarray, context_len: int, devic
     if device.type == "cuda":
         return x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
     return x.contiguous(), y.contiguous()
+
+
+def evaluate_stream(
+    model: torch.nn.Module,
+    tokens: np.ndarray,
+    byte_lengths: np.ndarray,
+    context_len: int,
+    max_tokens: int,
+    rt: Runtime,
+    batch_size: int = 32,
+) -> dict[str, float]:
+    """Loss, perplexity and bits per byte over non-overlapping windows from the start of `tokens`.
+
+    Deterministic (no sampling noise between evaluations); ranks score interleaved windows and
+    the sums are all-reduced.
+    """
+    T = context_len
+    n_windows = max(1, min((len(tokens) - 1) // T, max_tokens // T))
+    starts = np.arange(n_windows) * T
+    mine = starts[rt.rank :: rt.world_size]
+    nats = torch.zeros((), dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
+    nbytes = torch.zeros((), dtype=torch.float64)
+    for i in range(0, len(mine), batch_size):
+        x, y = window_batch(tokens, mine[i : i + batch_size], T, rt.device)
+        logits = model(x)
+        nll = F.cross_entropy(logits.float().view(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        nats += nll.double().cpu()
+        count += y.numel()
+        nbytes += float(byte_lengths[y.cpu().numpy()].sum())
+    if rt.distributed:
+        import torch.distributed as dist
+
+        sums = torch.stack([nats, count, nbytes]).to(rt.device)
+        dist.all_reduce(sums)
+        nats, count, nbytes = sums.cpu()
+    loss = float(nats / count)
+    return {
+        "val_loss": loss,
+        "val_ppl": math.exp(min(loss, 50.0)),
+        "val_bpb": float(nats / math.log(2) / max(float(nbytes), 1.0)),
+        "val_tokens": int(count),
+    }
 
 
 class LMTask:
@@ -76,7 +122,5 @@ class LMTask:
         return model(x, y)
 
     def evaluate(self, model: torch.nn.Module, rt: Runtime, batch_size: int = 32) -> dict[str, float]:
-        from lmforge.lm.evaluate import evaluate_stream
-
         return evaluate_stream(model, self.val_tokens, self.byte_lengths, self.context_len,
                                self.eval_max_tokens, rt, batch_size)
