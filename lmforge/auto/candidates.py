@@ -138,10 +138,37 @@ class Scored:
                 "tokens": round(self.tokens), "measured": self.measured, "score": self.score}
 
 
+LADDER_STEP = 2 ** 0.125  # training times the shape is decided at: a grid of about 9% steps
+LADDER_START_S = 8.0
+
+
+def ladder_floor(seconds: float) -> float:
+    """`seconds` rounded down to the ladder of training times (LADDER_START_S x LADDER_STEP^k)."""
+    if seconds <= LADDER_START_S:
+        return seconds
+    return LADDER_START_S * LADDER_STEP ** math.floor(math.log(seconds / LADDER_START_S, LADDER_STEP) + 1e-9)
+
+
+def ladder_below(seconds: float) -> list[float]:
+    """The ladder's training times below `seconds`, shortest first."""
+    out, t = [], LADDER_START_S
+    while t < seconds * (1 - 1e-9):
+        out.append(t)
+        t *= LADDER_STEP
+    return out
+
+
 @dataclass
 class ShapeSearch:
     """Ranks the candidates by predicted loss with their (measured or estimated) speed, and times the
-    best-ranked ones until the top of the ranking is measured."""
+    best-ranked ones until the top of the ranking is measured.
+
+    More time must never give a worse plan. So the shape is decided for the training time rounded
+    down to a ladder of about 9% steps (`ladder_floor`), walking up the ladder from a few seconds:
+    at each rung the choice is made among shapes at least as large (in block parameters) as the
+    rung below chose. Along the ladder the chosen shape then never shrinks and its predicted loss
+    never rises (the same shape gets more tokens, or a larger one is in a lower cell of the tie
+    grid), and between rungs the shape stays and only its tokens grow."""
 
     cands: list[Candidate]
     speeds: Speeds
@@ -150,15 +177,28 @@ class ShapeSearch:
     speed_factor: float  # expected from compiling
     opt: PlanOptions
 
-    def rank(self) -> list[Scored]:
+    @property
+    def decision_s(self) -> float:
+        """The training time the shape is decided for (see the class note)."""
+        return ladder_floor(self.train_s)
+
+    def speeds_now(self) -> list[tuple[Candidate, ShapeCounts, float, bool]]:
+        """(shape, counts, expected training tokens/s, measured) of every candidate that can run."""
         out = []
         for c in self.cands:
-            if c in self.speeds.failed:
-                continue
-            tps, is_measured = self.speeds.estimate(c)
-            tps *= self.speed_factor * LOOP_EFFICIENCY
-            s = Scored(c, shape_counts(c, self.speeds.vocab, self.speeds.model), tps, is_measured)
-            s.tokens = tps * self.train_s
+            if c not in self.speeds.failed:
+                tps, is_measured = self.speeds.estimate(c)
+                out.append((c, shape_counts(c, self.speeds.vocab, self.speeds.model),
+                            tps * self.speed_factor * LOOP_EFFICIENCY, is_measured))
+        return out
+
+    def score_all(self, train_s: float, now: list | None = None) -> list[Scored]:
+        """Every candidate scored for `train_s` of training (with `now`, speeds_now() computed once),
+        ranked: the tokens-per-parameter floor first, then the predicted loss."""
+        out = []
+        for c, counts, tps, is_measured in (self.speeds_now() if now is None else now):
+            s = Scored(c, counts, tps, is_measured)
+            s.tokens = tps * train_s
             # Fewer than a few dozen steps' worth of tokens is not a training run.
             if s.tokens >= 32 * c.context_len:
                 s.score = predicted_loss(s.block_params, s.tokens, self.unique_tokens, self.opt)
@@ -169,13 +209,46 @@ class ShapeSearch:
         out.sort(key=lambda s: (self.below_floor(s), s.score))
         return out
 
+    def min_block_params(self, now: list | None = None) -> int:
+        """The smallest shape (block parameters) the decision may take: what the ladder's rungs below
+        the decision time chose, each among shapes no smaller than the rung below it."""
+        now = self.speeds_now() if now is None else now
+        least = 0
+        for t in ladder_below(self.decision_s):
+            allowed = [s for s in self.score_all(t, now) if math.isfinite(s.score) and s.block_params >= least]
+            # A rung commits only to a shape that would really train (at or above the floor of tokens
+            # per parameter); below it the ranking is a fallback, not a choice to build on.
+            if allowed and not self.below_floor(allowed[0]):
+                least = min(self.near_ties(allowed, allowed[0]), key=cost).block_params
+        return least
+
+    def rank(self) -> list[Scored]:
+        """The candidates ranked at the decision time, without those smaller than the ladder allows."""
+        now = self.speeds_now()
+        ranked = self.score_all(self.decision_s, now)
+        least = self.min_block_params(now)
+        allowed = [s for s in ranked if s.block_params >= least]
+        return allowed if any(math.isfinite(s.score) for s in allowed) else ranked
+
     def below_floor(self, s: Scored) -> bool:
         return s.tokens < self.opt.min_tokens_per_param * s.block_params
 
+    def cell(self, score: float) -> int:
+        """The predicted loss rounded down to a geometric grid of `tie_fraction` steps: shapes in the
+        same cell are a near tie, decided by a fixed rule (the cheapest), not by timing noise."""
+        return math.floor(math.log(max(score, 1e-12)) / math.log1p(self.opt.tie_fraction)) if (
+            self.opt.tie_fraction > 0) else 0
+
+    def tied(self, s: Scored, best: Scored) -> bool:
+        """Whether `s` is in a near tie with `best`: the same floor group and, with a tie grid, the same
+        cell (without one, the same score)."""
+        if self.below_floor(s) != self.below_floor(best):
+            return False
+        return self.cell(s.score) == self.cell(best.score) if self.opt.tie_fraction > 0 else s.score <= best.score
+
     def near_ties(self, ranked: list[Scored], best: Scored) -> list[Scored]:
-        """Shapes in the same floor group as `best` whose predicted loss is within `tie_fraction` of it."""
-        limit = best.score * (1 + self.opt.tie_fraction)
-        return [s for s in ranked if self.below_floor(s) == self.below_floor(best) and s.score <= limit]
+        """Shapes in a near tie with `best` (see `tied`)."""
+        return [s for s in ranked if self.tied(s, best)]
 
     def search(self, tokens_per_s: Callable[[Candidate], float | None], out_of_time: Callable[[], bool],
                keep: Candidate | None = None) -> None:
@@ -202,11 +275,15 @@ class ShapeSearch:
         """The chosen shape, the ranking it was chosen from (finite scores only), and the shapes of a
         close call: those a small change in the measured speeds could have chosen instead.
 
-        Among measured shapes whose predicted loss is within `tie_fraction` of the best, the cheapest
-        (fewest block parameters, then fewest FLOPs per token) is chosen: timing noise moves predicted
-        losses by about a percent (5% more tokens lower the data term by 1.4%), so a closer race is
-        decided by the rule, not by the noise. At this scale the smaller shape is also the safer bet:
-        the fit favours models too large for their tokens (see the floor in `rank`).
+        Predicted losses are rounded down to a grid of `tie_fraction` steps (see `cell`); among the
+        measured shapes in the best one's cell, the cheapest (fewest block parameters, then fewest
+        FLOPs per token) is chosen: timing noise moves predicted losses by about a percent (5% more
+        tokens lower the data term by 1.4%), so a closer race is decided by the rule, not by the
+        noise. At this scale the smaller shape is also the safer bet: the fit favours models too large
+        for their tokens (see the floor in `rank`). The grid is fixed, not drawn around the best shape
+        (a band within x% of the best): with more time every shape's predicted loss falls, so the
+        chosen cell never rises and the plan's predicted loss never grows with the budget, and a
+        band's edge moved with the best shape, which added close calls.
 
         `keep` (the shape of an earlier plan for the same inputs, see hysteresis) stays chosen while
         its predicted loss is within twice the tie band of the best: taken at most one band from the
@@ -226,22 +303,24 @@ class ShapeSearch:
 
     def _contenders(self, ranked: list[Scored], best: Scored, chosen: Scored) -> list[Scored]:
         """Measured shapes that about 1.5% of noise in the predicted loss (5% in speed) or 5% in tokens
-        per parameter could have chosen instead of `chosen`: cheaper ones at the edge of the tie band
-        (or `chosen` itself there), and better-scored ones just below the tokens-per-parameter floor."""
+        per parameter could have chosen instead of `chosen`: those that could cross a line of the tie
+        grid (into or out of the chosen cell) and are cheaper than `chosen` or the best, and
+        better-scored ones just below the tokens-per-parameter floor."""
         edge = 0.015
         out = []
         for s in ranked:
             if not s.measured or s is chosen:
                 continue
-            gap = s.score / best.score - 1
-            at_edge = abs(gap - self.opt.tie_fraction) <= edge
-            if self.below_floor(s) == self.below_floor(best) and cheaper(s, chosen) and at_edge:
+            crosses = self.cell(s.score * (1 - edge)) != self.cell(s.score * (1 + edge))
+            if self.below_floor(s) == self.below_floor(best) and crosses and (cheaper(s, chosen) or s is best):
                 out.append(s)
             elif (self.below_floor(s) and not self.below_floor(chosen) and s.score < chosen.score
                   and s.tokens >= 0.95 * self.opt.min_tokens_per_param * s.block_params):
                 out.append(s)
-        if chosen is not best and abs(chosen.score / best.score - 1 - self.opt.tie_fraction) <= edge:
-            out.append(best)
+        if chosen.measured and self.cell(chosen.score * (1 - edge)) != self.cell(chosen.score * (1 + edge)):
+            out += [s for s in ranked if s.measured and s is not chosen and s not in out
+                    and self.below_floor(s) == self.below_floor(chosen) and self.cell(s.score) in
+                    (self.cell(chosen.score * (1 - edge)), self.cell(chosen.score * (1 + edge)))][:1]
         return out
 
     def close_call(self, chosen: Scored, ranked: list[Scored], contenders: list[Scored],
@@ -260,9 +339,10 @@ class ShapeSearch:
             rule = (f"{other.cand.short} would train on {other.tokens / other.block_params:.1f} tokens per block "
                     f"parameter, below the floor of {self.opt.min_tokens_per_param:g}")
         elif chosen is best:
-            rule = f"chose the lowest; the tie band is {100 * self.opt.tie_fraction:g}%"
+            rule = f"chose the lowest; predicted losses are compared on a grid of {100 * self.opt.tie_fraction:g}% steps"
         else:
-            rule = f"chose the cheaper shape within the {100 * self.opt.tie_fraction:g}% tie band"
+            rule = (f"chose the cheapest shape in the lowest cell of the {100 * self.opt.tie_fraction:g}% grid of "
+                    "predicted losses")
         return {"decision": "model", "chose": chosen.cand.short, "over": other.cand.short, "value": round(gap, 4),
                 "measurement": (f"predicted loss {100 * gap:.1f}% apart, from {chosen.tokens_per_s:,.0f} and "
                                 f"{other.tokens_per_s:,.0f} measured tokens/s; {rule}")}

@@ -53,8 +53,8 @@ class PlanOptions:
     min_tokens_per_param: float = 5.0
     """Shapes that would train on fewer tokens per block parameter rank after all others (short runs)."""
     tie_fraction: float = 0.03
-    """Shapes whose predicted loss is within this fraction of the best are a near-tie, decided by a
-    fixed rule (the cheapest step) instead of by timing noise."""
+    """Step of the geometric grid predicted losses are rounded to: shapes in the best one's cell are a
+    near tie, decided by a fixed rule (the cheapest) instead of by timing noise. 0: the lowest wins."""
     target_steps: int = 2000
     """Optimizer steps the batch size aims for with AdamW; fewer, larger steps waste tokens, more waste time."""
     target_steps_muon: int = 1000

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from lmforge.auto.arithmetic import Candidate, round_pow2_down, shape_config
 from lmforge.auto.candidates import LOOP_EFFICIENCY, Scored, ShapeSearch, Speeds, candidate_shapes
-from lmforge.auto.choices import (compile_with_dropout_why, compiled_speedup_verdict, dropout_for_passes,
+from lmforge.auto.choices import (LIGHT_DROPOUT, compile_with_dropout_why, light_dropout_or_compile_why, compiled_speedup_verdict, dropout_for_passes,
                                   expected_compile, global_batch, optimizer_for_passes, plan_optimizer,
                                   precision_at_shape, provisional_precision, rule_lr, rule_lr_why, threads_verdict,
                                   warmup_steps)
@@ -333,8 +333,11 @@ def regularise(ctx: PlanContext, d: Draft) -> None:
             d.dropout_why = (f"{passes:.1f} passes over the corpus, near a boundary of the dropout rule: kept "
                              f"{d.dropout:g}, as the earlier plan for the same inputs")
     if d.compile and d.dropout > 0 and not ctx.on_gpu and not ctx.is_fixed("runtime.compile"):
-        d.compile, d.speed_factor, d.compile_why = False, 1.0, compile_with_dropout_why(d.dropout)
-        split.refit(split.planning_s, 0.0)
+        if d.dropout <= LIGHT_DROPOUT and not ctx.is_fixed("model.dropout"):
+            d.dropout, d.dropout_why = 0.0, light_dropout_or_compile_why(passes, d.compile_speedup)
+        else:
+            d.compile, d.speed_factor, d.compile_why = False, 1.0, compile_with_dropout_why(d.dropout)
+            split.refit(split.planning_s, 0.0)
 
 
 def choose_global_batch(ctx: PlanContext, d: Draft) -> None:

@@ -32,6 +32,7 @@ from lmforge.auto.choices import SCHEDULE_WHY
 from lmforge.auto.hardware import Hardware
 from lmforge.auto.hysteresis import PreviousPlan, plan_inputs
 from lmforge.auto.inputs import DataFacts, PlanOptions, StepMeasurer
+from lmforge.auto.scaling import predicted_loss
 from lmforge.config import Config, to_dict
 from lmforge.durations import fmt_duration
 
@@ -145,7 +146,11 @@ def plan_estimates(ctx: phases.PlanContext, d: phases.Draft) -> dict[str, Any]:
     tokens, block = d.tokens(ctx.split), d.best.block_params
     return {"params": d.best.params, "block_params": block, "tokens_per_s": round(d.tps_eff),
             "train_tokens": int(tokens), "steps": d.steps(ctx.split), "epochs": round(tokens / ctx.unique_tokens, 3),
-            "tokens_per_param": round(tokens / max(1, block), 2), "predicted_loss_rel": d.best.score,
+            "tokens_per_param": round(tokens / max(1, block), 2),
+            # The rule's loss for the tokens the run is planned to train on (the ranking's score was
+            # for the expected speed before compilation was confirmed).
+            "predicted_loss_rel": predicted_loss(block, tokens, ctx.unique_tokens, ctx.opt),
+            "shape_decided_for_s": round(d.search.decision_s, 1),
             "measured_shapes": len(d.search.speeds.measured), "threads": d.threads, "micro_knee": d.knee}
 
 
@@ -212,5 +217,7 @@ def model_reason(ctx: phases.PlanContext, d: phases.Draft) -> str:
         text = (f"predicted loss within {gap:.1f}% of the lowest ({lowest.cand.n_layer}L x {lowest.cand.d_model}) "
                 f"{how}; " + ("kept from the earlier plan for the same inputs" if any(
                     "earlier plan" in c["measurement"] for c in d.close_calls if c["decision"] == "model")
-                    else f"the cheaper shape of a near tie (within {100 * ctx.opt.tie_fraction:g}%)"))
-    return text
+                    else f"the cheapest shape of a near tie (the same cell of a {100 * ctx.opt.tie_fraction:g}% grid)"))
+    return (text + f"; decided for {d.search.decision_s:.0f}s of training, the time rounded down to a ladder of 9% "
+            "steps climbed from a few seconds (no rung takes a smaller shape than the one below: more time never "
+            "gets a smaller model)")
