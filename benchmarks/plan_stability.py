@@ -6,7 +6,7 @@ rate that rises with the matrix size), then again with the step times perturbed:
 [0.95, 1.05] per timed shape (noise). It counts the cases where the shape, context or optimizer
 changed, and where the global batch or the steps moved by more than 10%:
 
-  rule:    the near-tie rule (PlanOptions.tie_fraction) with no memory
+  rule:    the tie grid (PlanOptions.tie_fraction: the cheapest shape in the best cell), no memory
   argmin:  tie_fraction 0 (the lowest predicted loss, whatever the margin)
   memory:  the rule, given the first plan as the earlier plan for the same inputs (hysteresis)
 

@@ -295,7 +295,9 @@ class ShapeSearch:
         best = next((s for s in ranked if s.measured), ranked[0])  # an unmeasured best: planning time ran out
         ties = [s for s in self.near_ties(ranked, best) if s.measured]
         chosen = min(ties, key=cost) if ties else best
-        kept = next((s for s in ranked if s.cand == keep and s.measured), None)
+        # An earlier plan was made for the same budget: its shape may be kept even where noise moved
+        # the ladder's lower rungs above it (the ladder orders budgets, not repeats of one).
+        kept = next((s for s in self.score_all(self.decision_s) if s.cand == keep and s.measured), None)
         if (kept is not None and self.below_floor(kept) == self.below_floor(best)
                 and kept.score <= best.score * (1 + 2 * self.opt.tie_fraction)):
             return kept, ranked, [chosen] if chosen is not kept else []
