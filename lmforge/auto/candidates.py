@@ -233,6 +233,16 @@ class ShapeSearch:
     def below_floor(self, s: Scored) -> bool:
         return s.tokens < self.opt.min_tokens_per_param * s.block_params
 
+    def near_floor_group(self, kept: Scored, best: Scored) -> bool:
+        """Whether an earlier plan's shape counts as in `best`'s floor group: the same group, or just
+        below the floor (within the keep band) when `best` is above it."""
+        from lmforge.auto.hysteresis import KEEP_BAND
+
+        if self.below_floor(kept) == self.below_floor(best):
+            return True
+        return (self.below_floor(kept) and kept.tokens >= (1 - KEEP_BAND) * self.opt.min_tokens_per_param
+                * kept.block_params)
+
     def cell(self, score: float) -> int:
         """The predicted loss rounded down to a geometric grid of `tie_fraction` steps: shapes in the
         same cell are a near tie, decided by a fixed rule (the cheapest), not by timing noise."""
@@ -262,7 +272,9 @@ class ShapeSearch:
                 break
             ties = [s for s in self.near_ties(ranked, ranked[0]) if cheaper(s, ranked[0])]
             todo = [s.cand for s in ranked[:3] + sorted(ties, key=cost) + neighbours(ranked) if not s.measured]
-            todo += [keep] if keep in self.cands and keep not in {*self.speeds.measured, *self.speeds.failed} else []
+            # The earlier plan's shape first: timed last, it could miss the limit of timed shapes.
+            todo = ([keep] if keep in self.cands and keep not in {*self.speeds.measured, *self.speeds.failed}
+                    else []) + todo
             if not todo or (self.speeds.measured and out_of_time()):
                 break
             tps = tokens_per_s(todo[0])
@@ -298,7 +310,7 @@ class ShapeSearch:
         # An earlier plan was made for the same budget: its shape may be kept even where noise moved
         # the ladder's lower rungs above it (the ladder orders budgets, not repeats of one).
         kept = next((s for s in self.score_all(self.decision_s) if s.cand == keep and s.measured), None)
-        if (kept is not None and self.below_floor(kept) == self.below_floor(best)
+        if (kept is not None and self.near_floor_group(kept, best)
                 and kept.score <= best.score * (1 + 2 * self.opt.tie_fraction)):
             return kept, ranked, [chosen] if chosen is not kept else []
         return chosen, ranked, self._contenders(ranked, best, chosen)
