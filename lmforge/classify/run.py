@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -336,6 +337,8 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
         run_dir = Path(resume)
         info = runs.open_run(run_dir, "classify")
         saved = load_run_config(run_dir)
+        if int(os.environ.get("RANK", 0)) == 0:  # left by a kill in the middle of a write
+            runs.sweep_temp_files(run_dir, "classify")
         resumed = _Resumed(run_dir, info, saved, accept_changed_data)
         cfg = from_dict(ClassifyConfig, to_dict(cfg if cfg is not None else saved))
         cfg.out = str(run_dir)
@@ -430,6 +433,8 @@ def _open(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, labels: La
         if progress and rt.is_main:
             say(f"{run_dir} already finished; nothing was changed. To train it further, pass more "
                 "--train.epochs (or --train.max_steps, or a longer --train.time_budget_s).")
+        if rt.is_main and not (run_dir / "report.html").is_file():  # killed while writing it
+            try_write_report(run_dir)
         return resumed.info["run_id"], done
 
     def record() -> str:
