@@ -107,6 +107,9 @@ class ModelConfig:
     """Width of the residual stream."""
     d_ff: int = 0
     """Hidden width of the MLP; 0 means about 8/3 * d_model for SwiGLU, 4 * d_model for GELU."""
+    head_dim: int = 0
+    """Width of each attention head; 0 means d_model / n_head. Set by `lmforge prune`, which removes
+    heads and keeps their width."""
     context_len: int = 64
     """Tokens of context the model sees."""
     dropout: float = 0.0
@@ -135,9 +138,13 @@ class ModelConfig:
             check(getattr(self, name) > 0, f"model.{name}", "must be > 0")
         check(self.n_kv_head >= 0, "model.n_kv_head", "must be >= 0 (0: as many as model.n_head)")
         check(self.d_ff >= 0, "model.d_ff", "must be >= 0 (0: the default width for model.mlp)")
-        check(self.d_model % self.n_head == 0, "model.d_model", f"{self.d_model} is not divisible by model.n_head={self.n_head}")
-        check(self.position != "rope" or (self.d_model // self.n_head) % 2 == 0, "model.n_head",
-               "head size d_model/n_head must be even for rotary embeddings (or set model.position: learned)")
+        check(self.head_dim >= 0, "model.head_dim", "must be >= 0 (0: d_model / n_head)")
+        check(self.head_dim or self.d_model % self.n_head == 0, "model.d_model",
+              f"{self.d_model} is not divisible by model.n_head={self.n_head}")
+        head_dim = self.head_dim or self.d_model // self.n_head
+        check(self.position != "rope" or head_dim % 2 == 0, "model.n_head",
+               "head size (model.head_dim, or d_model/n_head) must be even for rotary embeddings (or set "
+               "model.position: learned)")
         kv = self.n_kv_head or self.n_head
         check(self.n_head % kv == 0, "model.n_kv_head", f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
         check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
@@ -147,7 +154,8 @@ class ModelConfig:
     def resolved(self) -> ModelConfig:
         """A copy with every 'choose for me' value (0) replaced by what it stands for."""
         return dataclasses.replace(self, n_kv_head=self.n_kv_head or self.n_head,
-                                   d_ff=self.d_ff or default_d_ff(self.d_model, self.mlp))
+                                   d_ff=self.d_ff or default_d_ff(self.d_model, self.mlp),
+                                   head_dim=self.head_dim or self.d_model // self.n_head)
 
 
 @dataclass

@@ -56,6 +56,9 @@ def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[G
     cfg = from_dict(Config, yaml.safe_load(cfg_path.read_text(encoding="utf-8")), source=str(cfg_path))
     tok = Tokenizer.load(run_dir / "data" / "tokenizer.json")
     model = model_from_shape(run_dir / "model.json")
+    quant = read_quant_spec(run_dir)
+    if quant is not None:
+        rebuild_quantized(model, quant, run_dir / "quant.json")
     weights = run_dir / "model.safetensors"
     if not weights.is_file():
         last = latest_checkpoint(run_dir)
@@ -64,4 +67,29 @@ def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[G
         weights = last / "model.safetensors"
     load_weights(model, weights)
     model.to(device).eval()
-    return model, tok, {"config": cfg, "weights": str(weights)}
+    return model, tok, {"config": cfg, "weights": str(weights), "quant": quant}
+
+
+def read_quant_spec(folder: Path) -> dict | None:
+    """The quantization spec (quant.json) of a quantized run or classifier member; None if not quantized."""
+    path = Path(folder) / "quant.json"
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is unreadable ({e}); the quantized run is damaged") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path} does not describe a quantization (expected a JSON object)")
+    return spec
+
+
+def rebuild_quantized(model: torch.nn.Module, quant: dict, source: Path) -> None:
+    """Give a freshly built float model the quantized modules recorded in `source` (quant.json)."""
+    from lmforge.models.quant import rebuild
+
+    try:
+        rebuild(model, quant)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{source} does not match the model ({e}); re-run `lmforge quantize` on the original "
+                        "run") from None

@@ -75,12 +75,17 @@ def load_run_config(run_dir: Path) -> Config:
 
 
 def train(cfg: Config | None = None, resume: str | Path | None = None, progress: bool = True,
-          on_eval=None) -> TrainResult:
+          on_eval=None, init_state: dict | None = None, wrap_task=None) -> TrainResult:
     """Prepare data (or reuse it), build the model, train, evaluate, save, print samples.
 
     With `resume=RUN_DIR` the run's saved config is used and training continues from its latest
     checkpoint, reaching the same weights an uninterrupted run would have. `on_eval(step, record)`
     is passed to the training loop (called after every evaluation; used by `lmforge tune`).
+
+    `init_state` (a state dict) starts training from those weights instead of a fresh
+    initialization (pruning's recovery); a resumed run takes its checkpoint's instead.
+    `wrap_task(task, rt)` returns the task the loop trains, built around the LM task
+    (distillation adds a teacher's loss term this way).
     """
     if resume is not None:
         cfg = load_run_config(Path(resume))
@@ -91,7 +96,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     run_dir = Path(cfg.out)
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
-        result = _train(cfg, rt, run_dir, resume is not None, progress, on_eval)
+        result = _train(cfg, rt, run_dir, resume is not None, progress, on_eval, init_state, wrap_task)
     except BaseException:
         shutdown(rt)
         raise
@@ -99,7 +104,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     return result
 
 
-def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool, on_eval=None) -> TrainResult:
+def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool, on_eval=None,
+           init_state: dict | None = None, wrap_task=None) -> TrainResult:
     if rt.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume and ckpt.latest_checkpoint(run_dir) is None:
@@ -114,11 +120,16 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
         data = prepare(cfg, quiet=True)  # reuses what rank 0 built
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed).to(rt.device)
+    model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed)
+    if init_state is not None and not resume:
+        model.load_state_dict(init_state)
+    model.to(rt.device)
     examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
     micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.world_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,
                   cfg.seed, cfg.eval.max_tokens)
+    if wrap_task is not None:
+        task = wrap_task(task, rt)
     rt.precision, precision_why, compile_model, compile_why = _runtime_choices(cfg, rt, run_dir, resume, task, micro_bs)
     shape = model.cfg
     if rt.is_main:

@@ -113,11 +113,11 @@ class Attention(nn.Module):
     def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
         self.layer = layer
-        self.n_head, self.n_kv_head, self.head_dim = s.n_head, s.n_kv_head, s.d_model // s.n_head
+        self.n_head, self.n_kv_head, self.head_dim = s.n_head, s.n_kv_head, s.head_dim
         # One fused projection for q, k and v: one matmul instead of three matters on CPU,
         # where small steps are bound by per-op overhead.
         self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * self.head_dim, bias=False)
-        self.proj = nn.Linear(s.d_model, s.d_model, bias=False)
+        self.proj = nn.Linear(s.n_head * self.head_dim, s.d_model, bias=False)
         # One gain vector serves queries and keys alike: attention sees only their product.
         self.qk_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm else None
 
@@ -224,7 +224,7 @@ class GPT(nn.Module):
         self.lm_head = nn.Linear(s.d_model, vocab_size, bias=False)
         if s.tied_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(s.d_model // s.n_head, s.context_len, s.rope_base)
+        cos, sin = rope_tables(s.head_dim, s.context_len, s.rope_base)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.init_weights()
@@ -270,7 +270,7 @@ class GPT(nn.Module):
         if self.pos_embed is not None:
             n -= self.pos_embed.weight.numel()  # a lookup, no matmul
         # Causal attention: QK^T and AV, each 2*T*d per token forward, halved by the mask, x3 for backward.
-        attn = 6 * s.n_layer * s.d_model * T
+        attn = 6 * s.n_layer * s.n_head * s.head_dim * T
         return 6 * n + attn
 
     def forward(

@@ -51,8 +51,10 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     tensors = load_file(str(path))
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    # Tied weights are saved once; anything else missing is a real mismatch.
+    # Tied weights (and a quantized model's shared int8 tables) are saved once; anything else
+    # missing is a real mismatch.
     tied = {n for n, p in model.named_parameters(remove_duplicate=False)} - set(dict(model.named_parameters()))
+    tied |= {n for n, b in model.named_buffers(remove_duplicate=False)} - set(dict(model.named_buffers()))
     missing = [m for m in missing if m not in tied]
     if missing or unexpected:
         raise TrainingError(
