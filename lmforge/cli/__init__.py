@@ -1,7 +1,7 @@
 """Command line: parses arguments and calls the API. No logic of its own.
 
 One module per command family: `lm` (train, prepare, eval, generate, config), `classify`, `auto`
-(plan, lr-find, tune). Every config field is an option `--section.field` (see `options`).
+(plan, lr-find, tune), `compress` (quantize, distill, prune). Every config field is an option `--section.field` (see `options`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from lmforge.errors import LmforgeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lmforge.cli import auto, classify, lm
+    from lmforge.cli import auto, classify, compress, lm
 
     parser = argparse.ArgumentParser(
         prog="lmforge",
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_commands(sub)
     auto.add_commands(sub)  # plan, lr-find, tune
     classify.add_commands(sub)  # classify train|eval|predict|vectors
+    compress.add_commands(sub)  # quantize, distill, prune
     return parser
 
 
@@ -42,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from lmforge.cli import auto, classify, lm
+    from lmforge.cli import auto, classify, compress, lm
 
-    for family in (lm, auto, classify):
+    for family in (lm, auto, classify, compress):
         if args.command in family.COMMANDS:
             return family.dispatch(args)
     raise AssertionError(args.command)
