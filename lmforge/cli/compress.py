@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from lmforge.classify.config import ClassifyConfig
 from lmforge.cli.options import add_config_options, overrides_from
 
 COMMANDS = ("quantize", "distill", "prune")
@@ -40,7 +41,8 @@ def add_commands(sub) -> None:
                    help="classifiers: extra texts (records with the run's text field, or .txt lines) labeled by "
                         "the teacher (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line")
-    add_config_options(p)
+    add_config_options(p)  # a language-model student's fields (--model.n_layer, --optim.lr, ...)
+    add_config_options(p, ClassifyConfig)  # and a classifier student's (--train.epochs, --model.fasttext.*)
 
     p = sub.add_parser("prune", help="remove the least important attention heads and MLP channels (or whole "
                                      "layers) of a language model, then recover with a short training run")

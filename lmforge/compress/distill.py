@@ -82,6 +82,11 @@ def half_shape(cfg: ModelConfig) -> ModelConfig:
             if best is None or key < best[0]:
                 best = (key, c)
     c = best[1]
+    if best[0][0] > 0.05 * target:
+        # No depth and width come close (e.g. grouped heads allow few widths): the MLP width makes up the rest.
+        per_channel = c.n_layer * c.d_model * (3 if c.mlp == "swiglu" else 2)
+        d_ff = c.d_ff + round((target - non_embedding_params(c)) / per_channel)
+        c = dataclasses.replace(c, d_ff=max(8, 8 * round(d_ff / 8)))
     if cfg.d_ff == 0 and c.d_ff == default_d_ff(c.d_model, c.mlp):
         c = dataclasses.replace(c, d_ff=0)
     return c
@@ -204,7 +209,8 @@ def _lm_report(teacher: Path, out: Path, alpha: float, temperature: float, progr
                    s_model.num_params(non_embedding=False))]
     result = json.loads((out / "result.json").read_text(encoding="utf-8")) if (out / "result.json").is_file() else {}
     facts = {"teacher": str(teacher), "alpha": alpha, "temperature": temperature,
-             "teacher_non_embedding": t_model.num_params(), "student_non_embedding": s_model.num_params(),
+             "teacher_non_embedding": non_embedding_params(t_model.cfg),
+             "student_non_embedding": non_embedding_params(s_model.cfg),
              "student_train_s": result.get("wall_s"), "student_steps": result.get("steps"),
              "teacher_logits": "computed on the fly"}
     return save_and_print(out, "distill", "lm", rows, facts, progress)
