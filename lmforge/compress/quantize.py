@@ -93,14 +93,14 @@ def _quantize_lm(run: Path, method: str, out: Path, group_size: int, eval_tokens
     return save_and_print(out, method, "lm", rows, facts, progress)
 
 
-def _warn_if_slow(rows: list[Row], facts: dict, progress: bool) -> None:
+def _warn_if_slow(rows: list[Row], facts: dict, progress: bool, unit_lm: bool = True) -> None:
     ref, new = rows[0], rows[1]
     if not (ref.speed_b1 and new.speed_b1) or new.speed_b1 >= PAYS_SPEEDUP * ref.speed_b1:
         return
+    unit = "decoded tokens per second at batch 1" if unit_lm else "predictions per second"
     msg = (f"quantization does not pay in speed on this machine: {new.speed_b1:,.0f} against "
-           f"{ref.speed_b1:,.0f} predictions or tokens per second at batch 1. A model this small is bound by "
-           "the per-operation overhead of its small matrices, not by reading its weights; the gain is file "
-           "size only.")
+           f"{ref.speed_b1:,.0f} {unit}. A model this small is bound by the per-operation overhead of its "
+           "small matrices, not by reading its weights; the gain is file size only.")
     facts["warning"] = msg
     if progress:
         console.print(f"[yellow]warning:[/yellow] {msg}")
@@ -161,7 +161,7 @@ def _quantize_classifier(run: Path, method: str, out: Path, group_size: int, dat
         rows.append(row)
     facts = {"source": str(run), "scored_on": source, "members": clf.kinds,
              "kernel": json.dumps(json.loads((out / _first_neural(clf) / "quant.json").read_text())["kernels"])}
-    _warn_if_slow(rows, facts, progress)
+    _warn_if_slow(rows, facts, progress, unit_lm=False)
     return save_and_print(out, method, "classify", rows, facts, progress)
 
 
