@@ -34,7 +34,8 @@ def add_commands(sub) -> None:
     p.add_argument("--time", metavar="DURATION", help="training time of the student, e.g. 10m")
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the KL term; 1 - alpha weighs the "
                                                             "cross-entropy on the data (default 0.5)")
-    p.add_argument("--temperature", type=float, default=2.0, help="softmax temperature of the KL term (default 2)")
+    p.add_argument("--temperature", type=float, help="softmax temperature of the KL term (default: 2 for language "
+                                                      "models, 1 for classifiers)")
     p.add_argument("--student", choices=("fasttext", "bilstm"), default="fasttext",
                    help="classifiers: the student model (default fasttext)")
     p.add_argument("--unlabeled", metavar="FILE", action="append", default=[],

@@ -93,21 +93,26 @@ def half_shape(cfg: ModelConfig) -> ModelConfig:
 
 
 def distill(teacher: str | None, out: str | None, resume: str | None = None, auto: bool = False,
-            time_s: float = 0.0, alpha: float = 0.5, temperature: float = 2.0, overrides: dict | None = None,
+            time_s: float = 0.0, alpha: float = 0.5, temperature: float | None = None, overrides: dict | None = None,
             config_file: str | None = None, student_kind: str = "fasttext", unlabeled: list[str] | None = None,
             progress: bool = True) -> dict:
-    """Distill `teacher` (a run folder) into a new student run `out`; returns the report."""
+    """Distill `teacher` (a run folder) into a new student run `out`; returns the report.
+
+    `temperature` defaults to 2 for language models (their next-token distributions are peaked) and 1
+    for classifiers (an ensemble's averaged probabilities are soft already)."""
     if resume:
         return _resume_lm(Path(resume), progress)
     if not teacher or not out:
         raise ConfigError("distill needs --teacher RUN and --out RUN_S (or --resume RUN_S)")
+    classifier = run_kind(Path(teacher)) == "classify"
+    temperature = (1.0 if classifier else 2.0) if temperature is None else temperature
     if not 0 <= alpha <= 1:
         raise ConfigError(f"--alpha {alpha}: give the KL term's weight, in [0, 1]")
     if not temperature > 0:
         raise ConfigError(f"--temperature {temperature}: must be > 0")
     if config_file:
         raise ConfigError("distill takes the teacher's settings; change single fields with --section.field")
-    if run_kind(Path(teacher)) == "classify":
+    if classifier:
         return distill_classifier(Path(teacher), Path(out), student_kind, alpha, temperature, time_s,
                                   unlabeled or [], overrides or {}, progress)
     if unlabeled:

@@ -22,6 +22,11 @@ Embedding tables are quantized to int8 per row (looked up and scaled); a tied ou
 that storage, so it is int8 under both methods (as llama.cpp keeps its output layer at higher
 precision), and a Linear whose shape the int4 kernel cannot take (rows not a multiple of 16, inputs
 not a multiple of the group) stays int8. Plain single-device code; no torch.distributed.
+
+For export (GGUF): int4 in groups of 32 is exactly GGUF's Q4_1 (w = q * d + m with d = scale and
+m = zero - 8 * scale, q in 0..15); int8 per row becomes Q8_0 (blocks of 32, one scale each) by
+re-scaling each block of the int8 values. `Int8Linear.qweight/scale` and
+`Int4Linear.unpacked()/scale/zero` are the plain values an exporter reads.
 """
 
 from __future__ import annotations
@@ -209,9 +214,13 @@ class Int4Linear(nn.Module):
     def repack(self) -> None:
         self._packed = None
 
+    def unpacked(self) -> torch.Tensor:
+        """The 4-bit values (N, K) as uint8 in 0..15."""
+        return _unpack_int4(self.qweight)
+
     def dequantized(self) -> torch.Tensor:
         N, K, G = self.out_features, self.in_features, self.group_size
-        q = _unpack_int4(self.qweight).float().view(N, K // G, G)
+        q = self.unpacked().float().view(N, K // G, G)
         return ((q - 8.0) * self.scale.float()[..., None] + self.zero.float()[..., None]).view(N, K)
 
     def _pack(self):
