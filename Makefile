@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # a multi-GB CUDA build. Override TORCH_SPEC to choose another build or version.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test bench clean
+.PHONY: install demo sft-demo test browser bench clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -15,15 +15,33 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q "torch>=2.4"; \
 	fi
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,export]"
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/lmforge train --config configs/demo.yaml --out runs/demo
+	$(VENV)/bin/lmforge train --config configs/demo.yaml   # a new folder under runs/ each time; runs/latest links to it
 
-test: install
+# Chat fine-tuning of the newest LM run (runs/latest) on conversations built from the embedded
+# plays; trains the demo model first when there is none.
+sft-demo: install
+	@test -f runs/latest/model.safetensors || $(MAKE) demo
+	$(VENV)/bin/lmforge sft runs/latest --demo-data
+
+# The dashboard's browser tests drive Debian's Chromium (never a downloaded browser). As root (CI),
+# install it when missing; otherwise the tests fail and say how to install it.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian's chromium for the browser tests"; \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else \
+			echo "chromium is missing: the browser tests will fail; install it with: sudo apt-get install chromium"; \
+		fi; \
+	fi
+
+test: install browser
 	$(PY) -m pytest
 
 bench: install

@@ -81,7 +81,9 @@ def run_baby(out: Path, data: Path, wall_s: float, slack: float, threads: int | 
     cfg = ["--config", str(ROOT / "configs" / "shakespeare-char.yaml"), "--out", str(out), *DATA_OPTIONS, *extra]
     # Same threads as the auto run chose: with busy cores, two threads can be several times slower
     # than one, and the comparison is about the settings, not about the other programs.
-    rc, prep_wall, _ = lmforge(["prepare", str(data), *cfg], out.with_name(out.name + "-prepare.log"), slack, threads)
+    # --overwrite: a benchmark re-run replaces its earlier run folders.
+    rc, prep_wall, _ = lmforge(["prepare", str(data), *cfg, "--overwrite"], out.with_name(out.name + "-prepare.log"),
+                               slack, threads)
     if rc != 0:
         raise SystemExit(f"{out.name} prepare failed; see {out.with_name(out.name + '-prepare.log')}")
     overhead = 4.0  # start-up, final evaluation, save and the sample, measured on this CPU
@@ -126,7 +128,7 @@ def bench_corpus(name: str, data: Path, out: Path, budget: float, trials: int, t
 
     # (a) auto
     auto_dir = out / "auto"
-    rc, auto_wall, _ = lmforge(["train", str(data), "--auto", "--time", f"{budget}s", "--out", str(auto_dir),
+    rc, auto_wall, _ = lmforge(["train", str(data), "--auto", "--time", f"{budget}s", "--out", str(auto_dir), "--overwrite",
                                 *DATA_OPTIONS, *tokenizer, "--json"], out / "auto.log", slack)
     if rc != 0:
         raise SystemExit(f"auto run failed; see {out / 'auto.log'}")

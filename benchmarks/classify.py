@@ -82,7 +82,7 @@ def run_one(spec: dict) -> dict:
         torch.set_num_threads(int(spec["threads"]))
     cfg = load_config(spec["preset"], spec["overrides"], cls=ClassifyConfig)
     t0 = time.perf_counter()
-    result = train_classifier(cfg, progress=bool(spec.get("verbose")))
+    result = train_classifier(cfg, progress=bool(spec.get("verbose")), overwrite=True)  # a re-run replaces its run
     wall = time.perf_counter() - t0
     m = result.test
     line = {

@@ -37,7 +37,7 @@ def run_one(config: str, data: str, out: str, overrides: dict[str, str]) -> dict
 
     cfg = load_config(ROOT / config, {"data.path": data, "out": out, "sample.num_samples": "0", **overrides})
     t0 = time.perf_counter()
-    result = train(cfg, progress=False)
+    result = train(cfg, progress=False, overwrite=True)  # a re-run replaces its run
     wall = time.perf_counter() - t0
     records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     evals = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]

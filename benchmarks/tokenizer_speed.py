@@ -1,6 +1,7 @@
 """Tokenizer training and corpus-encoding speed, English vs Chinese.
 
     python benchmarks/tokenizer_speed.py [--data chinese.txt] [--mb 2] [--vocab-size 4096]
+        [--pretokenizers lmforge,qwen2]
 
 Every case runs in its own child process so its peak RSS is its own.  Without --data the
 Chinese text is generated (Zipf-distributed pseudo-words over common ideographs with Chinese
@@ -90,7 +91,8 @@ def child(case: dict) -> dict:
     lines, n_bytes = _read_lines(case["data"])
     t0 = time.perf_counter()
     if case["op"] == "train":
-        cfg = TokenizerConfig(kind=case["kind"], vocab_size=case["vocab_size"], cjk_split=case["cjk_split"])
+        cfg = TokenizerConfig(kind=case["kind"], vocab_size=case["vocab_size"], cjk_split=case["cjk_split"],
+                              pretokenizer=case.get("pretokenizer", "lmforge"))
         tok = train_tokenizer(lines, cfg)
         tok.save(case["tokenizer"])
         extra = {"vocab_size": tok.vocab_size}
@@ -120,6 +122,9 @@ def main() -> None:
     ap.add_argument("--vocab-size", type=int, default=4096)
     ap.add_argument("--workers", type=int, default=2, help="processes for the parallel encode cases")
     ap.add_argument("--skip-none", action="store_true", help="skip the slow cjk_split=none Chinese case")
+    ap.add_argument("--pretokenizers", default="lmforge",
+                    help="comma-separated tokenizer.pretokenizer values for the BPE cases (cjk_split applies to "
+                         "lmforge only; the others run once per language)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -142,13 +147,24 @@ def main() -> None:
         trains = [("en", "bpe", "char"), ("zh", "bpe", "char"), ("zh", "bpe", "jieba"), ("zh", "char", "char")]
         if not args.skip_none:
             trains.insert(1, ("zh", "bpe", "none"))
-        for lang, kind, split in trains:
-            name = f"{lang}_{kind}" + (f"_{split}" if kind == "bpe" else "")
+        trains = [(lang, kind, split, "lmforge") for lang, kind, split in trains]
+        for pre in [p for p in args.pretokenizers.split(",") if p != "lmforge"]:
+            trains += [("en", "bpe", "char", pre), ("zh", "bpe", "char", pre)]
+        if "lmforge" not in args.pretokenizers.split(","):
+            trains = [t for t in trains if t[3] != "lmforge"]
+
+        def case_name(lang: str, kind: str, split: str, pre: str) -> str:
+            if kind != "bpe":
+                return f"{lang}_{kind}"
+            return f"{lang}_bpe_{split}" if pre == "lmforge" else f"{lang}_bpe_{pre}"
+
+        for lang, kind, split, pre in trains:
+            name = case_name(lang, kind, split, pre)
             report(f"train_{name}", {"op": "train", "data": str(en if lang == "en" else zh), "kind": kind,
-                                     "cjk_split": split, "vocab_size": args.vocab_size,
+                                     "cjk_split": split, "pretokenizer": pre, "vocab_size": args.vocab_size,
                                      "tokenizer": str(Path(tmp, f"{name}.json"))})
-        for lang, kind, split in [t for t in trains if t[2] != "none"]:
-            name = f"{lang}_{kind}" + (f"_{split}" if kind == "bpe" else "")
+        for lang, kind, split, pre in [t for t in trains if t[2] != "none"]:
+            name = case_name(lang, kind, split, pre)
             for workers in (1, args.workers):
                 report(f"encode_{name}_w{workers}", {"op": "encode", "data": str(en if lang == "en" else zh),
                                                       "tokenizer": str(Path(tmp, f"{name}.json")),

@@ -12,18 +12,20 @@ __all__ = ["Config", "load_config", "prepare", "train", "evaluate", "generate"]
 __version__ = "0.1.0"
 
 
-def prepare(cfg: Config):
-    """Clean the text, train the tokenizer and write token files into cfg.out/data."""
-    from lmforge.data.prepare import prepare as _prepare
+def prepare(cfg: Config, overwrite: bool = False):
+    """Clean the text, train the tokenizer and write token files into cfg.out/data (a run folder:
+    a new or empty one, or one holding only prepared data; empty cfg.out: a new dated folder)."""
+    from lmforge.lm.pretrain import prepare_run
 
-    return _prepare(cfg)
+    return prepare_run(cfg, overwrite=overwrite)
 
 
-def train(cfg: Config | None = None, resume=None, progress: bool = True):
-    """Train a GPT as configured (or resume a run folder); returns a TrainResult."""
+def train(cfg: Config | None = None, resume=None, progress: bool = True, overwrite: bool = False):
+    """Train a GPT as configured, in a new run folder (or `overwrite` the run in cfg.out), or resume
+    a run folder (with `cfg`: the settings to change, see lmforge.lm.pretrain.train); returns a TrainResult."""
     from lmforge.lm.pretrain import train as _train
 
-    return _train(cfg, resume=resume, progress=progress)
+    return _train(cfg, resume=resume, progress=progress, overwrite=overwrite)
 
 
 def evaluate(run_dir, data=None, max_tokens: int = 0, device: str = "cpu"):

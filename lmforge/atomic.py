@@ -1,6 +1,9 @@
 """Crash-safe file writes: write a temporary file, fsync it, rename it over the target, fsync the folder.
 
 A reader therefore sees either the old file or the complete new one, never a partial write.
+Temporary files and folders get the permissions an ordinary `open`/`mkdir` would give (0o666 /
+0o777 less the umask): tempfile makes them private (0o600 / 0o700), and a file renamed into
+place keeps them, which would keep a team from sharing run folders.
 """
 
 from __future__ import annotations
@@ -10,6 +13,46 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (os.umask() can only be
+    read by setting it, which would briefly loosen it for other threads)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~current_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~current_umask()
+
+
+def temp_file(path: Path) -> Path:
+    """An empty temporary file beside `path` (same folder, so a rename is atomic), with normal permissions."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def temp_dir(parent: Path, prefix: str) -> Path:
+    """A new temporary folder in `parent`, with normal permissions."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, dir_mode())
+    return tmp
 
 
 def fsync_dir(path: Path) -> None:
@@ -28,15 +71,15 @@ def fsync_dir(path: Path) -> None:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
 

@@ -73,15 +73,22 @@ class TokenizerConfig:
     vocab_size: int = 4096
     """BPE vocabulary size including special tokens."""
     cjk_split: Literal["char", "jieba", "none"] = "char"
-    """BPE only: pre-split runs of Chinese/Japanese/Korean characters per character or per jieba word, so CJK text trains as fast as English."""
+    """BPE with tokenizer.pretokenizer lmforge only: pre-split runs of Chinese/Japanese/Korean characters per character or per jieba word, so CJK text trains as fast as English."""
     min_frequency: int = 2
     """BPE only: a pair must occur this often to be merged."""
+    pretokenizer: Literal["lmforge", "gpt2", "llama3", "qwen2"] = "lmforge"
+    """BPE only: how text is cut into words before BPE. 'lmforge': lines, each CJK character on its own
+    (tokenizer.cjk_split), then GPT-2's rule; exports to Hugging Face but not to GGUF. 'gpt2', 'llama3',
+    'qwen2': those models' rules exactly (llama3 and qwen2 keep newline runs and cut digits into
+    groups of three or one), which llama.cpp reproduces, so the model also exports to GGUF."""
 
     def validate(self) -> None:
         check_types(self, "tokenizer.")  # also checked here: the tokenizer trainer is called directly
         check(self.vocab_size >= 257, "tokenizer.vocab_size", "must be an integer >= 257 (256 byte symbols + <|endoftext|>)")
         check(self.vocab_size <= 2**31 - 1, "tokenizer.vocab_size", "must be below 2**31")
         check(self.min_frequency >= 0, "tokenizer.min_frequency", "must be an integer >= 0")
+        check(self.cjk_split != "jieba" or self.pretokenizer == "lmforge", "tokenizer.cjk_split",
+              f"'jieba' works with tokenizer.pretokenizer lmforge only, not {self.pretokenizer!r}")
 
 
 def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
@@ -92,7 +99,7 @@ def swiglu_hidden(d_model: int, multiple_of: int = 32) -> int:
 
 def default_d_ff(d_model: int, mlp: str) -> int:
     """GPT-2's 4x for a GELU MLP; for SwiGLU the width with about the same parameter count."""
-    return 4 * d_model if mlp == "gelu" else swiglu_hidden(d_model)
+    return swiglu_hidden(d_model) if mlp == "swiglu" else 4 * d_model
 
 
 @dataclass
@@ -107,9 +114,6 @@ class ModelConfig:
     """Width of the residual stream."""
     d_ff: int = 0
     """Hidden width of the MLP; 0 means about 8/3 * d_model for SwiGLU, 4 * d_model for GELU."""
-    head_dim: int = 0
-    """Width of each attention head; 0 means d_model / n_head. Set by `lmforge prune`, which removes
-    heads and keeps their width."""
     context_len: int = 64
     """Tokens of context the model sees."""
     dropout: float = 0.0
@@ -125,12 +129,23 @@ class ModelConfig:
     """'rms' (RMSNorm) or 'layer' (LayerNorm without bias, GPT-2's and nanoGPT's choice)."""
     position: Literal["rope", "learned"] = "rope"
     """'rope' (rotary positions) or 'learned' (a learned position embedding added to the input, as in GPT-2)."""
-    mlp: Literal["swiglu", "gelu"] = "swiglu"
-    """'swiglu' (gated SiLU) or 'gelu' (GPT-2's two-layer GELU MLP)."""
+    mlp: Literal["swiglu", "gelu", "gelu_tanh"] = "swiglu"
+    """'swiglu' (gated SiLU), 'gelu' (GPT-2's two-layer MLP with the exact, erf-based GELU) or 'gelu_tanh'
+    (the same with GELU's tanh approximation, as GPT-2 was trained and as llama.cpp computes it)."""
     rope_base: float = 10000.0
     """Base (theta) of the rotary position frequencies."""
     norm_eps: float = 1e-5
     """Epsilon of the normalization layers."""
+    head_dim: int = 0
+    """Width of each attention head; 0 means d_model / n_head. Imported models may use another width
+    (Qwen3-0.6B: 16 heads of 128 in a 1024-wide stream)."""
+    bias: bool = False
+    """Biases in every linear layer (and LayerNorm) but the output layer, as in GPT-2; for imported checkpoints."""
+    qkv_bias: bool = False
+    """Biases on the query, key and value projections only, as in Qwen2; for imported checkpoints."""
+    qk_norm_shared: bool = True
+    """With qk_norm: one gain vector serves queries and keys (attention sees only their product); false
+    keeps a gain for each, as Qwen3 checkpoints have."""
 
     def validate(self) -> None:
         check_types(self, "model.")  # also checked here: models are built from this section directly
@@ -139,12 +154,12 @@ class ModelConfig:
         check(self.n_kv_head >= 0, "model.n_kv_head", "must be >= 0 (0: as many as model.n_head)")
         check(self.d_ff >= 0, "model.d_ff", "must be >= 0 (0: the default width for model.mlp)")
         check(self.head_dim >= 0, "model.head_dim", "must be >= 0 (0: d_model / n_head)")
-        check(self.head_dim or self.d_model % self.n_head == 0, "model.d_model",
+        check(self.head_dim > 0 or self.d_model % self.n_head == 0, "model.d_model",
               f"{self.d_model} is not divisible by model.n_head={self.n_head}")
-        head_dim = self.head_dim or self.d_model // self.n_head
-        check(self.position != "rope" or head_dim % 2 == 0, "model.n_head",
-               "head size (model.head_dim, or d_model/n_head) must be even for rotary embeddings (or set "
-               "model.position: learned)")
+        head = self.head_dim or self.d_model // self.n_head
+        check(self.position != "rope" or head % 2 == 0, "model.n_head",
+               "head size (model.head_dim, or d_model/n_head) must be even for rotary embeddings "
+               "(or set model.position: learned)")
         kv = self.n_kv_head or self.n_head
         check(self.n_head % kv == 0, "model.n_kv_head", f"n_head={self.n_head} must be a multiple of n_kv_head={kv}")
         check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
@@ -229,6 +244,8 @@ class TrainConfig:
     """Steps between checkpoints; 0 means at every evaluation."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep for resuming."""
+    track: Literal["tensorboard", "mlflow", "none"] = "tensorboard"
+    """Experiment tracking of the training records: 'tensorboard' (event files in RUN/tb), 'mlflow' (a local store in RUN/mlflow.db, or MLFLOW_TRACKING_URI when set) or 'none'."""
 
     def validate(self) -> None:
         check(self.max_steps > 0, "train.max_steps", "must be > 0")
@@ -281,10 +298,14 @@ class SampleConfig:
 
 @dataclass
 class Config:
-    out: str = "runs/latest"
-    """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here."""
+    out: str = ""
+    """Run folder: config, tokenizer, token files, checkpoints, metrics and plots go here; empty: a new dated folder under runs/ (runs/latest links to it)."""
     seed: int = 1337
     """Seed for the data split, initialization, batch order and dropout."""
+    init: str | None = None
+    """Start from a trained model instead of random weights: an lmforge run folder (`lmforge import` makes one of a
+    Hugging Face model; `train --init` takes either). Its tokenizer and model shape are used; only model.context_len
+    and model.dropout may differ from it."""
     data: DataConfig = field(default_factory=DataConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)

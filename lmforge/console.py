@@ -50,3 +50,15 @@ def print_summary(title: str, rows: list[tuple[str, str]]) -> None:
 
 def is_tty() -> bool:
     return sys.stderr.isatty()
+
+
+def say(message: str) -> None:
+    """One line on stderr, never wrapped (logs keep it whole) and never read as markup (paths may hold '[')."""
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """A one-line warning on stderr (see `say`)."""
+    from rich.markup import escape
+
+    console.print("[yellow]warning:[/yellow] " + escape(message), highlight=False, soft_wrap=True)

@@ -15,3 +15,7 @@ class DataError(LmforgeError, ValueError):
 
 class TrainingError(LmforgeError, RuntimeError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class StorageError(LmforgeError, OSError):
+    """A file or folder cannot be written: disk full, read-only file system, missing permission."""

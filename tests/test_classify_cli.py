@@ -55,7 +55,8 @@ def test_train_with_no_options_then_eval_and_predict_agree(data, tmp_path, capsy
     assert main(["classify", "predict", str(run), "--input", str(data["test"]), "--output", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     truth = [json.loads(line)["label"] for line in data["test"].read_text().splitlines()]
-    assert len(rows) == 100 and set(rows[0]) == {"label", "p_neg", "p_pos"}
+    assert len(rows) == 100 and set(rows[0]) == {"row", "label", "p_neg", "p_pos"}
+    assert [r["row"] for r in rows] == list(range(1, 101))  # joinable back to the input
     pred = [r["label"] for r in rows]
     y = [t == "pos" for t in truth]
     assert accuracy_score(truth, pred) == pytest.approx(metrics["accuracy"])
@@ -65,8 +66,8 @@ def test_train_with_no_options_then_eval_and_predict_agree(data, tmp_path, capsy
     csv_out = tmp_path / "pred.csv"
     assert main(["classify", "predict", str(run), "--input", str(data["test"]), "--output", str(csv_out)]) == 0
     lines = csv_out.read_text().splitlines()
-    assert lines[0] == "label,p_neg,p_pos" and len(lines) == 101
-    assert [ln.split(",")[0] for ln in lines[1:]] == pred
+    assert lines[0] == "row,label,p_neg,p_pos" and len(lines) == 101
+    assert [ln.split(",")[1] for ln in lines[1:]] == pred
 
     # The decision threshold moves binary decisions.
     assert main(["classify", "eval", str(run), "--data", str(data["test"]), "--json", "--threshold", "0.99"]) == 0

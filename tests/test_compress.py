@@ -119,8 +119,95 @@ def test_quantize_cli_then_eval_and_generate_read_the_quantized_run(lm_run, tmp_
     assert main(["quantize", str(run), "--method", "int4", "--out", str(out)]) == 2
     assert main(["quantize", str(out), "--method", "int4", "--out", str(tmp_path / "qq")]) == 2
     assert "already" in capsys.readouterr().err
+    # The output is a run folder of its own (run.json names the original); --overwrite replaces only
+    # lmforge's files there, and a folder of someone else's is refused.
+    info = json.loads((out / "run.json").read_text())
+    assert info["kind"] == "lm" and info["compression"] == "int8" and info["status"] == "finished"
+    (out / "notes.txt").write_text("mine")
+    assert main(["quantize", str(run), "--method", "int4", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "quant.json").read_text())["method"] == "int4"
+    assert (out / "notes.txt").read_text() == "mine"
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "a.txt").write_text("x")
+    assert main(["quantize", str(run), "--method", "int8", "--out", str(tmp_path / "theirs")]) == 2
+    assert "not an lmforge run folder" in capsys.readouterr().err
+    # Training from a quantized run is refused: it needs the float weights.
+    from lmforge.errors import ConfigError
+    from lmforge.lm.model import check_init
+
+    with pytest.raises(ConfigError, match="quantized"):
+        check_init(load_run_model(run)[2]["config"].model, out)
 
 
+def test_quantized_run_is_served_like_generate_decodes_it(lm_run, tmp_path):
+    openai = pytest.importorskip("openai")
+    from serving import ServerThread
+
+    from lmforge.compress.quantize import quantize_run
+    from lmforge.lm.sample import generate_ids
+    from lmforge.serve.api import create_app
+    from lmforge.serve.models import Registry
+
+    run, _ = lm_run
+    out = tmp_path / "q4"
+    quantize_run(run, "int4", out, eval_tokens=2048, progress=False, speed=False)
+    model, tok, _ = load_run_model(out)
+    assert quant.kernels_used(model)  # the quantized modules, not float ones, are what is served
+    prompt = "The"
+    want = tok.decode(generate_ids(model, tok.encode(prompt), 16, temperature=0.0, seed=0, stop_id=tok.eot_id))
+    srv = ServerThread(create_app(Registry({"q4": out})))
+    try:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", timeout=30, max_retries=0)
+        r = client.completions.create(model="q4", prompt=prompt, max_tokens=16, temperature=0.0)
+    finally:
+        srv.stop()
+    assert r.choices[0].text == want
+
+
+@pytest.mark.slow  # loads Transformers
+@pytest.mark.parametrize("method,ggml,variant", [("int8", "Q8_0", {"qk_norm": False, "tied_embeddings": False}),
+                                                 ("int4", "Q4_1", {"n_head": 2, "n_kv_head": 1, "head_dim": 128})])
+def test_quantized_run_exports_to_gguf_with_its_integers(method, ggml, variant, tmp_path):
+    """GGUF holds a quantized run's integers as they are: Transformers' GGUF reader computes the
+    logits of the float model with the quantized run's weight values (f16 scales the only
+    difference), for llama (rotary rows permuted, separate output layer) and qwen3 (tied int8
+    embedding in a q4_1 file)."""
+    pytest.importorskip("gguf")
+    transformers = pytest.importorskip("transformers")
+    from test_export import make_run, qwen2_tok  # noqa: F401 - the fixture is used below
+
+    from lmforge.compress.quantize import quantize_run
+    from lmforge.data.tokenizer import train_tokenizer
+    from lmforge.config import TokenizerConfig
+    from test_export import CORPUS
+
+    import gguf
+
+    tok = train_tokenizer(CORPUS, TokenizerConfig(kind="bpe", vocab_size=320, pretokenizer="qwen2"))
+    make_run(tmp_path / "run", tok, d_model=64, **variant)
+    quantize_run(tmp_path / "run", method, tmp_path / "q", progress=False, speed=False)
+    from lmforge.export.common import open_run
+    from lmforge.lm.model import model_from_shape
+
+    weights = open_run(tmp_path / "q").weights
+    model = model_from_shape(tmp_path / "q" / "model.json").eval()  # float, holding the quantized values
+    model.load_state_dict({n: weights.read(n) for n in weights.names()}, strict=False)
+    path = tmp_path / "q" / "model.gguf"
+    assert main(["export", str(tmp_path / "q"), "--to", "gguf", "--out", str(path)]) == 0
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["blk.0.ffn_up.weight"] == ggml and types["token_embd.weight"] == "Q8_0"
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "q", gguf_file=path.name,
+                                                           dtype=torch.float32).eval()
+    ids = torch.randint(0, tok.vocab_size, (1, 40), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        ours, theirs = model(ids), hf(ids).logits
+    torch.testing.assert_close(theirs, ours, atol=1e-3 * float(ours.abs().max()), rtol=0)
+    # Another GGUF type would re-quantize the integers: refused, naming the exact one.
+    assert main(["export", str(tmp_path / "q"), "--to", "gguf", "--out", str(tmp_path / "x.gguf"),
+                 "--dtype", "f16"]) == 2
+
+
+@pytest.mark.slow
 def test_quantized_classifier_predicts_like_the_original(tmp_path, capsys):
     from lmforge.classify.run import Classifier
 
@@ -185,9 +272,7 @@ def test_distill_cli_student_of_half_the_teacher_learns_and_resumes(lm_run, tmp_
     shape = json.loads((out / "model.json").read_text())
     assert shape["n_layer"] == 1 and shape["d_model"] == 64
     # Resume continues the interrupted (here: finished and extended) run through the same task.
-    cfg = (out / "config.yaml").read_text().replace("max_steps: 30", "max_steps: 40")
-    (out / "config.yaml").write_text(cfg)
-    assert main(["distill", "--resume", str(out)]) == 0
+    assert main(["distill", "--resume", str(out), "--train.max_steps", "40"]) == 0
     assert json.loads((out / "result.json").read_text())["steps"] == 40
 
 
@@ -285,6 +370,7 @@ def test_pruned_shape_depth_and_width():
     assert w.n_head == 1 and w.n_layer == 4
 
 
+@pytest.mark.slow
 def test_pruned_run_is_read_by_generate_eval_and_classify_gpt(lm_run, tmp_path, capsys):
     run, corpus = lm_run
     out = tmp_path / "p"

@@ -12,6 +12,7 @@ from lmforge.auto.planner import (DataFacts, LMStepTimer, Plan, PlanOptions, mak
                                   with_time_budget)
 from lmforge.config import Config, SampleConfig, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError
+from lmforge.runs import claim
 
 
 def plan_run(
@@ -22,6 +23,7 @@ def plan_run(
     fixed: set[str] | frozenset[str] = frozenset(),
     options: PlanOptions | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Plan:
     """Prepare the data (reused by the training run), probe the machine, time shapes and plan.
 
@@ -37,8 +39,10 @@ def plan_run(
         raise ConfigError("automatic planning runs in one process; run `lmforge plan` first and launch its "
                           "plan.yaml with torchrun (`lmforge train --config RUN/plan.yaml`)")
     t_start = time.perf_counter() if t_start is None else t_start
-    run_dir = Path(cfg.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # The plan, its prepared data and the run that follows share one run folder (see lmforge.runs).
+    run_dir = claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
+    cfg = from_dict(Config, to_dict(cfg))
+    cfg.out = str(run_dir)
     tokenizer_row = None
     device = cfg.runtime.device if "runtime.device" in fixed else "auto"
     hw = probe_hardware(device)  # first: the tokenizer's vocabulary depends on the compute at hand
@@ -49,7 +53,6 @@ def plan_run(
         sample, total = sample_corpus(cfg.data.path, cfg.data.text_field)
         peak_tflops = max(hw.bf16_tflops if hw.fast_bf16 else 0.0, hw.fp32_tflops)
         kind, vocab, why = choose_tokenizer(sample, total, cfg.tokenizer.cjk_split, budget_s * peak_tflops)
-        cfg = from_dict(Config, to_dict(cfg))
         cfg.tokenizer.kind = kind
         if kind == "bpe" and "tokenizer.vocab_size" not in fixed:
             cfg.tokenizer.vocab_size = vocab
@@ -94,13 +97,15 @@ def auto_train(
     fixed: set[str] | frozenset[str] = frozenset(),
     options: PlanOptions | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ):
     """Plan, then train the plan so that the whole command ends within `budget_s`."""
     from lmforge.atomic import atomic_write_json
     from lmforge.lm.pretrain import train
 
     t_start = time.perf_counter() if t_start is None else t_start
-    plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress)
+    plan = plan_run(cfg, budget_s, t_start=t_start, fixed=fixed, options=options, progress=progress,
+                    overwrite=overwrite)
     # The training budget, recomputed now that planning is over: what is left, less the save and
     # samples, the safety margin and about a second to build the model. (The loop keeps time for
     # its final evaluation itself.)
@@ -125,6 +130,9 @@ def auto_train(
     d = plan.to_dict()
     d["outcome"] = outcome
     atomic_write_json(Path(run_cfg.out) / "plan.json", d)
+    from lmforge.report.card import try_write_report
+
+    try_write_report(run_cfg.out)  # again, now with the plan's outcome and the samples
     return result
 
 

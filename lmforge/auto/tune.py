@@ -44,6 +44,7 @@ import yaml
 
 from lmforge.config import from_dict, iter_fields, set_dotted, to_dict
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.runs import claim, claim_study
 
 # --- tasks ------------------------------------------------------------------------------------
 
@@ -391,8 +392,7 @@ def tune(
     from lmforge.console import console
 
     task = get_task(spec.task)
-    study_dir = Path(out)
-    study_dir.mkdir(parents=True, exist_ok=True)
+    study_dir = claim_study(out)  # new, empty, or this study's folder (a killed study resumes)
     store, url = _storage(storage, study_dir)
     existing = 0
     try:
@@ -442,9 +442,9 @@ def tune(
         except ConfigError as e:
             trial.set_user_attr("error", f"invalid config: {e}")
             raise
-        if run_dir.exists():  # a retried trial starts clean
+        if run_dir.exists():  # a retried trial starts clean (the study owns its trial folders)
             shutil.rmtree(run_dir, ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        claim(run_dir, spec.task, quiet=True)  # a run folder of its own, before shared data is linked in
         if progress:
             shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
             console.print(f"[bold]trial {trial.number}[/bold]: {shown}")

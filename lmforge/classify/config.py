@@ -242,6 +242,8 @@ class ClassifyTrainConfig:
     """Steps between checkpoints; 0 means at every evaluation."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep for resuming."""
+    track: Literal["tensorboard", "mlflow", "none"] = "tensorboard"
+    """Experiment tracking of the training records: 'tensorboard' (event files in each neural model's folder, MODEL/tb; the final metrics in RUN/tb), 'mlflow' (a local store, MODEL/mlflow.db and RUN/mlflow.db, or MLFLOW_TRACKING_URI when set) or 'none'."""
 
     def validate(self) -> None:
         check(self.epochs >= 0 and math.isfinite(self.epochs), "train.epochs", "must be a number >= 0")
@@ -275,8 +277,8 @@ class ClassifyEvalConfig:
 
 @dataclass
 class ClassifyConfig:
-    out: str = "runs/classify"
-    """Run folder: config, label map, vocabulary, weights, metrics and plots go here."""
+    out: str = ""
+    """Run folder: config, label map, vocabulary, weights, metrics and plots go here; empty: a new dated folder under runs/ (runs/latest-classify links to it)."""
     seed: int = 1337
     """Seed for the validation split, initialization, batch order and dropout."""
     data: ClassifyDataConfig = field(default_factory=ClassifyDataConfig)

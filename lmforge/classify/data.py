@@ -25,13 +25,15 @@ class Labeled:
     labels: list  # raw values as read: str or int
     where: list[tuple[str, int]] = field(default_factory=list)  # (file, line)
     path: str = ""
+    ids: list = field(default_factory=list)  # the id field's value per record (None where absent), if asked for
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, idx: Sequence[int]) -> Labeled:
         return Labeled([self.texts[i] for i in idx], [self.labels[i] for i in idx],
-                       [self.where[i] for i in idx] if self.where else [], self.path)
+                       [self.where[i] for i in idx] if self.where else [], self.path,
+                       [self.ids[i] for i in idx] if self.ids else [])
 
 
 def _fields_hint(record: dict) -> str:
@@ -60,12 +62,17 @@ def _label_value(value, source: str, line: int, label_field: str):
                     "integer. Fix or remove this record.")
 
 
-def read_labeled(path: str | Path, text_field: str, label_field: str, need_labels: bool = True) -> Labeled:
-    """Every record of the files under `path`, checked: text present and non-empty, label present."""
+def read_labeled(path: str | Path, text_field: str, label_field: str, need_labels: bool = True,
+                 id_field: str | None = None) -> Labeled:
+    """Every record of the files under `path`, checked: text present and non-empty, label present.
+    With `id_field`, each record's value of that field is kept too (None where it has none)."""
     texts: list[str] = []
     labels: list = []
     where: list[tuple[str, int]] = []
+    ids: list = []
     for record, source, line in iter_records(path):
+        if id_field is not None:
+            ids.append(record.get(id_field))
         if text_field not in record:
             raise DataError(f"{source}:{line}: no field {text_field!r}. Fields present: {_fields_hint(record)}. "
                             "Use --text-field NAME to pick the text field.")
@@ -84,7 +91,7 @@ def read_labeled(path: str | Path, text_field: str, label_field: str, need_label
         where.append((source, line))
     if not texts:
         raise DataError(f"{path}: holds no records. Check the path and the file contents.")
-    return Labeled(texts, labels, where, str(path))
+    return Labeled(texts, labels, where, str(path), ids)
 
 
 class LabelMap:

@@ -25,7 +25,7 @@ from lmforge.classify.task import ClassifyTask, predict_proba
 from lmforge.classify.text import (Encoded, NgramIndex, TextEncoder, UnitIds, load_vectors, normalize, split_chars,
                                    split_words, vectors_matrix)
 from lmforge.config import EvalConfig
-from lmforge.errors import ConfigError, DataError
+from lmforge.errors import ConfigError
 from lmforge.lm.model import read_quant_spec, rebuild_quantized
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.loop import fit, seed_everything
@@ -152,13 +152,8 @@ class NeuralMember:
         quant = read_quant_spec(folder)
         if quant is not None:
             rebuild_quantized(model, quant, folder / "quant.json")
-        weights = folder / "model.safetensors"
-        if not weights.is_file():
-            last = ckpt.latest_checkpoint(folder)
-            if last is None:
-                raise DataError(f"{folder} has no trained weights (no model.safetensors, no checkpoint)")
-            weights = last / "model.safetensors"
-        ckpt.load_weights(model, weights)
+        weights, tensors = ckpt.run_weights(folder)  # verified; a damaged file falls back to a checkpoint
+        ckpt.apply_weights(model, tensors, weights)
         model.to(device).eval()
         return cls(spec["kind"], load_inputs(folder), model)
 
@@ -256,7 +251,8 @@ def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, tas
 def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.ndarray, val_texts: Sequence[str],
                  val_y: np.ndarray, n_classes: int, folder: Path, rt: Runtime, resume: bool, progress: bool,
                  log: Log, on_eval=None, seed: int | None = None,
-                 vectors_cache: dict | None = None, wrap_task=None) -> tuple[NeuralMember, dict]:
+                 vectors_cache: dict | None = None, run_id: str | None = None,
+                 wrap_task=None) -> tuple[NeuralMember, dict]:
     """Train one neural member through the shared loop; returns it (best validation weights) and facts.
 
     `seed` (default cfg.seed) drives initialization, dropout and batch order. `wrap_task(task)`
@@ -339,12 +335,14 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
         f"texts{cut}, {train_cfg.max_steps} steps of {task.examples_per_step}, {rt.precision} ({why})")
 
     def save_best(m: torch.nn.Module) -> None:
-        ckpt.save_weights(m.state_dict(), folder / "model.safetensors")
+        ckpt.save_weights(m.state_dict(), folder / "model.safetensors", run_dir=folder)
 
     result = fit(task, train_cfg, optim_cfg, schedule_cfg, eval_cfg, rt, folder, compile_model=cfg.runtime.compile == "on", resume=resume,
-                 meta={"task": "classify", "member": kind}, on_best=save_best, progress=progress, on_eval=on_eval)
+                 meta={"task": "classify", "member": kind, "run_id": run_id}, on_best=save_best, progress=progress,
+                 on_eval=on_eval)
     rt.barrier()
-    ckpt.load_weights(model, folder / "model.safetensors")  # the best validation weights
+    weights, tensors = ckpt.run_weights(folder)  # the best validation weights, verified
+    ckpt.apply_weights(model, tensors, weights)
     member = NeuralMember(kind, inputs, model)
     facts = {"params": n_params, "steps": result.steps, "train_s": time.perf_counter() - t0,
              "stop_reason": result.stop_reason, "best_val_loss": result.best_val_loss,

@@ -141,3 +141,15 @@ def format_metrics(m: dict) -> list[tuple[str, str]]:
     if "n" in m:
         rows.append(("examples", f"{m['n']:,}"))
     return rows
+
+
+def flat_metrics(m: dict | None, prefix: str) -> dict[str, float]:
+    """Every scalar and per-class score as one flat mapping ('test_accuracy', 'test_f1_pos', ...), for trackers."""
+    if not m:
+        return {}
+    out = {f"{prefix}_{k}": float(m[k]) for k in SCALAR_METRICS if isinstance(m.get(k), (int, float))}
+    for name, scores in m.get("per_class", {}).items():
+        for s in ("precision", "recall", "f1"):
+            if isinstance(scores.get(s), (int, float)):
+                out[f"{prefix}_{s}_{name}"] = float(scores[s])
+    return out

@@ -23,18 +23,23 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from lmforge import runs
 from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.classify.config import NEURAL_KINDS, ClassifyConfig
 from lmforge.classify.data import (Labeled, LabelMap, kfold_splits, label_distribution, read_labeled, skew_message,
                                    stratified_split)
 from lmforge.classify.members import load_member, train_linear, train_neural
 from lmforge.classify.text import detect_language
-from lmforge.config import from_dict, save_config
+from lmforge.config import from_dict, save_config, to_dict
+from lmforge.data.prepare import file_signature, signature_changes
 from lmforge.errors import ConfigError, DataError
-from lmforge.classify.metrics import (classification_metrics, confusion_table, format_metrics, predict_labels,
-                                         save_confusion_png, summarize_folds)
-from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
-from lmforge.console import console, print_summary
+from lmforge.classify.metrics import (classification_metrics, confusion_table, flat_metrics, format_metrics,
+                                      predict_labels, save_confusion_png, summarize_folds)
+from lmforge.trainer import checkpoint as ckpt
+from lmforge.trainer.runtime import Runtime, init_runtime, on_main, shutdown
+from lmforge.trainer.tracking import log_final
+from lmforge.report.card import save_eval_details, try_write_report
+from lmforge.console import console, print_summary, say, warn
 
 # What 'auto' picks, measured with benchmarks/classify.py on a 2-core CPU: a linear model and a
 # fastText-style bag always (IMDB 92.4% test in about 3 minutes; a BiLSTM added only 0.05%), plus
@@ -42,6 +47,14 @@ from lmforge.console import console, print_summary
 # train in a few minutes (tokens x epochs below this), where it adds the most (SST-2, ChnSentiCorp).
 AUTO_MEMBERS = "linear,fasttext"
 AUTO_BILSTM_MAX_TOKENS = 4_000_000
+
+# Settings a resumed run may change (honoured for the remaining steps and recorded in run.json):
+# more epochs, steps or time, a new learning-rate tail, intervals, the test set, device and threads.
+RESUMABLE = ("train.epochs", "train.max_steps", "train.time_budget_s", "train.log_interval", "train.save_interval",
+             "train.keep_checkpoints", "train.micro_batch_size", "eval.interval", "eval.patience", "eval.threshold",
+             "data.test_path", "schedule.*", "optim.lr", "model.*.lr", "runtime.device", "runtime.threads",
+             "runtime.compile")
+KEPT_ON_RESUME = "training and validation data, classes, text processing, models, seed, optimizer kind and batch"
 
 
 def estimate_tokens(texts: list[str], language: str) -> int:
@@ -155,7 +168,8 @@ def combine(probas: list[np.ndarray], weights: list[float]) -> np.ndarray:
 
 def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labeled, val_y: np.ndarray,
                  n_classes: int, run_dir: Path, rt: Runtime, resume: bool, progress: bool,
-                 refit_linear_on: tuple[list[str], np.ndarray] | None = None, on_eval=None):
+                 refit_linear_on: tuple[list[str], np.ndarray] | None = None, on_eval=None,
+                 run_id: str | None = None):
     """Train every member; returns (members, validation probabilities per member, weights, facts)."""
     log = _say(progress, rt)
     members, val_probas, facts = [], [], {}
@@ -164,9 +178,6 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
     for i, (kind, name) in enumerate(zip(cfg.model.member_kinds(), names)):
         folder = run_dir / name
         t0 = time.perf_counter()
-        if rt.is_main and not resume and folder.exists():
-            shutil.rmtree(folder)  # a fresh run must not resume or mix with an older one
-        rt.barrier()
         if kind == "linear":
             member = None
             if rt.is_main:  # scikit-learn runs in one process; the others wait at the next barrier
@@ -176,7 +187,7 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
             # Repeated kinds differ by seed: member i is seeded cfg.seed + i.
             member, facts[name] = train_neural(kind, cfg, train.texts, y, val.texts, val_y, n_classes, folder, rt,
                                                resume, progress, log, on_eval, seed=cfg.seed + i,
-                                               vectors_cache=vectors_cache)
+                                               vectors_cache=vectors_cache, run_id=run_id)
         rt.barrier()
         if rt.is_main:
             members.append(member)
@@ -192,24 +203,46 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
     return members, val_probas, weights, facts
 
 
+@dataclass
+class _Resumed:
+    """The run being resumed: its folder, identity and saved config (checks happen once the data is read)."""
+
+    run_dir: Path
+    info: dict
+    saved: ClassifyConfig
+    accept_changed_data: bool
+
+
 def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | None = None,
-                     progress: bool = True, on_eval=None) -> ClassifyResult:
+                     progress: bool = True, on_eval=None, overwrite: bool = False,
+                     accept_changed_data: bool = False) -> ClassifyResult:
     """Read and check the data, train the configured model(s), evaluate, save everything in cfg.out.
 
-    With eval.folds = k, first k-fold cross-validation on the training data (cv.json), then the
-    final model on all of it. With resume=RUN_DIR the run's config is reused and neural members
-    continue from their latest checkpoints. `on_eval(step, record)` is handed to the training loop
-    of each neural member (see trainer.loop.fit), e.g. for a tuner's pruning.
+    A new run claims cfg.out (empty: a new dated folder under runs/; another run there is refused
+    unless `overwrite`, see lmforge.runs). With eval.folds = k, first k-fold cross-validation on the
+    training data (cv.json), then the final model on all of it. With resume=RUN_DIR neural members
+    continue from their newest intact checkpoints; `cfg` then holds the settings asked for (None:
+    the run's own): changes in RESUMABLE are honoured and recorded, others refused, and data files
+    changed since the run started are refused unless `accept_changed_data`. `on_eval(step, record)`
+    is handed to the training loop of each neural member (see trainer.loop.fit), e.g. for a tuner.
     """
+    resumed = None
     if resume is not None:
-        cfg = load_run_config(Path(resume))
-        cfg.out = str(resume)
+        run_dir = Path(resume)
+        info = runs.open_run(run_dir, "classify")
+        saved = load_run_config(run_dir)
+        resumed = _Resumed(run_dir, info, saved, accept_changed_data)
+        cfg = from_dict(ClassifyConfig, to_dict(cfg if cfg is not None else saved))
+        cfg.out = str(run_dir)
     elif cfg is None:
         raise ConfigError("train_classifier() needs a config or resume=RUN_DIR")
     cfg.validate()
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
-        result = _train(cfg, rt, resume is not None, progress, on_eval)
+        if resumed is None:
+            cfg.out = on_main(lambda: str(runs.claim(cfg.out, "classify", overwrite=overwrite, quiet=not progress)),
+                              rt)
+        result = _train(cfg, rt, resumed, progress, on_eval)
     except BaseException:
         shutdown(rt)
         raise
@@ -217,7 +250,96 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
     return result
 
 
-def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_eval=None) -> ClassifyResult:
+def input_signature(cfg: ClassifyConfig) -> dict:
+    """Size and modification time of every training and validation file, to notice changes on resume."""
+    d = cfg.data
+    return {"data.path": file_signature(d.path),
+            "data.valid_path": file_signature(d.valid_path) if d.valid_path else None}
+
+
+def _check_resume(r: _Resumed, cfg: ClassifyConfig, labels: LabelMap) -> tuple[list, str]:
+    """Refuse what a resume cannot honour; (the honoured changes, a note for the history)."""
+    honoured, refused = runs.split_changes(runs.config_changes(to_dict(r.saved), to_dict(cfg)), RESUMABLE)
+    if refused:
+        raise runs.refusal(r.run_dir, refused, KEPT_ON_RESUME)
+    if (r.run_dir / "labels.json").is_file():
+        before = LabelMap.load(r.run_dir / "labels.json").names
+        if before != labels.names:
+            raise DataError(f"cannot resume {r.run_dir}: the classes in {cfg.data.path} are now {labels.names}, the "
+                            f"run was trained on {before}. Start a new run (--out NEW_FOLDER or --overwrite).")
+    note = ""
+    old = r.info.get("inputs")
+    if isinstance(old, dict):
+        now = input_signature(cfg)
+        changed = [c for key in ("data.path", "data.valid_path")
+                   for c in signature_changes(old.get(key), now[key], key)]
+        if changed and not r.accept_changed_data:
+            raise DataError(
+                f"cannot resume {r.run_dir}: its data changed since the run started: {'; '.join(changed[:3])}. Add "
+                "--accept-changed-data to continue on the changed files (with the run's vocabulary and classes), "
+                "or start a new run (--out NEW_FOLDER or --overwrite).")
+        if changed:
+            note = "data changed since the run started: " + "; ".join(changed[:3])
+    return honoured, note
+
+
+def _finished_result(r: _Resumed, cfg: ClassifyConfig, honoured: list) -> ClassifyResult | None:
+    """The stored result of a finished run whose final checkpoints are intact, unless the resume gives
+    it more to do (more epochs or steps, more time)."""
+    path = r.run_dir / "metrics.json"
+    if r.info.get("status") != "finished" or not path.is_file():
+        return None
+    for name, old, new in honoured:
+        if name in ("train.epochs", "train.max_steps") and (new == 0 or new > old):
+            return None
+        if name == "train.time_budget_s" and (new == 0 or new > old):
+            return None
+    finals = r.info.get("final_checkpoints") or []
+    if any(not (r.run_dir / f / "meta.json").is_file() or ckpt.verify(r.run_dir / f) for f in finals):
+        warn(f"{r.run_dir} finished, but a final checkpoint is missing or damaged; resuming redoes the steps "
+             "after the newest intact one")
+        return None
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None  # damaged: the resume recomputes it
+    return ClassifyResult(r.run_dir, m.get("valid"), m.get("test"), m.get("cv"), m.get("members") or [],
+                          m.get("weights") or [], m.get("train_s") or 0.0, m.get("member_facts") or {},
+                          cfg.text.language)
+
+
+def _open(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, labels: LabelMap,
+          progress: bool) -> tuple[str | None, ClassifyResult | None]:
+    """The run folder made ready (a new run's config, classes and input signature; a resume checked
+    and recorded); (run id, the stored result when a finished run has nothing more to do)."""
+    run_dir = Path(cfg.out)
+    if resumed is None:
+        def start() -> str:
+            save_config(cfg, run_dir / "config.yaml")
+            labels.save(run_dir / "labels.json")
+            return runs.update_info(run_dir, inputs=input_signature(cfg), status="training")["run_id"]
+        return on_main(start, rt), None
+    honoured, note = _check_resume(resumed, cfg, labels)
+    done = _finished_result(resumed, cfg, honoured)
+    if done is not None:
+        if progress and rt.is_main:
+            say(f"{run_dir} already finished; nothing was changed. To train it further, pass more "
+                "--train.epochs (or --train.max_steps, or a longer --train.time_budget_s).")
+        return resumed.info["run_id"], done
+
+    def record() -> str:
+        info = runs.record_resume(run_dir, resumed.info, honoured, note)
+        if honoured:
+            save_config(cfg, run_dir / "config.yaml")
+        if progress:
+            what = runs.describe_changes(honoured) if honoured else "no settings changed"
+            say(f"resume {run_dir}: {what}" + (f" ({note})" if note else ""))
+        return info["run_id"]
+    return on_main(record, rt), None
+
+
+def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress: bool,
+           on_eval=None) -> ClassifyResult:
     t_start = time.perf_counter()
     train, valid, test, labels = _read(cfg)
     cfg = resolve_auto(cfg, train.texts)
@@ -225,10 +347,10 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     y = labels.encode(train)
     valid_y = labels.encode(valid) if valid is not None else None
     test_y = labels.encode(test) if test is not None else None
-    if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-        labels.save(run_dir / "labels.json")
+    run_id, done = _open(cfg, rt, resumed, labels, progress)
+    if done is not None:
+        return done
+    resume = resumed is not None
     warn = skew_message(y, labels, cfg.data.skew_warning_ratio)
     if warn and rt.is_main:
         console.print(f"[yellow]warning:[/yellow] {cfg.data.path}: {warn}")
@@ -262,10 +384,26 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
         refit = (train.texts, y) if len(val_idx) else None
     else:
         fit_set, fit_y, val_set, val_y, refit = train, y, valid, valid_y, None
-    members, val_probas, weights, facts = _fit_members(cfg, fit_set, fit_y, val_set, val_y, len(labels), run_dir,
-                                                       rt, resume, progress, refit, on_eval)
+    with ckpt.guard_writes(run_dir):
+        members, val_probas, weights, facts = _fit_members(cfg, fit_set, fit_y, val_set, val_y, len(labels),
+                                                           run_dir, rt, resume, progress, refit, on_eval, run_id)
     if not rt.is_main:
         return ClassifyResult(run_dir, None, None, cv)
+    with ckpt.guard_writes(run_dir):
+        result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_set, val_y, test, test_y,
+                        cv, t_start)
+    finals = [str(c.relative_to(run_dir)) for c in (ckpt.latest_checkpoint(d) for d in runs.member_dirs(run_dir))
+              if c is not None]
+    runs.update_info(run_dir, status="finished", final_checkpoints=finals)
+    try_write_report(run_dir)
+    if progress:
+        _print_result(result, labels, "test" if result.test else "valid")
+    return result
+
+
+def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas, weights, facts, labels: LabelMap,
+           val_set: Labeled, val_y, test: Labeled | None, test_y, cv, t_start: float) -> ClassifyResult:
+    """Validation and test metrics of the ensemble (and its members); ensemble.json, metrics.json, the plot."""
     kinds = cfg.model.member_names()
     atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),
                                                        "weights": weights})
@@ -288,11 +426,13 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resume: bool, progress: bool, on_ev
     if shown:
         save_confusion_png(shown["confusion_matrix"], labels.names, run_dir / f"confusion_{split}.png",
                            title=f"{run_dir.name}: {split}")
+        scored = (test.texts, test_y, combine(test_probas, weights)) if result.test else \
+            (val_set.texts, val_y, combine(val_probas, weights))
+        save_eval_details(run_dir, split, *scored, labels.names)
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
                                                       "member_facts": facts})
-    if progress:
-        _print_result(result, labels, split)
+    log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     return result
 
 
@@ -327,6 +467,9 @@ def _cross_validate(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, labels: 
         part, held = train.subset(tr), train.subset(te)
         inner_fit, inner_val = stratified_split(y[tr], max(cfg.data.val_fraction, 0.1), cfg.seed + i)
         fold_dir = run_dir / "folds" / f"fold_{i + 1}"
+        if rt.is_main:  # left by an interrupted run: a fold always starts afresh
+            shutil.rmtree(fold_dir, ignore_errors=True)
+        rt.barrier()
         members, _, weights, _ = _fit_members(cfg, part.subset(inner_fit), y[tr][inner_fit], part.subset(inner_val),
                                               y[tr][inner_val], len(labels), fold_dir, rt, False, False,
                                               (part.texts, y[tr]))
@@ -351,6 +494,10 @@ class Classifier:
 
     def __init__(self, run_dir: str | Path, device: str = "cpu"):
         self.run_dir = Path(run_dir)
+        kind = runs.guess_kind(self.run_dir) if self.run_dir.is_dir() else None
+        if kind not in (None, "classify"):
+            raise DataError(f"{self.run_dir} holds an lmforge {kind} run, not a classifier"
+                            + ("; use `lmforge eval` / `lmforge generate` with it" if kind == "lm" else ""))
         self.cfg = load_run_config(self.run_dir)
         self.labels = LabelMap.load(self.run_dir / "labels.json")
         info_path = self.run_dir / "ensemble.json"
@@ -381,22 +528,48 @@ def evaluate_run(run_dir: str | Path, data: str | Path, threshold: float | None 
 
 def predict_run(run_dir: str | Path, input_path: str | Path, output: str | Path | None = None,
                 threshold: float | None = None, device: str = "cpu", text_field: str | None = None,
-                fmt: str | None = None) -> list[dict]:
+                fmt: str | None = None, id_field: str | None = None, keep_text: bool = False,
+                overwrite: bool = False) -> list[dict]:
     """Label and class probabilities for each text of input_path; written as jsonl or csv when output is given.
 
-    Labels in the input, if any, are ignored; the output keeps each record's position.
+    Each row starts with the record's id, so it can be joined back: the value of `id_field` (default
+    'id', used when every record has it), else 'row', the record's 1-based position in the input;
+    then the text itself with `keep_text`. Labels in the input, if any, are ignored. `output` may not
+    be the input, nor an existing file unless `overwrite`.
     """
+    from lmforge.data.readers import find_files
+
+    if output is not None:
+        runs.check_output(output, [input_path, *find_files(input_path)], overwrite=overwrite, option="--output")
     clf = Classifier(run_dir, device)
-    ds = read_labeled(input_path, text_field or clf.cfg.data.text_field, "", need_labels=False)
+    ds = read_labeled(input_path, text_field or clf.cfg.data.text_field, "", need_labels=False,
+                      id_field=id_field or "id")
+    key, ids = _row_ids(ds, id_field)
     proba = clf.predict_proba(ds.texts)
     t = clf.cfg.eval.threshold if threshold is None else threshold
     pred = predict_labels(proba, t)
     names = clf.labels.names
-    rows = [{"label": names[int(c)], **{f"p_{n}": float(p[j]) for j, n in enumerate(names)}}
-            for c, p in zip(pred, proba)]
+    rows = [{key: i, **({"text": text} if keep_text else {}), "label": names[int(c)],
+             **{f"p_{n}": float(p[j]) for j, n in enumerate(names)}}
+            for i, text, c, p in zip(ids, ds.texts, pred, proba)]
     if output is not None:
         write_predictions(rows, Path(output), fmt)
     return rows
+
+
+def _row_ids(ds: Labeled, id_field: str | None) -> tuple[str, list]:
+    """(column name, values) identifying each input record: its id field, else its 1-based position."""
+    present = [v is not None for v in ds.ids]
+    if ds.ids and all(present):
+        return id_field or "id", list(ds.ids)
+    if id_field:  # asked for by name: every record must have it
+        source, line = ds.where[present.index(False)]
+        raise DataError(f"{source}:{line}: no field {id_field!r} (--id-field); give every record an id, or leave "
+                        "out --id-field to number the rows instead")
+    if any(present):
+        warn("only some records have an 'id' field; the predictions are "
+             "numbered by input row instead (column 'row')")
+    return "row", list(range(1, len(ds) + 1))
 
 
 def format_predictions(rows: list[dict], fmt: str = "jsonl", delimiter: str = ",") -> str:

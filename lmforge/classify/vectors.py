@@ -113,18 +113,22 @@ def train_word_vectors(texts: Sequence[str], dim: int = 300, window: int = 5, mi
 
 
 def vectors_from_file(data: str | Path | list, out: str | Path, text_field: str = "text", progress: bool = True,
-                      **kwargs) -> WordVectors:
+                      overwrite: bool = False, **kwargs) -> WordVectors:
     """Read texts (plain text or records; one path or several), train vectors, write them to `out`
-    in word2vec text format."""
-    from lmforge.data.readers import read_texts
+    in word2vec text format. `out` may not be one of the inputs, nor an existing file unless `overwrite`."""
+    from lmforge.data.readers import find_files, read_texts
     from lmforge.console import console
+    from lmforge.runs import check_output
+
+    sources = list(data) if isinstance(data, (list, tuple)) else [data]
+    check_output(out, [f for path in sources for f in find_files(path)], overwrite=overwrite, option="--out")
 
     def log(msg: str) -> None:
         if progress:
             console.print(msg, markup=False, highlight=False)
 
     texts: list[str] = []
-    for path in data if isinstance(data, (list, tuple)) else [data]:
+    for path in sources:
         texts.extend(read_texts(path, text_field))
     vectors = train_word_vectors(texts, log=log, **kwargs)
     vectors.save(out)

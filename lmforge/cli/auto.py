@@ -34,6 +34,7 @@ def add_commands(sub) -> None:
     p.add_argument("--out")
     p.add_argument("--time", metavar="DURATION", required=True, help="wall-clock budget, e.g. 10m")
     p.add_argument("--lr-find", action="store_true", help="use the learning-rate range test for the learning rate")
+    p.add_argument("--overwrite", action="store_true", help="--out holds a trained run: replace it")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_config_options(p)
 
@@ -44,6 +45,7 @@ def add_commands(sub) -> None:
     p.add_argument("--steps", type=int, default=100, help="steps of the test (default 100)")
     p.add_argument("--lr-min", type=float, default=1e-5)
     p.add_argument("--lr-max", type=float, default=1.0)
+    p.add_argument("--overwrite", action="store_true", help="--out holds a trained run: replace it")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     add_config_options(p)
 
@@ -90,8 +92,6 @@ def train_auto(args) -> int:
     from lmforge.errors import ConfigError
     from lmforge.lm.pretrain import result_json, train
 
-    if args.resume:
-        raise ConfigError("--resume continues a run with its saved settings; do not combine it with --auto/--time")
     if args.auto:
         if not args.time:
             raise ConfigError("--auto needs a time budget: add --time, e.g. --time 10m")
@@ -101,11 +101,12 @@ def train_auto(args) -> int:
         cfg = make_config(args)
         result = auto_train(cfg, parse_duration(args.time), t_start=getattr(args, "t_start", None),
                             fixed=_fixed(args),
-                            options=PlanOptions(lr_method="find" if args.lr_find else "rule"))
+                            options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
+                            overwrite=args.overwrite)
     else:
         cfg = make_config(args)
         cfg.train.time_budget_s = parse_duration(args.time)
-        result = train(cfg)
+        result = train(cfg, overwrite=args.overwrite)
     if args.json and int(os.environ.get("RANK", 0)) == 0:
         print(result_json(result))
     return 0
@@ -121,14 +122,16 @@ def dispatch(args) -> int:
         cfg = make_config(args)
         plan = plan_run(cfg, parse_duration(args.time), t_start=getattr(args, "t_start", None),
                         fixed=_fixed(args), options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
-                        progress=not args.json)
+                        progress=not args.json, overwrite=args.overwrite)
         if args.json:
             print(json.dumps(plan.to_dict()))
         return 0
     if args.command == "lr-find":
         from lmforge.auto.lr_finder import find_lr
+        from lmforge.runs import claim
 
         cfg = make_config(args)
+        cfg.out = str(claim(cfg.out, "lm", overwrite=args.overwrite, quiet=args.json))
         res = find_lr(cfg, steps=args.steps, lr_min=args.lr_min, lr_max=args.lr_max, progress=not args.json)
         if args.json:
             print(json.dumps({"suggestion": res.suggestion, "stop_reason": res.stop_reason, "steps": len(res.lrs),

@@ -14,7 +14,7 @@ COMMANDS = ("classify",)
 # Shortcut options and the config field each sets.
 _SHORTCUTS = {"data": "data.path", "valid": "data.valid_path", "test": "data.test_path",
               "text_field": "data.text_field", "label_field": "data.label_field", "out": "out",
-              "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold"}
+              "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold", "track": "train.track"}
 
 
 def add_commands(sub) -> None:
@@ -28,12 +28,22 @@ def add_commands(sub) -> None:
     t.add_argument("--test", metavar="FILE", help="labeled test data, scored at the end")
     t.add_argument("--text-field", metavar="NAME", help="field/column with the text (default: text)")
     t.add_argument("--label-field", metavar="NAME", help="field/column with the label (default: label)")
-    t.add_argument("--out", metavar="RUN_DIR", help="run folder (default: runs/classify)")
+    t.add_argument("--out", metavar="RUN_DIR",
+                   help="run folder (default: a new dated folder under runs/, linked from runs/latest-classify)")
     t.add_argument("--model", choices=MODEL_KINDS, help="model kind (same as --model.kind)")
     t.add_argument("--folds", type=int, metavar="K", help="k-fold cross-validation on --data first (eval.folds)")
     t.add_argument("--threshold", type=float, help="binary tasks: decision threshold for the second class")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
+    t.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run from its newest intact checkpoints; options given with it may extend it "
+                        "(--train.epochs, --train.max_steps) or change the learning-rate tail, intervals, --test, "
+                        "device and threads; any other change (--data, --model, ...) is refused")
+    t.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier classifier run: replace it (removes only lmforge's files of that run)")
+    t.add_argument("--accept-changed-data", action="store_true",
+                   help="with --resume: continue although the data files changed since the run started (the run "
+                        "keeps its vocabulary and classes)")
     t.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    t.add_argument("--track", choices=("tensorboard", "mlflow", "none"), help="experiment tracking (train.track)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
@@ -45,6 +55,7 @@ def add_commands(sub) -> None:
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--confusion-png", metavar="FILE", help="also draw the confusion matrix into this PNG")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --confusion-png file")
 
     r = csub.add_parser("predict", help="label and class probabilities for each input text")
     r.add_argument("run", metavar="RUN_DIR")
@@ -52,6 +63,11 @@ def add_commands(sub) -> None:
     r.add_argument("--output", metavar="FILE", help="where to write (.jsonl or .csv); default: jsonl on stdout")
     r.add_argument("--format", choices=("jsonl", "csv"), help="output format (default: from --output's suffix)")
     r.add_argument("--text-field", metavar="NAME", help="default: the field the run was trained with")
+    r.add_argument("--id-field", metavar="NAME",
+                   help="field/column identifying each record, copied into the output (default: 'id' when every "
+                        "record has one, else a 'row' column with the 1-based input row)")
+    r.add_argument("--keep-text", action="store_true", help="copy each record's text into the output")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --output file (never the input)")
     r.add_argument("--threshold", type=float, help="binary tasks: decision threshold (default: the run's)")
     r.add_argument("--device", default="cpu")
     _add_vectors_parser(csub)
@@ -63,6 +79,7 @@ def _add_vectors_parser(csub) -> None:
                    help="text: .txt/.md, or records with --text-field; a file, folder or glob (repeatable)")
     v.add_argument("--text-field", default="text", metavar="NAME", help="field/column with the text (records)")
     v.add_argument("--out", required=True, metavar="FILE", help="where to write the vectors")
+    v.add_argument("--overwrite", action="store_true", help="replace an existing --out file (never an input)")
     v.add_argument("--dim", type=int, default=300, help="vector width (default 300)")
     v.add_argument("--window", type=int, default=5, help="co-occurrence window in words (default 5)")
     v.add_argument("--min-count", type=int, default=5, help="words seen fewer times get no vector (default 5)")
@@ -88,18 +105,32 @@ def dispatch(args: argparse.Namespace) -> int:
     cmd = args.classify_command
     if cmd == "train":
         if args.resume:
-            result = run.train_classifier(resume=args.resume)
+            from lmforge.cli.options import check_resume_args, resume_config
+
+            check_resume_args(args)
+            extra = {dotted: getattr(args, attr) for attr, dotted in _SHORTCUTS.items()
+                     if attr != "out" and getattr(args, attr, None) is not None}
+            result = run.train_classifier(resume_config(args, args.resume, ClassifyConfig, extra), resume=args.resume,
+                                          accept_changed_data=args.accept_changed_data)
         else:
-            result = run.train_classifier(config_from_args(args))
+            result = run.train_classifier(config_from_args(args), overwrite=args.overwrite)
         if args.json and int(os.environ.get("RANK", 0)) == 0:
             print(run.result_json(result))
         return 0
     if cmd == "eval":
+        if args.confusion_png:
+            from lmforge.data.readers import find_files
+            from lmforge.runs import check_output
+
+            check_output(args.confusion_png, [args.data, *find_files(args.data)], overwrite=args.overwrite,
+                         option="--confusion-png", own_names=("confusion_test.png", "confusion_valid.png"))
         metrics = run.evaluate_run(args.run, args.data, args.threshold, args.device, args.text_field, args.label_field)
         if args.confusion_png:
+            from pathlib import Path
+
             from lmforge.classify.metrics import save_confusion_png
 
-            save_confusion_png(metrics["confusion_matrix"], metrics["labels"], args.confusion_png)
+            save_confusion_png(metrics["confusion_matrix"], metrics["labels"], Path(args.confusion_png))
         if args.json:
             print(json.dumps(metrics, ensure_ascii=False))
         else:
@@ -113,7 +144,8 @@ def dispatch(args: argparse.Namespace) -> int:
         import sys
 
         rows = run.predict_run(args.run, args.input, args.output, args.threshold, args.device, args.text_field,
-                               args.format)
+                               args.format, id_field=args.id_field, keep_text=args.keep_text,
+                               overwrite=args.overwrite)
         if args.output is None:
             sys.stdout.write(run.format_predictions(rows, args.format or "jsonl"))
         return 0
@@ -122,6 +154,6 @@ def dispatch(args: argparse.Namespace) -> int:
 
         vectors_from_file(args.data, args.out, args.text_field, dim=args.dim, window=args.window,
                           min_count=args.min_count, max_words=args.max_words, language=args.language,
-                          unit=args.unit)
+                          unit=args.unit, overwrite=args.overwrite)
         return 0
     raise AssertionError(cmd)

@@ -16,7 +16,9 @@ def add_commands(sub) -> None:
                                         "size, speed and quality against the original")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--method", choices=("int8", "int4"), required=True)
-    p.add_argument("--out", required=True, metavar="RUN_Q", help="new run folder for the quantized model")
+    p.add_argument("--out", metavar="RUN_Q", help="run folder for the quantized model (default: a new one under runs/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run of this kind: replace it (removes only lmforge's files of that run)")
     p.add_argument("--group-size", type=int, default=0,
                    help="int4: inputs per scale and offset (32, 64 or 128; default 128 for models 512 wide or "
                         "more, else 32)")
@@ -26,7 +28,9 @@ def add_commands(sub) -> None:
     p = sub.add_parser("distill", help="train a smaller student on a teacher's outputs (language model or "
                                        "classifier), through the same training loop")
     p.add_argument("--teacher", metavar="RUN_DIR", help="the trained run to learn from")
-    p.add_argument("--out", metavar="RUN_S", help="run folder of the student")
+    p.add_argument("--out", metavar="RUN_S", help="run folder of the student (default: a new one under runs/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run of this kind: replace it (removes only lmforge's files of that run)")
     p.add_argument("--resume", metavar="RUN_S", help="continue an interrupted distillation (language models)")
     p.add_argument("--auto", action="store_true",
                    help="student of half the teacher's non-embedding parameters (language models; classifiers "
@@ -49,7 +53,9 @@ def add_commands(sub) -> None:
                                      "layers) of a language model, then recover with a short training run")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--keep", type=float, required=True, help="fraction of the non-embedding parameters to keep")
-    p.add_argument("--out", required=True, metavar="RUN_P", help="new run folder for the pruned model")
+    p.add_argument("--out", metavar="RUN_P", help="run folder for the pruned model (default: a new one under runs/)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run of this kind: replace it (removes only lmforge's files of that run)")
     p.add_argument("--structure", choices=("width", "depth"), default="width",
                    help="width: heads and MLP channels in every layer (default); depth: whole layers")
     p.add_argument("--importance", choices=("taylor", "activation"), default="taylor",
@@ -64,19 +70,22 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "quantize":
         from lmforge.compress.quantize import quantize_run
 
-        report = quantize_run(args.run, args.method, args.out, args.group_size, args.data)
+        report = quantize_run(args.run, args.method, args.out, args.group_size, args.data,
+                              overwrite=args.overwrite)
     elif args.command == "prune":
         from lmforge.compress.prune import prune_run
 
         report = prune_run(args.run, args.keep, args.out, recover_s=parse_duration(args.recover) if args.recover
-                           else 0.0, structure=args.structure, importance=args.importance)
+                           else 0.0, structure=args.structure, importance=args.importance,
+                           overwrite=args.overwrite)
     elif args.command == "distill":
         from lmforge.compress.distill import distill
 
         report = distill(args.teacher, args.out, resume=args.resume, auto=args.auto,
                          time_s=parse_duration(args.time) if args.time else 0.0, alpha=args.alpha,
                          temperature=args.temperature, overrides=overrides_from(args), config_file=args.config,
-                         student_kind=args.student, unlabeled=args.unlabeled)
+                         student_kind=args.student, unlabeled=args.unlabeled,
+                         overwrite=args.overwrite)
     else:
         raise AssertionError(args.command)
     if args.json:

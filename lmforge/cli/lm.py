@@ -18,15 +18,28 @@ def add_commands(sub) -> None:
     p.add_argument("data_pos", nargs="?", metavar="DATA", help="training text (same as --data)")
     p.add_argument("--data", help="file, folder or glob of training text; omit for the embedded Shakespeare corpus")
     p.add_argument("--out", help="run folder (same as --out on the config)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its newest intact checkpoint; options given with it may "
+                        "extend the run (--train.max_steps, --time), change the learning-rate tail (--optim.lr, "
+                        "--schedule.*), intervals, device and threads; any other change is refused")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds an earlier run: replace it (removes only lmforge's files of that run)")
+    p.add_argument("--use-prepared-data", action="store_true",
+                   help="with --resume: continue on the tokens the run prepared at its start although the input "
+                        "files changed or are gone (nothing is re-read or re-tokenized)")
+    p.add_argument("--init", metavar="MODEL_DIR",
+                   help="start from a trained model: an lmforge run folder, or a local Hugging Face folder "
+                        "(imported into RUN/init first); its tokenizer and shape are used")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
+    p.add_argument("--track", choices=("tensorboard", "mlflow", "none"), help="experiment tracking (train.track)")
     auto.add_train_options(p)
     add_config_options(p)
 
     p = sub.add_parser("prepare", help="clean text, train the tokenizer and write token files (no training)")
     p.add_argument("data_pos", nargs="?", metavar="DATA")
     p.add_argument("--data")
-    p.add_argument("--out")
+    p.add_argument("--out", help="run folder (default: a new dated folder under runs/)")
+    p.add_argument("--overwrite", action="store_true", help="--out holds a trained run: replace it")
     add_config_options(p)
 
     p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a trained run on some text")
@@ -52,28 +65,54 @@ def add_commands(sub) -> None:
     add_config_options(p)
 
 
+def _resume(args: argparse.Namespace):
+    """`train --resume RUN [options]`: the options are the settings to change (see pretrain.RESUMABLE)."""
+    from lmforge.cli.options import check_resume_args, resume_config
+    from lmforge.errors import ConfigError
+    from lmforge.lm.pretrain import train
+
+    if args.auto:
+        raise ConfigError("--resume continues a run with its own settings; do not combine it with --auto")
+    check_resume_args(args)
+    extra = {}
+    if args.time:
+        from lmforge.durations import parse_duration
+
+        extra["train.time_budget_s"] = parse_duration(args.time)  # the run's total, time already trained included
+    data = args.data or args.data_pos
+    if data:
+        extra["data.path"] = data
+    return train(resume_config(args, args.resume, extra=extra), resume=args.resume,
+                 use_prepared_data=args.use_prepared_data)
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "train":
         from lmforge.cli import auto
         from lmforge.lm.pretrain import result_json, train
 
-        if args.auto or args.time:
-            return auto.train_auto(args)
+        if args.init and (args.auto or args.time or args.resume):
+            from lmforge.errors import ConfigError
+
+            raise ConfigError("--init starts a new run with a given model; it does not combine with --resume, "
+                              "--auto or --time")
         if args.resume:
-            result = train(resume=args.resume)
+            result = _resume(args)
+        elif args.auto or args.time:
+            return auto.train_auto(args)
+        elif args.init:
+            from lmforge.cli.export import resolve_init
+
+            result = train(resolve_init(args, make_config(args)), overwrite=args.overwrite)
         else:
-            result = train(make_config(args))
+            result = train(make_config(args), overwrite=args.overwrite)
         if args.json and int(os.environ.get("RANK", 0)) == 0:
             print(result_json(result))
         return 0
     if args.command == "prepare":
-        from pathlib import Path
+        from lmforge.lm.pretrain import prepare_run
 
-        from lmforge.data.prepare import prepare
-
-        cfg = make_config(args)
-        Path(cfg.out).mkdir(parents=True, exist_ok=True)
-        prepare(cfg)
+        prepare_run(make_config(args), overwrite=args.overwrite)
         return 0
     if args.command == "eval":
         from lmforge.lm.evaluate import evaluate

@@ -45,4 +45,46 @@ def make_config(args: argparse.Namespace):
         overrides["data.path"] = data
     if getattr(args, "out", None):
         overrides["out"] = args.out
+    if getattr(args, "track", None):
+        overrides["train.track"] = args.track
     return load_config(args.config, overrides)
+
+
+def resume_config(args: argparse.Namespace, run_dir: str, cls: type = Config, extra: dict | None = None):
+    """The settings a `--resume` command line asks for: the run's saved config.yaml (or the --config
+    preset) with the command line's options on top; None when it gives no option (resume as saved)."""
+    from pathlib import Path
+
+    import yaml
+
+    from lmforge.config import from_dict, load_config, set_dotted
+    from lmforge.errors import ConfigError
+
+    overrides = {**overrides_from(args), **(extra or {})}
+    if getattr(args, "config", None):
+        return load_config(args.config, overrides, cls=cls)
+    if not overrides:
+        return None
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None  # train() says that the folder is not a run
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is damaged (not valid YAML: {str(e).splitlines()[0]})") from None
+    for dotted, value in overrides.items():
+        set_dotted(tree, dotted, value, cls)
+    return from_dict(cls, tree, source=str(path)).validate()
+
+
+def check_resume_args(args: argparse.Namespace) -> None:
+    """--resume continues a run in its own folder: --overwrite and another --out contradict it."""
+    from pathlib import Path
+
+    from lmforge.errors import ConfigError
+
+    if getattr(args, "overwrite", False):
+        raise ConfigError("--resume continues the run in its folder and --overwrite replaces it; give one of them")
+    if getattr(args, "out", None) and Path(args.out).resolve() != Path(args.resume).resolve():
+        raise ConfigError(f"--resume continues the run in {args.resume}; drop --out {args.out} (or start a new "
+                          "run with --out instead of --resume)")

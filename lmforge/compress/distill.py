@@ -25,10 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lmforge import runs
 from lmforge.atomic import atomic_write_json
 from lmforge.compress.prune import non_embedding_params
 from lmforge.compress.quantize import run_kind
-from lmforge.compress.report import Row, file_mb, link_or_copy, lm_row, new_run_folder, predictions_per_s, \
+from lmforge.compress.report import Row, file_mb, link_or_copy, lm_row, claim_output, predictions_per_s, \
     save_and_print
 from lmforge.config import Config, ModelConfig, default_d_ff, from_dict, set_dotted, to_dict
 from lmforge.errors import ConfigError, DataError
@@ -95,15 +96,16 @@ def half_shape(cfg: ModelConfig) -> ModelConfig:
 def distill(teacher: str | None, out: str | None, resume: str | None = None, auto: bool = False,
             time_s: float = 0.0, alpha: float = 0.5, temperature: float | None = None, overrides: dict | None = None,
             config_file: str | None = None, student_kind: str = "fasttext", unlabeled: list[str] | None = None,
-            progress: bool = True) -> dict:
+            progress: bool = True, overwrite: bool = False) -> dict:
     """Distill `teacher` (a run folder) into a new student run `out`; returns the report.
 
     `temperature` defaults to 2 for language models (their next-token distributions are peaked) and 1
     for classifiers (an ensemble's averaged probabilities are soft already)."""
     if resume:
-        return _resume_lm(Path(resume), progress)
-    if not teacher or not out:
-        raise ConfigError("distill needs --teacher RUN and --out RUN_S (or --resume RUN_S)")
+        return _resume_lm(Path(resume), dict(overrides or {}, **({"train.time_budget_s": time_s} if time_s else {})),
+                          progress)
+    if not teacher:
+        raise ConfigError("distill needs --teacher RUN (or --resume RUN_S)")
     classifier = run_kind(Path(teacher)) == "classify"
     temperature = (1.0 if classifier else 2.0) if temperature is None else temperature
     if not 0 <= alpha <= 1:
@@ -113,19 +115,21 @@ def distill(teacher: str | None, out: str | None, resume: str | None = None, aut
     if config_file:
         raise ConfigError("distill takes the teacher's settings; change single fields with --section.field")
     if classifier:
-        return distill_classifier(Path(teacher), Path(out), student_kind, alpha, temperature, time_s,
-                                  unlabeled or [], overrides or {}, progress)
+        return distill_classifier(Path(teacher), out, student_kind, alpha, temperature, time_s,
+                                  unlabeled or [], overrides or {}, progress, overwrite)
     if unlabeled:
         raise ConfigError("--unlabeled is for classifier teachers; a language model learns from its training text")
-    return distill_lm(Path(teacher), Path(out), auto, time_s, alpha, temperature, overrides or {}, progress)
+    return distill_lm(Path(teacher), out, auto, time_s, alpha, temperature, overrides or {}, progress, overwrite)
 
 
-def student_config(teacher_cfg: Config, out: Path, auto: bool, time_s: float, overrides: dict) -> Config:
+def student_config(teacher_cfg: Config, out: str | Path | None, auto: bool, time_s: float, overrides: dict) -> Config:
     """The teacher's config with the student's shape (--model.* or --auto) and any other overrides."""
     fixed = [k for k in overrides if k.split(".")[0] in ("data", "clean", "tokenizer", "seed")]
     if fixed:
         raise ConfigError(f"--{fixed[0]}: the student reads the teacher's prepared data and tokenizer; "
                           "data, cleaning and tokenizer settings cannot change")
+    if "init" in overrides:
+        raise ConfigError("--init: a student starts from fresh weights; distill from the model you would start from")
     shape = {k: v for k, v in overrides.items() if k.startswith("model.")}
     if not shape and not auto:
         raise ConfigError("give the student's shape (--model.n_layer, --model.d_model, ...) or --auto")
@@ -136,7 +140,8 @@ def student_config(teacher_cfg: Config, out: Path, auto: bool, time_s: float, ov
         tree["model"]["head_dim"] = 0  # a new width takes its heads' width from d_model / n_head
     for key, value in overrides.items():
         set_dotted(tree, key, value)
-    tree["out"] = str(out)
+    tree["out"] = str(out or "")
+    tree["init"] = None  # the student starts fresh (a teacher trained from an imported model named one)
     cfg = from_dict(Config, tree)
     if time_s:
         cfg.train.time_budget_s = time_s
@@ -165,19 +170,20 @@ def _load_teacher(run: Path):
     return model, tok, info
 
 
-def distill_lm(teacher: Path, out: Path, auto: bool, time_s: float, alpha: float, temperature: float,
-               overrides: dict, progress: bool) -> dict:
+def distill_lm(teacher: Path, out: str | Path | None, auto: bool, time_s: float, alpha: float, temperature: float,
+               overrides: dict, progress: bool, overwrite: bool = False) -> dict:
     from lmforge.config import save_config
     from lmforge.lm.pretrain import load_run_config, train
 
     t_model, _, _ = _load_teacher(teacher)
     cfg = student_config(load_run_config(teacher), out, auto, time_s, overrides)
-    out = new_run_folder(out)
+    out = claim_output(out, "lm", teacher, "distill", overwrite, progress)
+    cfg.out = str(out)
     _link_data(teacher, out)
     save_config(cfg, out / "config.yaml")
     atomic_write_json(out / "distill.json", {"teacher": str(teacher.resolve()), "alpha": alpha,
                                              "temperature": temperature})
-    train(cfg, progress=progress, wrap_task=_wrapper(t_model, alpha, temperature))
+    train(cfg, progress=progress, claimed=True, wrap_task=_wrapper(t_model, alpha, temperature))
     return _lm_report(teacher, out, alpha, temperature, progress)
 
 
@@ -187,15 +193,23 @@ def _wrapper(t_model: torch.nn.Module, alpha: float, temperature: float):
     return wrap
 
 
-def _resume_lm(run: Path, progress: bool) -> dict:
-    from lmforge.lm.pretrain import train
+def _resume_lm(run: Path, overrides: dict, progress: bool) -> dict:
+    """Continue a distillation; `overrides` are the settings a resumed run may change (more steps or
+    time, a new learning-rate tail; see lmforge.lm.pretrain.RESUMABLE), others are refused there."""
+    from lmforge.lm.pretrain import load_run_config, train
 
     path = run / "distill.json"
     if not path.is_file():
         raise DataError(f"{run} is not a distillation run (no distill.json); resume it with `lmforge train --resume`")
     d = json.loads(path.read_text(encoding="utf-8"))
     t_model, _, _ = _load_teacher(Path(d["teacher"]))
-    train(resume=run, progress=progress, wrap_task=_wrapper(t_model, d["alpha"], d["temperature"]))
+    cfg = None
+    if overrides:
+        tree = to_dict(load_run_config(run))
+        for key, value in overrides.items():
+            set_dotted(tree, key, value)
+        cfg = from_dict(Config, tree)
+    train(cfg, resume=run, progress=progress, wrap_task=_wrapper(t_model, d["alpha"], d["temperature"]))
     return _lm_report(Path(d["teacher"]), run, d["alpha"], d["temperature"], progress)
 
 
@@ -267,7 +281,7 @@ def _read_unlabeled(paths: list[str], text_field: str) -> list[str]:
     return texts
 
 
-def _classifier_config(tcfg, out: Path, kind: str, time_s: float, overrides: dict):
+def _classifier_config(tcfg, out: str | Path | None, kind: str, time_s: float, overrides: dict):
     from lmforge.classify.config import ClassifyConfig
 
     tree = to_dict(tcfg)
@@ -275,7 +289,7 @@ def _classifier_config(tcfg, out: Path, kind: str, time_s: float, overrides: dic
     tree["model"]["members"] = kind
     tree["data"]["oversample"] = False  # the task's labels are row numbers: resampling is done by the teacher
     tree["data"]["class_weights"] = False
-    tree["out"] = str(out)
+    tree["out"] = str(out or "")
     for key, value in overrides.items():
         set_dotted(tree, key, value, ClassifyConfig)
     cfg = from_dict(ClassifyConfig, tree)
@@ -284,8 +298,9 @@ def _classifier_config(tcfg, out: Path, kind: str, time_s: float, overrides: dic
     return cfg.validate()
 
 
-def distill_classifier(teacher: Path, out: Path, kind: str, alpha: float, temperature: float, time_s: float,
-                       unlabeled: list[str], overrides: dict, progress: bool) -> dict:
+def distill_classifier(teacher: Path, out: str | Path | None, kind: str, alpha: float, temperature: float,
+                       time_s: float, unlabeled: list[str], overrides: dict, progress: bool,
+                       overwrite: bool = False) -> dict:
     import time
 
     from lmforge.classify.data import stratified_split
@@ -311,13 +326,14 @@ def distill_classifier(teacher: Path, out: Path, kind: str, alpha: float, temper
     t_label = time.perf_counter()
     probs = clf.predict_proba(texts)
     teacher_label_s = time.perf_counter() - t_label
-    out = new_run_folder(out)
+    out = claim_output(out, "classify", teacher, "distill", overwrite, progress)
+    cfg.out = str(out)
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
         save_config(cfg, out / "config.yaml")
         labels.save(out / "labels.json")
         train_neural(kind, cfg, texts, np.arange(len(texts)), val_texts, val_y, len(labels), out / kind, rt,
-                     False, progress, _say(progress, rt),
+                     False, progress, _say(progress, rt), run_id=(runs.read_info(out) or {}).get("run_id"),
                      wrap_task=lambda task: SoftTargetTask(task, probs, hard, alpha, temperature))
     finally:
         shutdown(rt, finished=True)
@@ -325,6 +341,7 @@ def distill_classifier(teacher: Path, out: Path, kind: str, alpha: float, temper
     atomic_write_json(out / "distill.json", {"teacher": str(teacher.resolve()), "alpha": alpha,
                                              "temperature": temperature, "unlabeled": unlabeled,
                                              "texts": len(texts)})
+    runs.update_info(out, status="finished")
     facts = {"teacher": str(teacher), "student": kind, "alpha": alpha, "temperature": temperature,
              "unlabeled_texts": len(extra), "teacher_labelling_s": round(teacher_label_s, 2),
              "student_total_s": round(time.perf_counter() - t0, 2)}

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmforge.compress.report import link_or_copy, lm_row, new_run_folder, save_and_print
+from lmforge import runs
+from lmforge.compress.report import claim_output, link_or_copy, lm_row, save_and_print
 from lmforge.config import Config, ModelConfig, save_config
 from lmforge.errors import ConfigError
 from lmforge.lm.model import save_shape
@@ -159,32 +160,43 @@ def _select_heads(score: torch.Tensor, s: ModelConfig, new: ModelConfig) -> list
 
 @torch.no_grad()
 def _prune_block(block: Block, s: ModelConfig, new: ModelConfig, heads: list[int], chans: list[int]) -> Block:
-    """A block of the new shape holding the kept rows and columns of `block`'s weights."""
+    """A block of the new shape holding the kept rows and columns of `block`'s weights (biases of
+    imported models included; norms and output biases are as wide as before)."""
     hd = s.head_dim
     a = block.attn
-    qkv = a.qkv.weight.view(s.n_head + 2 * s.n_kv_head, hd, s.d_model)
-    q = qkv[heads]
-    if new.n_kv_head == s.n_kv_head:
-        kv_idx = list(range(s.n_kv_head))
-    else:  # plain multi-head attention: keys and values go with their query heads
-        kv_idx = heads
-    k = qkv[s.n_head:s.n_head + s.n_kv_head][kv_idx]
-    v = qkv[s.n_head + s.n_kv_head:][kv_idx]
-    proj = a.proj.weight.view(s.d_model, s.n_head, hd)[:, heads]
+    # Plain multi-head attention: keys and values go with their query heads; grouped ones stay.
+    kv_idx = list(range(s.n_kv_head)) if new.n_kv_head == s.n_kv_head else heads
+
+    def kept_qkv(t: torch.Tensor) -> torch.Tensor:  # rows of the fused projection, per head
+        t = t.view(s.n_head + 2 * s.n_kv_head, hd, *t.shape[1:])
+        q, k, v = t[:s.n_head], t[s.n_head:s.n_head + s.n_kv_head], t[s.n_head + s.n_kv_head:]
+        return torch.cat([q[heads], k[kv_idx], v[kv_idx]]).reshape(-1, *t.shape[2:])
+
     fresh = Block(new, a.layer)
-    fresh.attn.qkv.weight.copy_(torch.cat([q, k, v]).reshape(-1, s.d_model))
-    fresh.attn.proj.weight.copy_(proj.reshape(s.d_model, -1))
-    if a.qk_norm is not None:
-        fresh.attn.qk_norm.load_state_dict(a.qk_norm.state_dict())
-    fresh.attn_norm.load_state_dict(block.attn_norm.state_dict())
-    fresh.mlp_norm.load_state_dict(block.mlp_norm.state_dict())
+    fresh.attn.qkv.weight.copy_(kept_qkv(a.qkv.weight))
+    if a.qkv.bias is not None:
+        fresh.attn.qkv.bias.copy_(kept_qkv(a.qkv.bias))
+    fresh.attn.proj.weight.copy_(a.proj.weight.view(s.d_model, s.n_head, hd)[:, heads].reshape(s.d_model, -1))
     idx = torch.tensor(chans)
     if s.mlp == "swiglu":
         gate, up = block.mlp.gate_up.weight.chunk(2, dim=0)
         fresh.mlp.gate_up.weight.copy_(torch.cat([gate[idx], up[idx]]))
+        if block.mlp.gate_up.bias is not None:
+            gate_b, up_b = block.mlp.gate_up.bias.chunk(2)
+            fresh.mlp.gate_up.bias.copy_(torch.cat([gate_b[idx], up_b[idx]]))
     else:
         fresh.mlp.up.weight.copy_(block.mlp.up.weight[idx])
+        if block.mlp.up.bias is not None:
+            fresh.mlp.up.bias.copy_(block.mlp.up.bias[idx])
     fresh.mlp.down.weight.copy_(block.mlp.down.weight[:, idx])
+    # Everything else keeps its shape: norms (per head or per stream) and the output biases.
+    own = fresh.state_dict()
+    for name, t in block.state_dict().items():
+        if name in own and own[name].shape == t.shape and not name.startswith(("attn.qkv.", "attn.proj.weight", "mlp.")):
+            own[name].copy_(t)
+    for name in ("mlp.down.bias",):
+        if name in own:
+            own[name].copy_(block.state_dict()[name])
     return fresh
 
 
@@ -218,8 +230,9 @@ def prune_model(model: GPT, keep: float, tokens: np.ndarray, structure: str = "w
     return plain.eval(), info
 
 
-def prune_run(run: str | Path, keep: float, out: str | Path, recover_s: float = 0.0, structure: str = "width",
-              importance: str = "taylor", eval_tokens: int = 65536, progress: bool = True) -> dict:
+def prune_run(run: str | Path, keep: float, out: str | Path | None, recover_s: float = 0.0, structure: str = "width",
+              importance: str = "taylor", eval_tokens: int = 65536, progress: bool = True,
+              overwrite: bool = False) -> dict:
     """Prune the run's model into the new run folder `out`, optionally recover; returns the report."""
     from lmforge.data.tokens import TokenFile
     from lmforge.lm.model import load_run_model
@@ -233,12 +246,13 @@ def prune_run(run: str | Path, keep: float, out: str | Path, recover_s: float = 
     cfg: Config = info["config"]
     train_tokens = TokenFile(run / "data" / "train.bin").tokens
     pruned, removed = prune_model(model, keep, train_tokens, structure, importance)
-    out = new_run_folder(out)
+    out = claim_output(out, "lm", run, f"prune_{keep:g}", overwrite, progress)
     for name in ("tokenizer.json", "train.bin", "train.json", "val.bin", "val.json", "prepare.json"):
         if (run / "data" / name).is_file():
             link_or_copy(run / "data" / name, out / "data" / name)
     pcfg = copy.deepcopy(cfg)
     pcfg.out = str(out)
+    pcfg.init = None  # the pruned weights start the recovery, not the original's init model
     pcfg.model = dataclasses.replace(pruned.cfg)
     val = TokenFile(run / "data" / "val.bin").tokens
     lengths = token_byte_lengths(tok)
@@ -258,6 +272,8 @@ def prune_run(run: str | Path, keep: float, out: str | Path, recover_s: float = 
         facts["recover_s"] = recover_s
         rows.append(lm_row(f"pruned {keep:g} + recovery", pruned, out / "model.safetensors", val, lengths,
                            eval_tokens, n_new))
+    else:
+        runs.update_info(out, status="finished")
     return save_and_print(out, f"prune_{keep:g}", "lm", rows, facts, progress)
 
 
@@ -273,7 +289,7 @@ def _recover(cfg: Config, pruned: GPT, seconds: float, progress: bool) -> GPT:
     if cfg.runtime.compile == "auto":  # a first compile (about 35 s on 2 cores) needs a long budget
         cfg.runtime.compile = "on" if seconds >= 600 else "off"
     save_config(cfg, Path(cfg.out) / "config.yaml")
-    train(cfg, progress=progress, init_state={k: v.clone() for k, v in pruned.state_dict().items()})
+    train(cfg, progress=progress, claimed=True, init_state={k: v.clone() for k, v in pruned.state_dict().items()})
     model, _, _ = load_run_model(Path(cfg.out))
     return model
 

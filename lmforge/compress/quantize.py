@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge import runs
 from lmforge.atomic import atomic_write_json
-from lmforge.compress.report import Row, file_mb, link_or_copy, lm_row, new_run_folder, predictions_per_s, \
+from lmforge.compress.report import Row, file_mb, link_or_copy, lm_row, claim_output, predictions_per_s, \
     save_and_print
 from lmforge.console import console
 from lmforge.errors import ConfigError, DataError
@@ -44,9 +45,10 @@ def run_kind(run_dir: Path) -> str:
                     "(no ensemble.json); pass a run folder given as --out to train")
 
 
-def quantize_run(run: str | Path, method: str, out: str | Path, group_size: int = 0, data: str | None = None,
-                 eval_tokens: int = 65536, progress: bool = True) -> dict:
-    """Quantize the run's model(s) into `out`; returns the report (rows of the table and facts)."""
+def quantize_run(run: str | Path, method: str, out: str | Path | None, group_size: int = 0, data: str | None = None,
+                 eval_tokens: int = 65536, progress: bool = True, overwrite: bool = False, speed: bool = True) -> dict:
+    """Quantize the run's model(s) into `out`; returns the report (rows of the table and facts).
+    `speed=False` leaves the language-model decode timings out of the table (they take seconds)."""
     if method not in q.METHODS:
         raise ConfigError(f"--method {method!r}: use one of {', '.join(q.METHODS)}")
     if group_size and group_size not in q.INT4_GROUP_SIZES:
@@ -56,8 +58,11 @@ def quantize_run(run: str | Path, method: str, out: str | Path, group_size: int 
     if (run / "quant.json").is_file():
         raise DataError(f"{run} is already quantized; quantize the original run")
     if run_kind(run) == "classify":
-        return _quantize_classifier(run, method, Path(out), group_size, data, progress)
-    return _quantize_lm(run, method, Path(out), group_size, eval_tokens, progress)
+        report = _quantize_classifier(run, method, out, group_size, data, progress, overwrite)
+    else:
+        report = _quantize_lm(run, method, out, group_size, eval_tokens, progress, overwrite, speed)
+    runs.update_info(Path(report["run_dir"]), status="finished")
+    return report
 
 
 def _write_spec(folder: Path, spec: dict, model: torch.nn.Module, source: Path) -> None:
@@ -66,7 +71,8 @@ def _write_spec(folder: Path, spec: dict, model: torch.nn.Module, source: Path) 
     atomic_write_json(folder / "quant.json", spec)
 
 
-def _quantize_lm(run: Path, method: str, out: Path, group_size: int, eval_tokens: int, progress: bool) -> dict:
+def _quantize_lm(run: Path, method: str, out: str | Path | None, group_size: int, eval_tokens: int, progress: bool,
+                 overwrite: bool, speed: bool = True) -> dict:
     from lmforge.data.tokens import TokenFile
     from lmforge.lm.model import load_run_model
     from lmforge.lm.task import token_byte_lengths
@@ -75,7 +81,7 @@ def _quantize_lm(run: Path, method: str, out: Path, group_size: int, eval_tokens
     group = group_size or auto_group_size(model.cfg.d_model)
     quantized = copy.deepcopy(model)
     spec = q.quantize(quantized, method, group)
-    out = new_run_folder(out)
+    out = claim_output(out, "lm", run, method, overwrite, progress)
     for name in ("config.yaml", "model.json", "data/tokenizer.json", "data/val.bin", "data/val.json"):
         if (run / name).is_file():
             link_or_copy(run / name, out / name)
@@ -84,8 +90,8 @@ def _quantize_lm(run: Path, method: str, out: Path, group_size: int, eval_tokens
     val = TokenFile(run / "data" / "val.bin").tokens if (run / "data" / "val.bin").is_file() else None
     lengths = token_byte_lengths(tok)
     n_params = model.num_params(non_embedding=False)
-    rows = [lm_row("original (fp32)", model, Path(info["weights"]), val, lengths, eval_tokens, n_params),
-            lm_row(method, quantized, out / "model.safetensors", val, lengths, eval_tokens, n_params)]
+    rows = [lm_row("original (fp32)", model, Path(info["weights"]), val, lengths, eval_tokens, n_params, speed),
+            lm_row(method, quantized, out / "model.safetensors", val, lengths, eval_tokens, n_params, speed)]
     kernels = {q.KERNEL_NAMES[k]: n for k, n in q.kernels_used(quantized).items()}
     facts = {"source": str(run), "group_size": group if method == "int4" else None,
              "kernels": kernels, "kernel": "; ".join(f"{k} x{n}" for k, n in kernels.items())}
@@ -127,15 +133,15 @@ def _labeled_for_quality(clf, data: str | None):
     return ds.texts, clf.labels.encode(ds), path
 
 
-def _quantize_classifier(run: Path, method: str, out: Path, group_size: int, data: str | None,
-                         progress: bool) -> dict:
+def _quantize_classifier(run: Path, method: str, out: str | Path | None, group_size: int, data: str | None,
+                         progress: bool, overwrite: bool) -> dict:
     from lmforge.classify.members import NeuralMember
     from lmforge.classify.run import Classifier
 
     clf = Classifier(run)
     if not any(isinstance(m, NeuralMember) for m in clf.members):
         raise DataError(f"{run} has no neural member to quantize (members: {', '.join(clf.kinds)})")
-    out = new_run_folder(out)
+    out = claim_output(out, "classify", run, method, overwrite, progress)
     for name in ("config.yaml", "labels.json", "ensemble.json"):
         link_or_copy(run / name, out / name)
     original = Classifier(run)

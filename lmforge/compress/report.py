@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lmforge import runs
 from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.console import console
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError
 from lmforge.models.gpt import GPT, KVCache
 
 
@@ -136,7 +137,7 @@ def save_and_print(run_dir: Path, method: str, kind: str, rows: list[Row], facts
                    progress: bool = True) -> dict:
     """Print the table, and save it as RUN/compress.json and RUN/compress.md."""
     lines = table_lines(rows, kind)
-    report = {"method": method, "kind": kind, "rows": [asdict(r) for r in rows], **facts}
+    report = {"method": method, "kind": kind, "run_dir": str(run_dir), "rows": [asdict(r) for r in rows], **facts}
     atomic_write_json(Path(run_dir) / "compress.json", report)
     notes = [f"- {k}: {v}" for k, v in facts.items() if isinstance(v, (str, int, float))]
     atomic_write_text(Path(run_dir) / "compress.md", f"# {method}\n\n" + "\n".join(lines + [""] + notes) + "\n")
@@ -150,20 +151,29 @@ def save_and_print(run_dir: Path, method: str, kind: str, rows: list[Row], facts
 # --- run folders -------------------------------------------------------------------------------
 
 
-def new_run_folder(out: str | Path) -> Path:
-    """The output folder of a compression command: new, or existing and empty (never overwritten)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} already exists and is not empty; give a new folder with --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+def claim_output(out: str | Path, kind: str, source: Path, method: str, overwrite: bool = False,
+                 progress: bool = True) -> Path:
+    """The run folder a compression command writes, claimed like any run's (lmforge.runs.claim): a new
+    or empty folder, or with `overwrite` an earlier run of the same kind (only lmforge's files of it
+    go); run.json records the original run and the method."""
+    if out and Path(out).resolve() == Path(source).resolve():
+        raise ConfigError(f"--out {out} is the run being compressed; give a new folder")
+    path = runs.claim(out, kind, overwrite=overwrite, quiet=not progress)
+    runs.update_info(path, compressed_from=str(Path(source).resolve()), compression=method)
+    return path
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
     """A read-only input (token file, tokenizer) shared with the original run: a hard link where the
-    file system allows it, else a copy. Nothing writes these files in place."""
+    file system allows it, else a copy. Nothing writes these files in place (prepared data is
+    replaced by rename), and an earlier link at `dst` is replaced by rename too, so the original's
+    file is never written through a link."""
     dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    if tmp.exists() or tmp.is_symlink():
+        tmp.unlink()
     try:
-        os.link(src, dst)
+        os.link(src, tmp)
     except OSError:
-        shutil.copy2(src, dst)
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)

@@ -1,7 +1,9 @@
 """Stage 1: raw text -> cleaned documents -> trained tokenizer -> memory-mapped token files.
 
 Everything lands in RUN/data/. A key over the input files (path, size, mtime) and every setting
-that shapes the output is stored there; re-running with the same key reuses the files.
+that shapes the output is stored there (RUN/data/prepare.json, with the file list and the
+tokenizer's fingerprint); re-running with the same key reuses the files. A resumed run never
+re-prepares: it loads what is there (`load_prepared`) after checking the inputs (`input_changes`).
 """
 
 from __future__ import annotations
@@ -17,11 +19,20 @@ from lmforge.data.clean import CleanReport, clean_documents, split_documents
 from lmforge.data.readers import find_files, read_texts
 from lmforge.data.tokenizer import Tokenizer, train_tokenizer
 from lmforge.data.tokens import TokenFile, cache_key, encode_corpus
-from lmforge.errors import DataError
+from lmforge.errors import ConfigError, DataError
 from lmforge.atomic import atomic_write_json
 from lmforge.console import console
 
 TOKENIZER_FILE = "tokenizer.json"
+
+
+def init_tokenizer(run_dir: str | Path) -> Tokenizer:
+    """The tokenizer of the run a training starts from (`init`): its data is encoded with it, not a new one."""
+    path = Path(run_dir) / "data" / TOKENIZER_FILE
+    if not path.is_file():
+        raise DataError(f"init {run_dir} is not an lmforge run folder with a tokenizer ({path} is missing); "
+                        "give a run folder, or a Hugging Face folder to `lmforge import` first")
+    return Tokenizer.load(path)
 
 
 @dataclass
@@ -34,10 +45,83 @@ class PreparedData:
     reused: bool
 
 
-def _file_signature(path: str | None) -> list:
+def file_signature(path: str | None) -> list:
+    """[path, size, mtime] of every input file under `path` (the embedded corpus: [name, size])."""
     if path is None:
         return [[str(p.name), p.stat().st_size] for p in default_corpus.play_files()]
     return [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in find_files(path)]
+
+
+def _inputs(cfg: Config) -> dict:
+    data = cfg.data
+    return {"train": file_signature(data.path), "valid": file_signature(data.valid_path) if data.valid_path else None}
+
+
+def _key(cfg: Config, inputs: dict, given: Tokenizer | None = None) -> str:
+    """given: the tokenizer of the model the run starts from (--init), used instead of training one."""
+    tokenizer = asdict(cfg.tokenizer) if given is None else {"init_tokenizer": given.fingerprint()}
+    return cache_key(inputs, asdict(cfg.data) | {"num_workers": 0}, asdict(cfg.clean), tokenizer,
+                     {"seed": cfg.seed, "version": 1})
+
+
+def _read_manifest(folder: Path) -> dict:
+    try:
+        saved = json.loads((folder / "prepare.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{folder / 'prepare.json'} is missing: the run's prepared data is gone") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{folder / 'prepare.json'} is damaged ({type(e).__name__})") from None
+    if not isinstance(saved, dict):
+        raise DataError(f"{folder / 'prepare.json'} is damaged (not a JSON object)")
+    return saved
+
+
+def signature_changes(old: list | None, new: list | None, role: str) -> list[str]:
+    if old == new:
+        return []
+    if not old or not new:
+        return [f"the {role} files were {'added' if new else 'removed'}"]
+    before = {str(e[0]): e[1:] for e in old}
+    after = {str(e[0]): e[1:] for e in new}
+    out = [f"{p} is new" for p in after if p not in before] + [f"{p} is gone" for p in before if p not in after]
+    for p in after.keys() & before.keys():
+        if after[p] != before[p]:
+            how = (f"size {before[p][0]:,} -> {after[p][0]:,} bytes" if before[p][0] != after[p][0]
+                   else "modified since")
+            out.append(f"{p} changed ({how})")
+    return sorted(out)
+
+
+def input_changes(cfg: Config) -> list[str]:
+    """How the input files differ from those RUN/data was prepared from (new, gone, other size or
+    modification time); empty when unchanged."""
+    saved = _read_manifest(Path(cfg.out) / "data")
+    try:
+        now = _inputs(cfg)
+    except DataError as e:
+        return [str(e)]
+    if not isinstance(saved.get("inputs"), dict):  # prepared by an older lmforge: only the key to compare
+        return [] if saved.get("key") == _key(cfg, now) else ["the input files changed (size or modification time)"]
+    return (signature_changes(saved["inputs"].get("train"), now["train"], "training")
+            + signature_changes(saved["inputs"].get("valid"), now["valid"], "validation"))
+
+
+def load_prepared(cfg: Config) -> PreparedData:
+    """The prepared data of the run in cfg.out, as it is (a resumed run trains on exactly these tokens)."""
+    folder = Path(cfg.out) / "data"
+    saved = _read_manifest(folder)
+    try:
+        tok = Tokenizer.load(folder / TOKENIZER_FILE)
+        train, val = TokenFile(folder / "train.bin"), TokenFile(folder / "val.bin")
+    except DataError as e:
+        raise DataError(f"the run's prepared data in {folder} is damaged: {e}") from None
+    want = saved.get("tokenizer", tok.fingerprint())
+    for what, fp in (("tokenizer.json", tok.fingerprint()), ("train.bin", train.tokenizer_fingerprint),
+                     ("val.bin", val.tokenizer_fingerprint)):
+        if fp != want:
+            raise DataError(f"{folder / what} does not belong to the tokenizer this run was prepared with; the "
+                            "prepared data was replaced. Start a new run (--out NEW_FOLDER or --overwrite).")
+    return PreparedData(folder, tok, train, val, saved.get("summary", {}), reused=True)
 
 
 def _load_documents(data: DataConfig, path: str | None) -> list[str]:
@@ -48,16 +132,14 @@ def _load_documents(data: DataConfig, path: str | None) -> list[str]:
 
 def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     """Build (or reuse) RUN/data for this config and return handles to it."""
+    if not cfg.out:
+        raise ConfigError("config field 'out' is empty: name the run folder the prepared data goes in")
     folder = Path(cfg.out) / "data"
     folder.mkdir(parents=True, exist_ok=True)
     data = cfg.data
-    key = cache_key(
-        {"train": _file_signature(data.path), "valid": _file_signature(data.valid_path) if data.valid_path else None},
-        asdict(data) | {"num_workers": 0},
-        asdict(cfg.clean),
-        asdict(cfg.tokenizer),
-        {"seed": cfg.seed, "version": 1},
-    )
+    inputs = _inputs(cfg)
+    given = init_tokenizer(cfg.init) if cfg.init else None
+    key = _key(cfg, inputs, given)
     manifest = folder / "prepare.json"
     if manifest.exists():
         try:
@@ -94,7 +176,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
             "raise it or pass --data.valid_path"
         )
     t_read = time.perf_counter() - t0
-    tok = train_tokenizer(train_docs, cfg.tokenizer)
+    tok = given or train_tokenizer(train_docs, cfg.tokenizer)
     tok.save(folder / TOKENIZER_FILE)
     t_tok = time.perf_counter() - t0 - t_read
     train = encode_corpus(train_docs, tok, folder / "train.bin", num_workers=data.num_workers)
@@ -113,7 +195,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size},
         "seconds": {"read_clean": round(t_read, 2), "tokenizer": round(t_tok, 2), "encode": round(t_enc, 2)},
     }
-    atomic_write_json(manifest, {"key": key, "summary": summary})
+    atomic_write_json(manifest, {"key": key, "inputs": inputs, "tokenizer": tok.fingerprint(), "summary": summary})
     if not quiet:
         _print_summary(summary, report)
     return PreparedData(folder, tok, train, val, summary, reused=False)

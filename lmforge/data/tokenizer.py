@@ -1,9 +1,11 @@
-"""Tokenizers: byte-level BPE (HF `tokenizers`) and character level with byte fallback.
+"""Tokenizers: byte-level BPE (HF `tokenizers`), character level with byte fallback, and any
+Hugging Face tokenizer.json taken over with an imported model.
 
-Both kinds round-trip any Unicode string exactly: decode(encode(s)) == s.  A trained
-tokenizer is saved as ONE JSON file, {"lmforge": {...metadata...}, ...payload...}, so a run
-directory needs nothing else to rebuild it, and its fingerprint (a hash of that content) can
-key caches of encoded data.
+The trained kinds round-trip any Unicode string exactly: decode(encode(s)) == s.  A tokenizer is
+saved as ONE JSON file, {"lmforge": {...metadata...}, ...payload...}, so a run directory needs
+nothing else to rebuild it, and its fingerprint (a hash of that content) can key caches of
+encoded data.  `hf_json()` gives the Hugging Face tokenizer.json that encodes exactly as lmforge
+does, for export.
 """
 
 from __future__ import annotations
@@ -23,8 +25,12 @@ from lmforge.errors import DataError
 
 EOT_TOKEN = "<|endoftext|>"
 FORMAT_VERSION = 1
-KINDS = ("bpe", "char")
+# Metadata fields (in the file's "lmforge" section) written by `with_special_tokens`.
+SPECIAL_TOKENS_FIELD = "special_tokens"
+CHAT_TEMPLATE_FIELD = "chat_template"
+KINDS = ("bpe", "char", "hf")
 CJK_SPLITS = ("char", "jieba", "none")
+PRETOKENIZERS = ("lmforge", "gpt2", "llama3", "qwen2")
 MIN_BPE_VOCAB = 257  # the 256 byte symbols plus the end-of-text token
 
 # Pieces longer than this are cut (at a space when possible).  HF encodes one piece on one
@@ -49,8 +55,32 @@ _CJK_RANGES = (
 CJK_CLASS = "[" + "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in _CJK_RANGES) + "]"
 _CJK_RUN_RE = re.compile(CJK_CLASS + "+")
 # A piece is a line with the run of newlines that ends it, so "\n\n" can be learned as a token.
-_PIECE_RE = re.compile(r"[^\n]*\n+|[^\n]+")
-_SPACE_RE = re.compile(r"\s")
+_PIECE_PATTERN = r"[^\n]*\n+|[^\n]+"
+_PIECE_RE = re.compile(_PIECE_PATTERN)
+# Unicode White_Space, spelled out so Python and the Oniguruma regex of an exported tokenizer.json
+# agree (Python's \s also takes \x1c-\x1f, Oniguruma's does not).
+_SPACE_CLASS = "[\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_SPACE_RE = re.compile(_SPACE_CLASS)
+
+# The word rules of the exportable pre-tokenizers, as llama.cpp implements them (its "llama-bpe" and
+# "qwen2"): contractions spelled with explicit case pairs rather than (?i:...), which in Oniguruma
+# would also fold characters such as U+017F into "s".
+_CONTRACTIONS = "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])"
+PRETOKENIZER_REGEX = {
+    "llama3": _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": _CONTRACTIONS + r"|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+}
+# Where text can be cut into independently encoded chunks without changing a single pre-token
+# (so long documents encode in parallel and in bounded memory): for llama3/qwen2 after a newline
+# that a non-space follows (no word rule spans that point), for GPT-2's rule before a newline
+# that follows a non-space.
+_SAFE_CUT = {
+    "gpt2": re.compile(r"(?<=\S)(?=\n)"),
+    "llama3": re.compile(r"(?<=\n)(?=\S)"),
+    "qwen2": re.compile(r"(?<=\n)(?=\S)"),
+}
+# The name llama.cpp (tokenizer.ggml.pre) gives each exportable rule.
+LLAMA_CPP_PRE = {"gpt2": "gpt-2", "llama3": "llama-bpe", "qwen2": "qwen2"}
 _TRAIN_BATCH = 1000  # pieces per batch handed to the HF trainer
 
 
@@ -69,6 +99,34 @@ class Tokenizer:
         # The payload is exactly what save() writes; keeping it (rather than re-serializing the
         # live objects) makes fingerprint() identical before and after a save/load cycle.
         self._blob = _canonical_json(payload)
+        meta = payload["lmforge"]
+        # Special tokens beyond <|endoftext|> (e.g. a chat template's role markers): ids after the
+        # trained vocabulary, never produced by encode() from text, dropped by decode().
+        self.special_tokens: list[str] = list(meta.get(SPECIAL_TOKENS_FIELD, []))
+        # A Jinja chat template in the Hugging Face convention, stored with the tokenizer so that
+        # an export carries it (tokenizer_config.json's "chat_template"); None before `lmforge sft`.
+        self.chat_template: str | None = meta.get(CHAT_TEMPLATE_FIELD)
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """{token: id} of the special tokens other than <|endoftext|>."""
+        return dict(self._special_ids)
+
+    def with_special_tokens(self, tokens: list[str], chat_template: str | None = None) -> Tokenizer:
+        """A copy with `tokens` appended to the vocabulary as special tokens and, when given, the
+        chat template stored in the metadata. Tokens already present keep their ids."""
+        payload = json.loads(self._blob.decode("utf-8"))
+        meta = payload["lmforge"]
+        specials = list(meta.get(SPECIAL_TOKENS_FIELD, []))
+        new = [t for t in dict.fromkeys(tokens) if t not in specials and t != EOT_TOKEN]
+        meta[SPECIAL_TOKENS_FIELD] = specials + new
+        if chat_template is not None:
+            meta[CHAT_TEMPLATE_FIELD] = chat_template
+        self._add_to_payload(payload, new)
+        return _from_blob(_canonical_json(payload), "<tokenizer with special tokens>")
+
+    def _add_to_payload(self, payload: dict[str, Any], tokens: list[str]) -> None:
+        """Record new special tokens in the kind's own payload (where its ids come from)."""
 
     def encode(self, text: str) -> list[int]:
         return self.encode_batch([text])[0]
@@ -82,6 +140,16 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         """The raw UTF-8 bytes a single id stands for (b"" for end-of-text); may be a partial character."""
         raise NotImplementedError
+
+    def hf_json(self) -> dict[str, Any]:
+        """A Hugging Face tokenizer.json that encodes every text to the same ids (for export).
+
+        Raises DataError, naming the setting, when this tokenizer has no exact equivalent."""
+        raise NotImplementedError
+
+    def hf_config(self) -> dict[str, Any] | None:
+        """The tokenizer_config.json an imported tokenizer came with (None for lmforge's own)."""
+        return None
 
     def save(self, path: str | Path) -> None:
         write_atomic(Path(path), self._blob)
@@ -139,6 +207,8 @@ def _from_blob(blob: bytes, source: str) -> Tokenizer:
             return CharTokenizer(payload)
         if meta.get("kind") == "bpe":
             return BpeTokenizer(payload)
+        if meta.get("kind") == "hf":
+            return HfTokenizer(payload)
     except Exception as exc:  # missing keys, bad types, and HF's own parse errors (plain Exception)
         raise DataError(
             f"tokenizer file {source} is corrupt ({type(exc).__name__}: {exc}); "
@@ -195,8 +265,11 @@ class CharTokenizer(Tokenizer):
         if len(self._char_to_id) != len(chars):
             raise ValueError("'chars' has duplicates")
         self._byte_base = 1 + len(chars)
-        self.vocab_size = self._byte_base + 256
-        self._id_bytes = [b""] + [c.encode("utf-8") for c in chars] + [bytes([b]) for b in range(256)]
+        first_special = self._byte_base + 256
+        self._special_ids = {t: first_special + i for i, t in enumerate(self.special_tokens)}
+        self.vocab_size = first_special + len(self.special_tokens)
+        self._id_bytes = ([b""] + [c.encode("utf-8") for c in chars] + [bytes([b]) for b in range(256)]
+                          + [b""] * len(self.special_tokens))
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self._encode_one(_check_str(t, i)) for i, t in enumerate(texts)]
@@ -230,6 +303,43 @@ class CharTokenizer(Tokenizer):
 
     def token_bytes(self, token_id: int) -> bytes:
         return self._id_bytes[token_id]
+
+    def hf_json(self) -> dict[str, Any]:
+        # A BPE model without merges and with byte fallback: each known character is its own token,
+        # any other character becomes its UTF-8 bytes as <0xNN> tokens, exactly lmforge's ids.
+        chars = json.loads(self._blob)["chars"]
+        vocab = {EOT_TOKEN: 0, **{c: i + 1 for i, c in enumerate(chars)}}
+        vocab.update({f"<0x{b:02X}>": self._byte_base + b for b in range(256)})
+        return {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [_added_token(EOT_TOKEN, 0)],
+            "normalizer": None,
+            "pre_tokenizer": None,
+            "post_processor": None,
+            "decoder": {"type": "Sequence", "decoders": [{"type": "ByteFallback"}, {"type": "Fuse"}]},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                      "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": True,
+                      "ignore_merges": False, "vocab": vocab, "merges": []},
+        }
+
+
+def _added_token(content: str, token_id: int) -> dict[str, Any]:
+    return {"id": token_id, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+            "normalized": False, "special": True}
+
+
+def _split(pattern: str) -> dict[str, Any]:
+    return {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False}
+
+
+def _cut_pattern() -> str:
+    """split_pieces' cut of long pieces as one Oniguruma regex over a piece: the rest when it fits,
+    else the longest stretch of at most MAX_PIECE_CHARS - 1 characters that a space follows,
+    else MAX_PIECE_CHARS characters."""
+    n = MAX_PIECE_CHARS
+    return f"[\\s\\S]{{1,{n}}}\\z|[\\s\\S]{{1,{n - 1}}}(?={_SPACE_CLASS})|[\\s\\S]{{{n}}}"
 
 
 def _train_char(texts: Iterable[str], cfg: TokenizerConfig) -> CharTokenizer:
@@ -319,6 +429,38 @@ def jieba_words(piece: str) -> list[str]:
     return words
 
 
+def safe_chunks(text: str, pretokenizer: str) -> list[str]:
+    """Cut text where the pre-tokenizer's word rule never spans (see _SAFE_CUT); they concatenate back."""
+    cuts = [m.start() for m in _SAFE_CUT[pretokenizer].finditer(text)]
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)]) if b > a]
+
+
+def _encode_pieces(encode_hf: Any, texts: list[str], split: Any, pretokenized: bool = False) -> list[list[int]]:
+    """Encode each text as the concatenation of its pieces' ids, all pieces in one HF batch."""
+    counts: list[int] = []
+    flat: list[Any] = []
+    for i, text in enumerate(texts):
+        pieces = split(_check_str(text, i))
+        counts.append(len(pieces))
+        flat.extend(pieces)
+    try:
+        encodings = encode_hf(flat, add_special_tokens=False, is_pretokenized=pretokenized)
+    except TypeError:
+        for text in texts:
+            if (err := _surrogate_error(text)) is not None:
+                raise err from None
+        raise
+    out: list[list[int]] = []
+    pos = 0
+    for n in counts:
+        ids: list[int] = []
+        for enc in encodings[pos : pos + n]:
+            ids.extend(enc.ids)
+        out.append(ids)
+        pos += n
+    return out
+
+
 class BpeTokenizer(Tokenizer):
     kind = "bpe"
 
@@ -330,6 +472,10 @@ class BpeTokenizer(Tokenizer):
         self.cjk_split = meta["cjk_split"]
         if self.cjk_split not in CJK_SPLITS:
             raise ValueError(f"unknown cjk_split {self.cjk_split!r}")
+        # Files written before the option existed used lmforge's own rule.
+        self.pretokenizer = meta.get("pretokenizer", "lmforge")
+        if self.pretokenizer not in PRETOKENIZERS:
+            raise ValueError(f"unknown pretokenizer {self.pretokenizer!r}")
         self._hf = HFTokenizer.from_str(json.dumps(payload["hf"]))
         # Text that happens to contain "<|endoftext|>" must stay text, not become the separator.
         self._hf.encode_special_tokens = True
@@ -337,57 +483,69 @@ class BpeTokenizer(Tokenizer):
         if eot is None:
             raise ValueError(f"vocabulary lacks {EOT_TOKEN}")
         self.eot_id = eot
+        self._special_ids = {t: self._hf.token_to_id(t) for t in self.special_tokens}
+        if None in self._special_ids.values():
+            raise ValueError("special_tokens lists a token the vocabulary lacks")
+        self._not_text = {eot, *self._special_ids.values()}
         self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
         self._symbol_to_byte = _byte_symbols()
         # encode_batch_fast (tokenizers >= 0.20) skips offset tracking we never use.
         self._encode_hf = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)
 
+    def _pieces(self, text: str) -> list[Any]:
+        if self.pretokenizer != "lmforge":
+            return safe_chunks(text, self.pretokenizer)
+        pieces = split_pieces(text)
+        return [jieba_words(p) for p in pieces] if self.cjk_split == "jieba" else pieces
+
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        counts: list[int] = []
-        flat: list[Any] = []
-        for i, text in enumerate(texts):
-            pieces = split_pieces(_check_str(text, i))
-            if self.cjk_split == "jieba":
-                pieces = [jieba_words(p) for p in pieces]
-            counts.append(len(pieces))
-            flat.extend(pieces)
-        try:
-            encodings = self._encode_hf(
-                flat, add_special_tokens=False, is_pretokenized=self.cjk_split == "jieba"
-            )
-        except TypeError:
-            for text in texts:
-                if (err := _surrogate_error(text)) is not None:
-                    raise err from None
-            raise
-        out: list[list[int]] = []
-        pos = 0
-        for n in counts:
-            ids: list[int] = []
-            for enc in encodings[pos : pos + n]:
-                ids.extend(enc.ids)
-            out.append(ids)
-            pos += n
-        return out
+        return _encode_pieces(self._encode_hf, texts, self._pieces, pretokenized=self.cjk_split == "jieba"
+                              and self.pretokenizer == "lmforge")
 
     def decode(self, ids: list[int]) -> str:
-        eot = self.eot_id
-        return self._hf.decode([i for i in _id_list(ids) if i != eot], skip_special_tokens=False)
+        skip = self._not_text
+        return self._hf.decode([i for i in _id_list(ids) if i not in skip], skip_special_tokens=False)
+
+    def _add_to_payload(self, payload: dict[str, Any], tokens: list[str]) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if tokens:
+            hf = HFTokenizer.from_str(json.dumps(payload["hf"]))
+            hf.add_special_tokens(tokens)
+            payload["hf"] = json.loads(hf.to_str())
 
     def token_bytes(self, token_id: int) -> bytes:
-        if token_id == self.eot_id:
+        if token_id in self._not_text:
             return b""
         token = self._hf.id_to_token(token_id)
         if token is None:
             raise ValueError(f"id {token_id} is outside [0, {self.vocab_size})")
         return bytes(self._symbol_to_byte[c] for c in token)
 
+    def hf_json(self) -> dict[str, Any]:
+        payload = json.loads(self._blob)["hf"]
+        if self.pretokenizer != "lmforge":
+            return payload  # the word rule already lives in the HF pipeline
+        if self.cjk_split == "jieba":
+            raise DataError(
+                "tokenizer.cjk_split 'jieba' segments text with jieba's dictionary, which a tokenizer.json "
+                "cannot hold; train with tokenizer.cjk_split char (or tokenizer.pretokenizer qwen2)"
+            )
+        # lmforge cuts text into line pieces (long ones cut again) before the HF pipeline runs;
+        # the same cuts as two Split steps in front make the file encode exactly as lmforge does.
+        steps = [_split(_PIECE_PATTERN), _split(_cut_pattern()), payload["pre_tokenizer"]]
+        payload["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": steps}
+        return payload
 
-def _bpe_pipeline(cjk_split: str) -> Any:
+
+def _bpe_pipeline(cjk_split: str, pretokenizer: str = "lmforge") -> Any:
     from tokenizers import Regex, pre_tokenizers
 
+    if pretokenizer in PRETOKENIZER_REGEX:
+        words = pre_tokenizers.Split(Regex(PRETOKENIZER_REGEX[pretokenizer]), behavior="isolated")
+        return pre_tokenizers.Sequence([words, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if cjk_split != "char":
+    if pretokenizer == "gpt2" or cjk_split != "char":
         return byte_level  # "jieba" pre-splits in Python; "none" is plain GPT-2 behaviour
     # Each CJK character becomes its own pre-token, so a clause of Chinese between two
     # punctuation marks is no longer one huge unique "word" for the trainer to count.
@@ -395,15 +553,19 @@ def _bpe_pipeline(cjk_split: str) -> Any:
     return pre_tokenizers.Sequence([isolate, byte_level])
 
 
-def _train_batches(texts: Iterable[str], cjk_split: str) -> Iterator[list[str]]:
+def _train_batches(texts: Iterable[str], cfg: TokenizerConfig) -> Iterator[list[str]]:
     batch: list[str] = []
     for i, text in enumerate(texts):
-        for piece in split_pieces(_check_str(text, i)):
-            if cjk_split == "jieba":
-                # Training on each word as its own sequence is what is_pretokenized encoding does.
-                batch.extend(jieba_words(piece))
-            else:
-                batch.append(piece)
+        text = _check_str(text, i)
+        if cfg.pretokenizer != "lmforge":
+            batch.extend(safe_chunks(text, cfg.pretokenizer))
+        else:
+            for piece in split_pieces(text):
+                if cfg.cjk_split == "jieba":
+                    # Training on each word as its own sequence is what is_pretokenized encoding does.
+                    batch.extend(jieba_words(piece))
+                else:
+                    batch.append(piece)
         if len(batch) >= _TRAIN_BATCH:
             yield batch
             batch = []
@@ -415,8 +577,10 @@ def _train_bpe(texts: Iterable[str], cfg: TokenizerConfig) -> BpeTokenizer:
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = _bpe_pipeline(cfg.cjk_split)
+    # llama.cpp's "llama-bpe" takes a word that is itself a token whole, before any merge (HF's
+    # ignore_merges); the model must do the same to encode as llama.cpp will.
+    hf = HFTokenizer(models.BPE(ignore_merges=cfg.pretokenizer == "llama3"))
+    hf.pre_tokenizer = _bpe_pipeline(cfg.cjk_split, cfg.pretokenizer)
     hf.decoder = decoders.ByteLevel()
     hf.encode_special_tokens = True
     trainer = trainers.BpeTrainer(
@@ -428,17 +592,112 @@ def _train_bpe(texts: Iterable[str], cfg: TokenizerConfig) -> BpeTokenizer:
         show_progress=False,
     )
     try:
-        hf.train_from_iterator(_train_batches(texts, cfg.cjk_split), trainer=trainer)
+        hf.train_from_iterator(_train_batches(texts, cfg), trainer=trainer)
     except TypeError:
         raise DataError(
             "training text contains a lone surrogate or non-text value; "
             "read the input as UTF-8 with errors='replace' or fix its encoding"
         ) from None
-    meta = _meta("bpe", cfg, cjk_split=cfg.cjk_split)
+    extra: dict[str, Any] = {"cjk_split": cfg.cjk_split}
+    if cfg.pretokenizer != "lmforge":
+        extra["pretokenizer"] = cfg.pretokenizer  # absent means lmforge's rule (older files)
+    meta = _meta("bpe", cfg, **extra)
     if cfg.cjk_split == "jieba":
         # Segmentation lives in jieba's dictionary, outside this file; record which one was used.
         meta["jieba_version"] = str(getattr(_jieba(), "__version__", "unknown"))
     return BpeTokenizer({"lmforge": meta, "hf": json.loads(hf.to_str())})
+
+
+# ---------------------------------------------------------------------------------------------
+# hf: a tokenizer taken over with an imported model
+
+
+def _hf_token_text(token: dict | str | None) -> str | None:
+    return token.get("content") if isinstance(token, dict) else token
+
+
+class HfTokenizer(Tokenizer):
+    """Any Hugging Face tokenizer.json, kept verbatim (with its tokenizer_config.json) so an imported
+    model encodes as it was trained and exports back unchanged. Text is text: special-token strings
+    inside it are not turned into special tokens, and nothing (no BOS) is added."""
+
+    kind = "hf"
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        super().__init__(payload)
+        self._hf = HFTokenizer.from_str(json.dumps(payload["hf"]))
+        self._hf.encode_special_tokens = True
+        self._config = payload.get("hf_config") or {}
+        self.chat_template_file: str | None = payload.get("chat_template_file")
+        self.eot_token = eot_text = payload["lmforge"]["eot_token"]
+        eot = self._hf.token_to_id(eot_text)
+        if eot is None:
+            raise ValueError(f"vocabulary lacks the end-of-text token {eot_text!r}")
+        self.eot_id = eot
+        self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+        self._encode_hf = getattr(self._hf, "encode_batch_fast", self._hf.encode_batch)
+        self._token_bytes = _token_bytes_table(payload["hf"], self._hf, self.vocab_size)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return _encode_pieces(self._encode_hf, texts, lambda t: [t])
+
+    def decode(self, ids: list[int]) -> str:
+        eot = self.eot_id
+        return self._hf.decode([i for i in _id_list(ids) if i != eot], skip_special_tokens=False)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._token_bytes[token_id]
+
+    def hf_json(self) -> dict[str, Any]:
+        return json.loads(self._blob)["hf"]
+
+    def hf_config(self) -> dict[str, Any] | None:
+        return dict(self._config)
+
+
+def _token_bytes_table(spec: dict[str, Any], hf: Any, vocab_size: int) -> list[bytes]:
+    """The bytes each id stands for, for bits per byte: byte-level symbols mapped back to bytes,
+    SentencePiece-style pieces with "▁" for a space and <0xNN> byte tokens; special tokens b""."""
+    specials = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    byte_level = "ByteLevel" in json.dumps(spec.get("decoder"))
+    symbol_to_byte = _byte_symbols()
+    table: list[bytes] = []
+    for i in range(vocab_size):
+        token = hf.id_to_token(i)
+        if token is None or i in specials:
+            table.append(b"")
+        elif byte_level and all(c in symbol_to_byte for c in token):
+            table.append(bytes(symbol_to_byte[c] for c in token))
+        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            table.append(bytes([int(token[3:5], 16)]))
+        else:
+            table.append(token.replace("\u2581", " ").encode("utf-8"))
+    return table
+
+
+def hf_tokenizer(tokenizer_json: dict[str, Any], tokenizer_config: dict[str, Any], source: str,
+                 chat_template_file: str | None = None, eos_token: str | None = None) -> HfTokenizer:
+    """Take over a Hugging Face tokenizer (tokenizer.json and tokenizer_config.json, as parsed, and the
+    chat_template.jinja newer folders keep apart). The end-of-text token is `eos_token`, else the
+    config's, else <|endoftext|> or </s> when the vocabulary has one."""
+    eot = eos_token or _hf_token_text(tokenizer_config.get("eos_token"))
+    if eot is None:
+        vocab = tokenizer_json.get("model", {}).get("vocab", {})
+        added = {t.get("content") for t in tokenizer_json.get("added_tokens", [])}
+        eot = next((t for t in (EOT_TOKEN, "</s>", "<|end_of_text|>") if t in added or t in vocab), None)
+    if eot is None:
+        raise DataError(f"{source}: tokenizer_config.json names no eos_token, and the vocabulary has no "
+                        f"{EOT_TOKEN} or </s>; add \"eos_token\" to tokenizer_config.json")
+    payload = {"lmforge": {"format_version": FORMAT_VERSION, "kind": "hf", "eot_token": eot},
+               "hf": tokenizer_json, "hf_config": tokenizer_config}
+    if chat_template_file is not None:
+        payload["chat_template_file"] = chat_template_file
+    try:
+        return HfTokenizer(payload)
+    except Exception as exc:  # HF's parse errors are plain Exceptions
+        raise DataError(f"{source}: the tokenizer cannot be loaded ({type(exc).__name__}: {exc})") from None
 
 
 def train_tokenizer(texts: Iterable[str] | list[str], cfg: TokenizerConfig) -> Tokenizer:

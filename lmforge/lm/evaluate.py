@@ -24,6 +24,9 @@ def evaluate(run_dir: str | Path, data: str | Path | None = None, max_tokens: in
     rt = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device(device), precision="fp32")
     T = model.cfg.context_len
     if data is None:
+        if not (Path(run_dir) / "data" / "val.bin").is_file():
+            raise DataError(f"{run_dir} has no validation split (an imported model has none); "
+                            "score a text file with --data FILE")
         tokens = TokenFile(Path(run_dir) / "data" / "val.bin").tokens
         source = "validation split"
     else:

@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from lmforge import runs
 from lmforge.atomic import atomic_write_json
-from lmforge.config import Config, from_dict, save_config
-from lmforge.errors import ConfigError
-from lmforge.lm.model import build_model, save_shape
+from lmforge.config import Config, from_dict, save_config, to_dict
+from lmforge.errors import ConfigError, DataError, TrainingError
+from lmforge.lm.model import build_model, check_init, load_init_weights, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
-from lmforge.data.prepare import prepare
+from lmforge.data.prepare import input_changes, load_prepared, prepare
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.loop import FitResult, fit, seed_everything
 from lmforge.trainer.precision import decide_precision, step_probe
-from lmforge.trainer.runtime import Runtime, init_runtime, shutdown
+from lmforge.trainer.runtime import Runtime, init_runtime, on_main, shutdown
 from lmforge.trainer.step import plan_batches
-from lmforge.console import console, fmt, print_summary
+from lmforge.console import console, fmt, print_summary, say, warn
 from lmforge.trainer.metrics import plot_loss_curve
+from lmforge.report.card import try_write_report
 
 # Below this many steps the one-off compile (tens of seconds on a small CPU) costs more than it saves.
 COMPILE_MIN_STEPS = 1000
+
+# Settings a resumed run may change: they are honoured from the resumed step on and recorded in
+# run.json. The schedule is a function of the step and the total, so a new max_steps, learning rate
+# or schedule gives the remaining steps a new learning-rate tail. Any other change is refused.
+RESUMABLE = ("train.max_steps", "train.time_budget_s", "train.log_interval", "train.save_interval",
+             "train.keep_checkpoints", "train.micro_batch_size", "eval.interval", "eval.patience", "schedule.*",
+             "optim.lr", "runtime.device", "runtime.threads", "runtime.compile", "sample.*", "data.num_workers")
+KEPT_ON_RESUME = "model, data, cleaning, tokenizer, seed, optimizer kind, batch, precision and evaluation set"
 
 
 @dataclass
@@ -50,12 +61,17 @@ def resolve_compile(setting: str, cfg: Config, device: torch.device) -> tuple[bo
     return True, f"run of {cfg.train.max_steps} steps repays the compile time"
 
 
-def _runtime_choices(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, task: LMTask, micro_bs: int):
-    """Precision and compile, decided once per run and kept on resume so both halves match."""
+def _runtime_choices(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, task: LMTask, micro_bs: int,
+                     changed: set[str]):
+    """Precision and compile, decided once per run and kept on resume so both halves match (compile
+    is decided again when the resume changes runtime.compile)."""
     path = run_dir / "runtime.json"
     if resume and path.is_file():
         saved = json.loads(path.read_text(encoding="utf-8"))
-        return saved["precision"], "kept from the run being resumed", saved["compile"], "kept from the run being resumed"
+        compile_model, compile_why = saved["compile"], "kept from the run being resumed"
+        if "runtime.compile" in changed:
+            compile_model, compile_why = resolve_compile(cfg.runtime.compile, cfg, rt.device)
+        return saved["precision"], "kept from the run being resumed", compile_model, compile_why
 
     probe = step_probe(task.model, task.loss, task.micro_batch(0, 0, micro_bs, rt), rt)
     precision, precision_why = decide_precision(cfg.runtime.precision, rt, probe)
@@ -71,32 +87,160 @@ def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"cannot resume: {path} not found; pass the run folder given as --out")
-    return from_dict(Config, yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path)).validate()
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is damaged (not valid YAML: {str(e).splitlines()[0]})") from None
+    return from_dict(Config, tree, source=str(path)).validate()
+
+
+@dataclass
+class _Resume:
+    """What resuming a run folder will do, decided before anything is written."""
+
+    run_dir: Path
+    info: dict  # run.json
+    cfg: Config  # the run's config with the honoured changes
+    changes: list  # (field, old, new) honoured
+    note: str = ""
+    finished: TrainResult | None = None  # set when the run is finished and nothing extends it
+
+
+def _finished_result(run_dir: Path, info: dict) -> TrainResult | None:
+    """The stored result of a run that finished with its final checkpoint intact, else None."""
+    path = run_dir / "result.json"
+    if not path.is_file() or (info.get("status") != "finished" and not info.get("adopted")):
+        return None
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    finals = info.get("final_checkpoints")
+    if finals is None:  # a run of an older lmforge: its newest checkpoint must be at the final step
+        last = ckpt.latest_checkpoint(run_dir)
+        finals = [last.relative_to(run_dir)] if last and ckpt.read_meta(last).get("step") == res.get("steps") else []
+        if not finals:
+            return None
+    if any(not (run_dir / f / "meta.json").is_file() or ckpt.verify(run_dir / f) for f in finals):
+        warn(f"{run_dir} finished at step {res.get('steps')}, but its final checkpoint is missing or damaged; "
+             "resuming from the newest intact one redoes the steps after it")
+        return None
+    try:
+        samples = json.loads((run_dir / "samples.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        samples = []
+    return TrainResult(run_dir=run_dir, steps=int(res.get("steps") or 0), val_loss=res.get("val_loss"),
+                       val_bpb=res.get("val_bpb"), best_val_loss=res.get("best_val_loss"),
+                       tokens_per_s=res.get("tokens_per_s") or 0.0, wall_s=res.get("wall_s") or 0.0,
+                       stop_reason=res.get("stop_reason") or "", params=int(res.get("params") or 0),
+                       samples=samples)
+
+
+def _extends(changes: list, done: TrainResult, cfg: Config) -> bool:
+    """Whether the honoured changes give a finished run more to do: more steps, or more time for a
+    run the time budget stopped."""
+    if cfg.train.max_steps <= done.steps:
+        return False
+    for name, old, new in changes:
+        if name == "train.max_steps":
+            return True
+        if name == "train.time_budget_s" and "time budget" in done.stop_reason and (new == 0 or new > (old or 0)):
+            return True
+    return False
+
+
+def plan_resume(run_dir: Path, requested: Config | None, use_prepared_data: bool = False,
+                progress: bool = True) -> _Resume:
+    """Check that `run_dir` can be resumed with the settings in `requested` (None: as saved) and
+    decide how; nothing is written. Changes outside RESUMABLE are refused, naming the setting."""
+    info = runs.open_run(run_dir, "lm")
+    saved = load_run_config(run_dir)
+    cfg = from_dict(Config, to_dict(requested if requested is not None else saved))
+    cfg.out = str(run_dir)
+    cfg.validate()
+    honoured, refused = runs.split_changes(runs.config_changes(to_dict(saved), to_dict(cfg)), RESUMABLE)
+    if refused:
+        raise runs.refusal(run_dir, refused, KEPT_ON_RESUME)
+    plan = _Resume(run_dir, info, cfg, honoured)
+    done = _finished_result(run_dir, info)
+    if done is not None and not _extends(honoured, done, cfg):
+        if progress:
+            say(f"{run_dir} already finished: {done.steps} steps ({done.stop_reason}); nothing was "
+                "changed. To train it further, pass a larger --train.max_steps (or a longer --time).")
+        plan.finished = done
+        return plan
+    if not ckpt.list_checkpoints(run_dir):
+        raise TrainingError(f"nothing to resume in {run_dir}: no complete checkpoint in {run_dir}/checkpoints; "
+                            f"start it again with --out {run_dir} --overwrite")
+    changed = input_changes(cfg)
+    if changed and not use_prepared_data:
+        shown = "; ".join(changed[:3]) + (f" (and {len(changed) - 3} more)" if len(changed) > 3 else "")
+        raise DataError(
+            f"cannot resume {run_dir}: its input data changed since the run prepared it: {shown}. Add "
+            f"--use-prepared-data to continue on the tokens prepared then ({run_dir}/data; nothing is re-read), "
+            "or start a new run on the changed data (--out NEW_FOLDER or --overwrite).")
+    if changed:
+        plan.note = "input data changed; continued on the prepared data: " + "; ".join(changed[:3])
+    return plan
+
+
+def _record_resume(plan: _Resume, progress: bool) -> str:
+    """On rank 0: write the honoured changes into config.yaml and run.json; the run id."""
+    info = runs.record_resume(plan.run_dir, plan.info, plan.changes, plan.note)
+    if plan.changes:
+        save_config(plan.cfg, plan.run_dir / "config.yaml")
+    if progress:
+        what = runs.describe_changes(plan.changes) if plan.changes else "no settings changed"
+        say(f"resume {plan.run_dir}: {what}" + (f" ({plan.note})" if plan.note else ""))
+    return info["run_id"]
+
+
+def prepare_run(cfg: Config, overwrite: bool = False, quiet: bool = False):
+    """`lmforge prepare`: claim the run folder (see lmforge.runs), then clean and tokenize into it."""
+    cfg.out = str(runs.claim(cfg.out, "lm", overwrite=overwrite, quiet=quiet))
+    return prepare(cfg, quiet=quiet)
 
 
 def train(cfg: Config | None = None, resume: str | Path | None = None, progress: bool = True,
-          on_eval=None, init_state: dict | None = None, wrap_task=None) -> TrainResult:
+          on_eval=None, overwrite: bool = False, use_prepared_data: bool = False, claimed: bool = False,
+          init_state: dict | None = None, wrap_task=None) -> TrainResult:
     """Prepare data (or reuse it), build the model, train, evaluate, save, print samples.
 
-    With `resume=RUN_DIR` the run's saved config is used and training continues from its latest
-    checkpoint, reaching the same weights an uninterrupted run would have. `on_eval(step, record)`
-    is passed to the training loop (called after every evaluation; used by `lmforge tune`).
+    A new run claims cfg.out (empty: a new dated folder under runs/); a folder holding another run
+    is refused unless `overwrite` (see lmforge.runs). With `resume=RUN_DIR` training continues
+    from the newest intact checkpoint, reaching the same weights an uninterrupted run would have;
+    `cfg` then holds the settings asked for (None: the run's own): the changes in RESUMABLE are
+    honoured and recorded, any other is refused. `on_eval(step, record)` is passed to the training
+    loop (called after every evaluation; used by `lmforge tune`).
 
-    `init_state` (a state dict) starts training from those weights instead of a fresh
-    initialization (pruning's recovery); a resumed run takes its checkpoint's instead.
-    `wrap_task(task, rt)` returns the task the loop trains, built around the LM task
-    (distillation adds a teacher's loss term this way).
+    For the compression commands: `claimed` says cfg.out is a run folder the caller has just claimed
+    (lmforge.runs.claim) and put its own files in (a student's linked data, a pruned shape).
+    `init_state` (a state dict) starts training from those weights instead of a fresh initialization
+    (pruning's recovery); a resumed run takes its checkpoint's. `wrap_task(task, rt)` returns the
+    task the loop trains, built around the LM task (distillation adds the teacher's loss term).
     """
+    plan = None
     if resume is not None:
-        cfg = load_run_config(Path(resume))
-        cfg.out = str(resume)
+        plan = plan_resume(Path(resume), cfg, use_prepared_data, progress and int(os.environ.get("RANK", 0)) == 0)
+        if plan.finished is not None:
+            return plan.finished
+        cfg = plan.cfg
     elif cfg is None:
         raise ConfigError("train() needs a config or resume=RUN_DIR")
     cfg.validate()
-    run_dir = Path(cfg.out)
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
-        result = _train(cfg, rt, run_dir, resume is not None, progress, on_eval, init_state, wrap_task)
+        def open_folder() -> tuple[str, str]:
+            if plan is not None:
+                return str(plan.run_dir), _record_resume(plan, progress)
+            path = Path(cfg.out) if claimed else runs.claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
+            return str(path), (runs.read_info(path) or {}).get("run_id")
+
+        out, run_id = on_main(open_folder, rt)
+        cfg.out = out
+        changed = {name for name, _, _ in plan.changes} if plan else set()
+        result = _train(cfg, rt, Path(out), run_id, plan is not None, progress, on_eval, changed, init_state,
+                        wrap_task)
     except BaseException:
         shutdown(rt)
         raise
@@ -104,33 +248,53 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     return result
 
 
-def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool, on_eval=None,
-           init_state: dict | None = None, wrap_task=None) -> TrainResult:
-    if rt.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and ckpt.latest_checkpoint(run_dir) is None:
-            from lmforge.errors import TrainingError
+def _load_data(cfg: Config, resume: bool, quiet: bool):
+    """The run's prepared data: as it is when resuming (never rebuilt), else built or reused."""
+    if not resume:
+        return prepare(cfg, quiet=quiet)
+    data = load_prepared(cfg)
+    last = ckpt.latest_checkpoint(Path(cfg.out))
+    try:
+        trained_on = ckpt.read_meta(last).get("tokenizer") if last else None
+    except (OSError, ValueError):
+        trained_on = None  # a damaged checkpoint: the loop skips it
+    if trained_on is not None and trained_on != data.tokenizer.fingerprint():
+        raise DataError(f"{cfg.out}/data holds another tokenizer than the one checkpoint {last} was trained with "
+                        "(the prepared data was rebuilt); the run cannot continue. Start a new run.")
+    return data
 
-            raise TrainingError(f"nothing to resume in {run_dir}: no complete checkpoint in {run_dir}/checkpoints")
+
+def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: bool, progress: bool,
+           on_eval=None, changed: set[str] = frozenset(), init_state: dict | None = None,
+           wrap_task=None) -> TrainResult:
+    if rt.is_main:
         if not resume:
             save_config(cfg, run_dir / "config.yaml")
-        data = prepare(cfg, quiet=not progress)
+        data = _load_data(cfg, resume, quiet=not progress)
     rt.barrier()
     if not rt.is_main:
-        data = prepare(cfg, quiet=True)  # reuses what rank 0 built
+        data = _load_data(cfg, resume, quiet=True)  # reuses what rank 0 built
 
     seed_everything(cfg.seed)
-    model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed)
-    if init_state is not None and not resume:
-        model.load_state_dict(init_state)
-    model.to(rt.device)
+    if cfg.init:
+        # Continued pretraining or fine-tuning: the init run's shape (its vocabulary may have more rows
+        # than its tokenizer has ids, as Qwen's does) and weights.
+        model = build_model(cfg.model, check_init(cfg.model, cfg.init), cfg.seed)
+        load_init_weights(model, cfg.init)
+        model = model.to(rt.device)
+    else:
+        model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed)
+        if init_state is not None and not resume:
+            model.load_state_dict(init_state)
+        model = model.to(rt.device)
     examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
     micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.world_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,
                   cfg.seed, cfg.eval.max_tokens)
     if wrap_task is not None:
         task = wrap_task(task, rt)
-    rt.precision, precision_why, compile_model, compile_why = _runtime_choices(cfg, rt, run_dir, resume, task, micro_bs)
+    rt.precision, precision_why, compile_model, compile_why = _runtime_choices(cfg, rt, run_dir, resume, task, micro_bs,
+                                                                                changed)
     shape = model.cfg
     if rt.is_main:
         save_shape(model, run_dir / "model.json")
@@ -153,11 +317,32 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
         )
 
     def save_best(m: torch.nn.Module) -> None:
-        ckpt.save_weights(m.state_dict(), run_dir / "model.safetensors")
+        ckpt.save_weights(m.state_dict(), run_dir / "model.safetensors", run_dir=run_dir)
 
-    meta = {"task": "lm", "tokens_per_step": cfg.train.global_batch_tokens}
-    result: FitResult = fit(task, cfg.train, cfg.optim, cfg.schedule, cfg.eval, rt, run_dir, compile_model=compile_model,
-                            resume=resume, meta=meta, on_best=save_best, progress=progress, on_eval=on_eval)
+    meta = {"task": "lm", "run_id": run_id, "tokens_per_step": cfg.train.global_batch_tokens,
+            "tokenizer": data.tokenizer.fingerprint()}
+    if rt.is_main:
+        runs.update_info(run_dir, status="training")
+    with ckpt.guard_writes(run_dir):
+        result: FitResult = fit(task, cfg.train, cfg.optim, cfg.schedule, cfg.eval, rt, run_dir,
+                                compile_model=compile_model, resume=resume, meta=meta, on_best=save_best,
+                                progress=progress, on_eval=on_eval)
+    if not result.last_metrics:  # resumed at its last step (killed after the final checkpoint): score it now
+        model.eval()
+        with torch.no_grad(), rt.autocast():
+            result.last_metrics = task.evaluate(model, rt)
+    with ckpt.guard_writes(run_dir):
+        samples = _finish(cfg, rt, run_dir, result, model, data, progress)
+    m = result.last_metrics
+    return TrainResult(
+        run_dir=run_dir, steps=result.steps, val_loss=m.get("val_loss"), val_bpb=m.get("val_bpb"),
+        best_val_loss=result.best_val_loss, tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
+        stop_reason=result.stop_reason, params=model.num_params(non_embedding=False), samples=samples,
+    )
+
+
+def _finish(cfg: Config, rt: Runtime, run_dir: Path, result: FitResult, model, data, progress: bool) -> list[str]:
+    """On rank 0: the loss plot, result.json, the summary, the samples; the run marked finished."""
     samples: list[str] = []
     if rt.is_main:
         plot_loss_curve(run_dir / "metrics.jsonl", run_dir / "loss.png", title=f"{run_dir.name}: loss")
@@ -166,6 +351,7 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
             "steps": result.steps, "val_loss": m.get("val_loss"), "val_bpb": m.get("val_bpb"),
             "val_ppl": m.get("val_ppl"), "best_val_loss": result.best_val_loss,
             "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s, "stop_reason": result.stop_reason,
+            "params": model.num_params(non_embedding=False),
         })
         if progress:
             print_summary(
@@ -192,12 +378,11 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, progress: bool
                     console.rule(f"sample {i + 1}")
                     console.print(text, markup=False, highlight=False)
             atomic_write_json(run_dir / "samples.json", samples)
-    m = result.last_metrics
-    return TrainResult(
-        run_dir=run_dir, steps=result.steps, val_loss=m.get("val_loss"), val_bpb=m.get("val_bpb"),
-        best_val_loss=result.best_val_loss, tokens_per_s=result.tokens_per_s, wall_s=result.wall_s,
-        stop_reason=result.stop_reason, params=model.num_params(non_embedding=False), samples=samples,
-    )
+        last = ckpt.latest_checkpoint(run_dir)
+        runs.update_info(run_dir, status="finished", steps=result.steps,
+                         final_checkpoints=[str(last.relative_to(run_dir))] if last else [])
+        try_write_report(run_dir)
+    return samples
 
 
 def result_json(result: TrainResult) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
@@ -31,6 +31,44 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
     return probs
 
 
+def pick_tokens(logits: torch.Tensor, temperature: list[float], top_k: list[int], top_p: list[float],
+                gens: list[torch.Generator]) -> list[int]:
+    """The next token of each row of logits (B, V), each row with its own settings and generator:
+    greedy at temperature 0, else drawn by inverting the filtered distribution's CDF at one uniform
+    number from the row's generator (so a row's draw does not depend on the other rows)."""
+    logits = logits.float()
+    B, V = logits.shape
+    out = logits.argmax(-1).tolist()
+    rows = [i for i in range(B) if temperature[i] > 0]
+    if not rows:
+        return out
+    temps = torch.tensor([temperature[i] for i in rows], dtype=torch.float32, device=logits.device)
+    x = logits[rows] / temps[:, None]  # (b, V)
+    ks = torch.tensor([top_k[i] if 0 < top_k[i] < V else V for i in rows], device=logits.device)
+    ps = torch.tensor([top_p[i] for i in rows], dtype=torch.float32, device=logits.device)
+    probs = torch.softmax(x, dim=-1)
+    if bool((ks < V).any()) or bool((ps < 1).any()):
+        sorted_p, order = torch.sort(probs, dim=-1, descending=True)
+        rank = torch.arange(V, device=logits.device)[None, :]
+        cumulative = sorted_p.cumsum(-1)
+        # Keep the k most likely tokens and the smallest prefix whose mass reaches top_p (the most
+        # likely token always stays).
+        drop = (rank >= ks[:, None]) | ((cumulative - sorted_p >= ps[:, None]) & (ps[:, None] < 1))
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    cdf = probs.double().cumsum(-1).cpu()
+    u = torch.stack([torch.rand((), generator=gens[i], dtype=torch.float64) for i in rows]) * cdf[:, -1]
+    picked = torch.searchsorted(cdf, u[:, None], right=True).clamp(max=V - 1)[:, 0]
+    for row, token in zip(rows, picked.tolist()):
+        out[row] = token
+    return out
+
+
+def pick_token(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, gen: torch.Generator) -> int:
+    """The next token id from one position's logits (V,): `pick_tokens` for one row."""
+    return pick_tokens(logits[None], [temperature], [top_k], [top_p], [gen])[0]
+
+
 @torch.no_grad()
 def generate_ids(
     model: GPT,
@@ -43,9 +81,12 @@ def generate_ids(
     device: torch.device | str = "cpu",
     stop_id: int | None = None,
     on_token: Callable[[int], None] | None = None,
+    stop_ids: Collection[int] = (),
 ) -> list[int]:
+    """Sample up to max_new_tokens after the prompt; generation ends before `stop_id` or any of `stop_ids`."""
     T = model.cfg.context_len
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    stops = set(stop_ids) | ({stop_id} if stop_id is not None else set())
     ids = list(prompt_ids) or [stop_id if stop_id is not None else 0]
     cache = KVCache(model.cfg.n_layer)
     pending = ids[-T:]
@@ -58,12 +99,8 @@ def generate_ids(
             pending = ids[-(T // 2) :]
         x = torch.tensor([pending], dtype=torch.long, device=device)
         logits = model(x, cache=cache)[0, -1]
-        if temperature == 0:
-            nxt = int(torch.argmax(logits))
-        else:
-            probs = filter_logits(logits, temperature, top_k, top_p).cpu()
-            nxt = int(torch.multinomial(probs, 1, generator=gen))
-        if stop_id is not None and nxt == stop_id:
+        nxt = pick_token(logits, temperature, top_k, top_p, gen)
+        if nxt in stops:
             break
         ids.append(nxt)
         out.append(nxt)

@@ -1,7 +1,9 @@
 """Decoder-only transformer: RMSNorm, rotary positions, QK-norm, SwiGLU, optional GQA and tied embeddings.
 
 GPT-2's choices (LayerNorm, learned positions, GELU MLP, no QK-norm) are options, so nanoGPT's
-settings can be reproduced as they are and compared against.
+settings can be reproduced as they are and compared against. Biases (GPT-2, Qwen2), a head width
+other than d_model / n_head and separate query and key norm gains (Qwen3) are options too, so
+checkpoints of those families can be imported and run with the same numbers.
 
 Plain single-device PyTorch. Distributed wrapping and compilation are applied from outside
 (`lmforge.trainer.runtime`), never here.
@@ -50,9 +52,9 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-def make_norm(kind: str, dim: int, eps: float) -> nn.Module:
-    # LayerNorm without bias, as nanoGPT builds GPT-2 by default.
-    return RMSNorm(dim, eps) if kind == "rms" else nn.LayerNorm(dim, eps=eps, bias=False)
+def make_norm(kind: str, dim: int, eps: float, bias: bool = False) -> nn.Module:
+    # LayerNorm without bias by default, as nanoGPT builds GPT-2; with bias for GPT-2 checkpoints.
+    return RMSNorm(dim, eps) if kind == "rms" else nn.LayerNorm(dim, eps=eps, bias=bias)
 
 
 class Dropout(nn.Module):
@@ -109,6 +111,56 @@ class KVCache:
                 self.v[i] = self.v[i][:, :, -max_len:]
 
 
+class SlotKVCache:
+    """Keys and values of several sequences of different lengths in preallocated slots, so that they
+    decode together in one forward (continuous batching) while each keeps its own positions.
+
+    The caller picks which slots the next forward feeds with `select(rows)` (its batch rows, in
+    order), runs the model with this cache, then calls `commit(new_tokens)` to extend each row by
+    its real (unpadded) new tokens. Positions past a row's length hold stale or padding values that
+    the attention mask hides until a later write replaces them.
+    """
+
+    def __init__(self, n_layer: int, slots: int, n_kv_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+        self.k = torch.zeros(n_layer, slots, n_kv_head, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=device)  # (slots,) valid positions
+        self.max_len = max_len
+        self.rows = torch.zeros(0, dtype=torch.long, device=device)
+        self._pos: torch.Tensor | None = None  # (b, T) positions of the current forward's tokens
+
+    def select(self, rows: list[int]) -> None:
+        self.rows = torch.tensor(rows, dtype=torch.long, device=self.k.device)
+        self._pos = None
+
+    def reset(self, slot: int) -> None:
+        self.lengths[slot] = 0
+
+    def positions(self, T: int) -> torch.Tensor:
+        """(b, T) positions of the selected rows' next T tokens."""
+        self._pos = self.lengths[self.rows][:, None] + torch.arange(T, device=self.k.device)[None, :]
+        return self._pos
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: (b, nkv, T, hd). Rows and positions index dims 0 and 2 of the layer's (slots, nkv, L, hd).
+        pos = self._pos
+        rows = self.rows[:, None].expand_as(pos)
+        self.k[layer][rows, :, pos] = k.transpose(1, 2)
+        self.v[layer][rows, :, pos] = v.transpose(1, 2)
+        span = int(pos.max()) + 1
+        return self.k[layer, self.rows, :, :span], self.v[layer, self.rows, :, :span]
+
+    def mask(self) -> torch.Tensor:
+        """(b, 1, T, span) True where a query may attend: keys at or before its own position."""
+        pos = self._pos
+        keys = torch.arange(int(pos.max()) + 1, device=pos.device)
+        return (keys[None, None, :] <= pos[:, :, None])[:, None]
+
+    def commit(self, new_tokens: list[int] | torch.Tensor) -> None:
+        self.lengths[self.rows] += torch.as_tensor(new_tokens, dtype=torch.long, device=self.k.device)
+
+
 class Attention(nn.Module):
     def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
@@ -116,10 +168,13 @@ class Attention(nn.Module):
         self.n_head, self.n_kv_head, self.head_dim = s.n_head, s.n_kv_head, s.head_dim
         # One fused projection for q, k and v: one matmul instead of three matters on CPU,
         # where small steps are bound by per-op overhead.
-        self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * self.head_dim, bias=False)
-        self.proj = nn.Linear(s.n_head * self.head_dim, s.d_model, bias=False)
+        self.qkv = nn.Linear(s.d_model, (s.n_head + 2 * s.n_kv_head) * self.head_dim, bias=s.bias or s.qkv_bias)
+        self.proj = nn.Linear(s.n_head * self.head_dim, s.d_model, bias=s.bias)
         # One gain vector serves queries and keys alike: attention sees only their product.
-        self.qk_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm else None
+        # Imported Qwen3 checkpoints carry one for each (q_norm, k_norm).
+        self.qk_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm and s.qk_norm_shared else None
+        self.q_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm and not s.qk_norm_shared else None
+        self.k_norm = RMSNorm(self.head_dim, s.norm_eps) if s.qk_norm and not s.qk_norm_shared else None
 
     def forward(self, x, cos, sin, cache: KVCache | None = None):
         B, T, _ = x.shape
@@ -137,10 +192,13 @@ class Attention(nn.Module):
         # q and k are normalized and rotated as one tensor: half the elementwise ops, which
         # dominate the step of a small model on CPU.
         qk = qkv[:, :, : nh + nkv]  # (B, T, nh + nkv, hd)
-        if self.qk_norm:
+        if self.qk_norm is not None:
             qk = self.qk_norm(qk)
+        elif self.q_norm is not None:
+            qk = torch.cat((self.q_norm(qk[:, :, :nh]), self.k_norm(qk[:, :, nh:])), dim=2)
         if cos is not None:
-            qk = apply_rope(qk, cos[:, None], sin[:, None])
+            # cos/sin: (T, hd/2), or (B, T, hd/2) when each row has its own positions.
+            qk = apply_rope(qk, cos.unsqueeze(-2), sin.unsqueeze(-2))
         q, k = qk.split([nh, nkv], dim=2)
         q, k = q.transpose(1, 2), k.transpose(1, 2)  # (B, nh, T, hd), (B, nkv, T, hd)
         v = qkv[:, :, nh + nkv :].transpose(1, 2)  # (B, nkv, T, hd)
@@ -149,18 +207,21 @@ class Attention(nn.Module):
         if nkv != nh:
             k = k.repeat_interleave(nh // nkv, dim=1)
             v = v.repeat_interleave(nh // nkv, dim=1)
+        mask = cache.mask() if isinstance(cache, SlotKVCache) else None
         if cpu_bf16:
             with torch.autocast("cpu", enabled=False):
-                y = self._attend(q, k, v, T)
+                y = self._attend(q, k, v, T, mask)
         else:
-            y = self._attend(q, k, v, T)
+            y = self._attend(q, k, v, T, mask)
         y = y.transpose(1, 2).reshape(B, T, nh * hd)  # (B, T, C)
         return self.proj(y)
 
-    def _attend(self, q, k, v, T: int) -> torch.Tensor:
+    def _attend(self, q, k, v, T: int, mask: torch.Tensor | None = None) -> torch.Tensor:
         # With a cache and T > 1 (prompt prefill on top of an existing cache) a plain causal mask
         # would be misaligned, so the offset mask is built explicitly.
         Tk = k.shape[2]
+        if mask is not None:  # rows of different lengths (SlotKVCache)
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         if Tk == T:
             # No dropout on the attention probabilities (only on the residual branches): on CPU it
             # sends SDPA to its unfused path, measured 4.4x slower for forward and backward
@@ -175,8 +236,8 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, s: ModelConfig):
         super().__init__()
-        self.gate_up = nn.Linear(s.d_model, 2 * s.d_ff, bias=False)
-        self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
+        self.gate_up = nn.Linear(s.d_model, 2 * s.d_ff, bias=s.bias)
+        self.down = nn.Linear(s.d_ff, s.d_model, bias=s.bias)
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -186,19 +247,20 @@ class SwiGLU(nn.Module):
 class GeluMLP(nn.Module):
     def __init__(self, s: ModelConfig):
         super().__init__()
-        self.up = nn.Linear(s.d_model, s.d_ff, bias=False)
-        self.down = nn.Linear(s.d_ff, s.d_model, bias=False)
+        self.up = nn.Linear(s.d_model, s.d_ff, bias=s.bias)
+        self.down = nn.Linear(s.d_ff, s.d_model, bias=s.bias)
+        self.approximate = "tanh" if s.mlp == "gelu_tanh" else "none"
 
     def forward(self, x):
-        return self.down(F.gelu(self.up(x)))
+        return self.down(F.gelu(self.up(x), approximate=self.approximate))
 
 
 class Block(nn.Module):
     def __init__(self, s: ModelConfig, layer: int):
         super().__init__()
-        self.attn_norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.attn_norm = make_norm(s.norm, s.d_model, s.norm_eps, s.bias)
         self.attn = Attention(s, layer)
-        self.mlp_norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.mlp_norm = make_norm(s.norm, s.d_model, s.norm_eps, s.bias)
         self.mlp = SwiGLU(s) if s.mlp == "swiglu" else GeluMLP(s)
         self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
 
@@ -220,7 +282,7 @@ class GPT(nn.Module):
         self.pos_embed = nn.Embedding(s.context_len, s.d_model) if s.position == "learned" else None
         self.drop = Dropout(s.dropout) if s.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(Block(s, i) for i in range(s.n_layer))
-        self.norm = make_norm(s.norm, s.d_model, s.norm_eps)
+        self.norm = make_norm(s.norm, s.d_model, s.norm_eps, s.bias)
         self.lm_head = nn.Linear(s.d_model, vocab_size, bias=False)
         if s.tied_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -250,6 +312,9 @@ class GPT(nn.Module):
         # variance does not grow with the number of layers (GPT-2's scheme).
         resid_std = std / math.sqrt(2 * self.cfg.n_layer)
         for name, p in self.named_parameters():
+            if name.endswith(".bias"):
+                with torch.no_grad():
+                    p.zero_()
             if p.ndim < 2:
                 continue
             s = resid_std if name.endswith(("proj.weight", "down.weight")) else std
@@ -281,9 +346,14 @@ class GPT(nn.Module):
     ):
         """idx: (B, T) token ids. Returns logits (B, T, V), or the mean loss when targets are given."""
         B, T = idx.shape
-        start = cache.length if cache is not None else 0
-        if start + T > self.cfg.context_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds context_len {self.cfg.context_len}")
+        if isinstance(cache, SlotKVCache):
+            start = cache.positions(T)  # (B, T): each row continues its own sequence
+            end = int(start.max()) + 1
+        else:
+            start = cache.length if cache is not None else 0
+            end = start + T
+        if end > self.cfg.context_len:
+            raise ValueError(f"sequence of {end} tokens exceeds context_len {self.cfg.context_len}")
         x, cos, sin = self._embed(idx, start)  # x: (B, T, C)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
@@ -303,13 +373,17 @@ class GPT(nn.Module):
             x = block(x, cos, sin)
         return self.norm(x)
 
-    def _embed(self, idx: torch.Tensor, start: int):
-        """Token (and learned position) embeddings for positions start.., and the rotary tables."""
+    def _embed(self, idx: torch.Tensor, start: int | torch.Tensor):
+        """Token (and learned position) embeddings for positions start.., and the rotary tables.
+        `start` may be a (B, T) tensor of each token's position instead."""
         T = idx.shape[1]
         x = self.embed(idx)
-        if self.pos_embed is None:
-            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
-        else:
-            x = x + self.pos_embed(torch.arange(start, start + T, device=idx.device))
+        if self.pos_embed is not None:
+            positions = start if isinstance(start, torch.Tensor) else torch.arange(start, start + T, device=idx.device)
+            x = x + self.pos_embed(positions)
             cos = sin = None
+        elif isinstance(start, torch.Tensor):
+            cos, sin = self.rope_cos[start], self.rope_sin[start]
+        else:
+            cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         return self.drop(x), cos, sin

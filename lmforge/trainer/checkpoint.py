@@ -1,33 +1,117 @@
-"""Checkpoints that survive kills: every file is written to a temporary name, fsynced and renamed.
+"""Checkpoints that survive kills, full disks and damaged files.
 
 Layout of a run folder's checkpoints:
     checkpoints/step_000500/model.safetensors   weights
     checkpoints/step_000500/state.pt            optimizer, RNG states, step, data position (tensors only)
-    checkpoints/step_000500/meta.json           written last: a folder without it is incomplete
+    checkpoints/step_000500/meta.json           written last: step, run id, sha256 of the two files
 A checkpoint folder is assembled under a temporary name and renamed into place, so a kill at any
 moment leaves the previous checkpoints intact; older ones are pruned only after the new one exists.
+
+Every weights file also carries a sha256 of its tensors in its safetensors header, so a lone
+weights file (a run's best weights, model.safetensors) can be verified too. Readers go through
+`latest_intact` / `restore_latest` / `run_weights`, which skip a damaged file with a one-line
+warning and use the newest intact one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from lmforge.atomic import atomic_write_json, fsync_dir, fsync_file
-from lmforge.errors import TrainingError
+from lmforge.atomic import atomic_write_json, file_mode, fsync_dir, fsync_file, temp_dir, temp_file
+from lmforge.console import warn
+from lmforge.errors import DataError, StorageError, TrainingError
+
+DIGEST_KEY = "lmforge.tensors_sha256"
+CHECKSUMMED = ("model.safetensors", "state.pt")
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Weights as safetensors, atomically. Tied weights are stored once."""
+class Damaged(Exception):
+    """A file that does not hold what was written (truncated, flipped bytes, missing)."""
+
+
+def _warn(message: str) -> None:
+    warn(message)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
+    h = hashlib.sha256()
+    for name, t in named:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+    return h.hexdigest()
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A digest of names, dtypes, shapes and bytes: independent of how the file lays them out."""
+    return _digest((name, tensors[name]) for name in sorted(tensors))
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+_IO_HINTS = ("basic_ios", "file write failed", "PytorchStreamWriter", "No space", "IoError", "Errno", "os error")
+
+
+def _is_io_error(e: BaseException) -> bool:
+    return isinstance(e, OSError) or (isinstance(e, Exception) and any(h in str(e) for h in _IO_HINTS))
+
+
+def storage_error(e: BaseException, path: Path, run_dir: Path | None) -> StorageError:
+    """One line: what could not be written, why, and that the previous checkpoint is intact."""
+    reasons = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.EDQUOT: "the disk quota is exceeded"}
+    if isinstance(e, OSError) and e.errno in reasons:
+        reason = reasons[e.errno]
+    else:
+        try:
+            free = shutil.disk_usage(Path(path).parent if Path(path).parent.exists() else ".").free
+        except OSError:
+            free = None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = "the disk is full" if free is not None and free < (64 << 20) else first
+    prev = latest_checkpoint(run_dir) if run_dir is not None else None
+    state = f"the previous checkpoint {prev} is intact" if prev else "no checkpoint was saved before this one"
+    return StorageError(f"cannot write {path}: {reason}; {state}. Free space or fix the folder's permissions, "
+                        "then resume the run with --resume.")
+
+
+@contextlib.contextmanager
+def guard_writes(run_dir: Path):
+    """Turn an OSError from a write during training (metrics log, plots, results) into the one-line
+    StorageError that says the previous checkpoint is intact."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as e:
+        raise storage_error(e, Path(e.filename or run_dir), run_dir) from None
+
+
+def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None,
+                 run_dir: Path | None = None) -> str:
+    """Weights as safetensors, atomically, with a digest of the tensors in the header. Tied weights are
+    stored once. Returns the file's sha256. A failed write (disk full, read-only) raises StorageError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     seen: dict[int, str] = {}
     tensors = {}
     for name, t in state_dict.items():
@@ -36,20 +120,133 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict
             continue
         seen[key] = name
         tensors[name] = t.detach().to("cpu").contiguous()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
+    meta = {**(metadata or {}), DIGEST_KEY: tensors_sha256(tensors)}
+    tmp = None
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        fsync_file(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_file(path)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.chmod(tmp, file_mode())  # safetensors writes a file of its own, private to its owner
+        fsync_file(tmp)
+        digest = file_sha256(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if _is_io_error(e):
+            raise storage_error(e, path, run_dir if run_dir is not None else path.parent) from None
         raise
     fsync_dir(path.parent)
+    return digest
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    tensors = load_file(str(path))
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def _step_of(p: Path) -> int:
+    return int(p.name.split("_")[1])
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints (meta.json present), oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step_*") if p.name.split("_")[1].isdigit() and (p / "meta.json").is_file()]
+    return sorted(done, key=_step_of)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint, unverified (see `latest_intact`)."""
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: Path, step: int, model_state: dict[str, torch.Tensor], train_state: dict[str, Any],
+                    meta: dict[str, Any], keep: int) -> Path:
+    """Write checkpoints/step_N; keep the `keep` newest and drop any of a later step (left by a
+    history this run has abandoned: a damaged checkpoint it resumed before)."""
+    root = checkpoint_dir(run_dir)
+    final = root / f"step_{step:07d}"
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(root, f".tmp_step_{step:07d}_")
+        sums = {"model.safetensors": save_weights(model_state, tmp / "model.safetensors", run_dir=run_dir)}
+        torch.save(train_state, tmp / "state.pt")
+        fsync_file(tmp / "state.pt")
+        sums["state.pt"] = file_sha256(tmp / "state.pt")
+        atomic_write_json(tmp / "meta.json", {"step": step, **meta, "sha256": sums})
+        if final.exists():  # an earlier attempt at this very step (e.g. resumed and re-saved)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        fsync_dir(root)
+    except BaseException as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, StorageError):
+            raise StorageError(str(e).replace(str(tmp), str(final))) from None
+        if _is_io_error(e):
+            raise storage_error(e, final, run_dir) from None
+        raise
+    done = list_checkpoints(run_dir)
+    newer = [p for p in done if _step_of(p) > step]
+    older = [p for p in done if _step_of(p) <= step]
+    for old in newer + older[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp_step_*"):  # left by a kill during an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+# --- reading and verifying -------------------------------------------------------------------------
+
+
+def read_meta(ckpt: Path) -> dict[str, Any]:
+    return json.loads((Path(ckpt) / "meta.json").read_text(encoding="utf-8"))
+
+
+def verify(ckpt: Path) -> str | None:
+    """None when the checkpoint holds what was written, else why not. Checkpoints of an older lmforge
+    (no checksums) pass."""
+    try:
+        meta = read_meta(ckpt)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"meta.json is unreadable ({type(e).__name__})"
+    sums = meta.get("sha256") if isinstance(meta, dict) else None
+    if not isinstance(sums, dict):
+        return None
+    for name, want in sums.items():
+        p = Path(ckpt) / name
+        if not p.is_file():
+            return f"{name} is missing"
+        try:
+            if file_sha256(p) != want:
+                return f"{name} does not match its checksum"
+        except OSError as e:
+            return f"{name} is unreadable ({e.strerror})"
+    return None
+
+
+def load_verified(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file, checked against the digest in its header; Damaged if they differ."""
+    path = Path(path)
+    if not path.is_file():
+        raise Damaged("it is missing")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a bad file
+        raise Damaged(f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0][:120]}") from None
+    want = header.get(DIGEST_KEY)
+    if want is not None and tensors_sha256(tensors) != want:
+        raise Damaged("its tensors do not match their checksum")
+    return tensors
+
+
+def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     # Tied weights (and a quantized model's shared int8 tables) are saved once; anything else
     # missing is a real mismatch.
@@ -63,54 +260,37 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
         )
 
 
-def checkpoint_dir(run_dir: Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = checkpoint_dir(run_dir)
-    if not root.is_dir():
-        return []
-    done = [p for p in root.glob("step_*") if (p / "meta.json").is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
-
-
-def save_checkpoint(
-    run_dir: Path,
-    step: int,
-    model_state: dict[str, torch.Tensor],
-    train_state: dict[str, Any],
-    meta: dict[str, Any],
-    keep: int,
-) -> Path:
-    root = checkpoint_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:07d}_", dir=root))
+def load_weights(model: torch.nn.Module, path: Path) -> None:
     try:
-        save_weights(model_state, tmp / "model.safetensors")
-        buf_path = tmp / "state.pt"
-        torch.save(train_state, buf_path)
-        fsync_file(buf_path)
-        atomic_write_json(tmp / "meta.json", {"step": step, **meta})
-        if final.exists():  # an earlier attempt at this very step (e.g. resumed and re-saved)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        fsync_dir(root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp_step_*"):  # left by a kill during an earlier save
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+        tensors = load_verified(path)
+    except Damaged as e:
+        raise DataError(f"{path} is damaged ({e}); retrain, or resume the run from an intact checkpoint") from None
+    apply_weights(model, tensors, path)
+
+
+def _owner_check(ckpt: Path, run_id: str | None) -> None:
+    if run_id is None:
+        return
+    owner = read_meta(ckpt).get("run_id")
+    if owner is not None and owner != run_id:
+        raise TrainingError(
+            f"{ckpt} was written by another run ({owner}), not by this run ({run_id}); it was copied in from "
+            f"another run folder. Move it out of {ckpt.parent} to resume from this run's own checkpoints.")
+
+
+def latest_intact(run_dir: Path, run_id: str | None = None,
+                  warn: Callable[[str], None] = _warn) -> Path | None:
+    """The newest checkpoint that verifies, warning about each damaged newer one. With `run_id`, a
+    checkpoint written by another run is refused (TrainingError); one without an id (an older
+    lmforge) is accepted."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        why = verify(ckpt)
+        if why is not None:
+            warn(f"checkpoint {ckpt} is damaged ({why}); trying the one before it")
+            continue
+        _owner_check(ckpt, run_id)
+        return ckpt
+    return None
 
 
 def load_train_state(ckpt: Path) -> dict[str, Any]:
@@ -118,5 +298,82 @@ def load_train_state(ckpt: Path) -> dict[str, Any]:
     return torch.load(Path(ckpt) / "state.pt", map_location="cpu", weights_only=True)
 
 
-def read_meta(ckpt: Path) -> dict[str, Any]:
-    return json.loads((Path(ckpt) / "meta.json").read_text(encoding="utf-8"))
+def restore_latest(run_dir: Path, model: torch.nn.Module, run_id: str | None = None,
+                   warn: Callable[[str], None] = _warn) -> tuple[Path, dict[str, Any]] | None:
+    """Load the newest intact checkpoint's weights into `model`; (its path, its training state), or None."""
+    skip: set[Path] = set()
+    while True:
+        ckpt = None
+        for c in reversed(list_checkpoints(run_dir)):
+            if c in skip:
+                continue
+            why = verify(c)
+            if why is None:
+                ckpt = c
+                break
+            warn(f"checkpoint {c} is damaged ({why}); trying the one before it")
+            skip.add(c)
+        if ckpt is None:
+            return None
+        _owner_check(ckpt, run_id)
+        try:  # checksums catch damage; this catches it in a checkpoint of an older lmforge (none stored)
+            tensors = load_verified(ckpt / "model.safetensors")
+            state = load_train_state(ckpt)
+        except (Damaged, RuntimeError, OSError, EOFError) as e:
+            warn(f"checkpoint {ckpt} is damaged ({(str(e).splitlines() or [''])[0][:120]}); trying the one before it")
+            skip.add(ckpt)
+            continue
+        apply_weights(model, tensors, ckpt / "model.safetensors")
+        return ckpt, state
+
+
+def check_weights_file(path: Path) -> None:
+    """Damaged unless a weights file matches the digest in its header; reads one tensor at a time,
+    so a model larger than memory can be checked before it is streamed elsewhere (export)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            want = (f.metadata() or {}).get(DIGEST_KEY)
+            if want is not None and _digest((k, f.get_tensor(k)) for k in sorted(f.keys())) != want:
+                raise Damaged("its tensors do not match their checksum")
+    except Damaged:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a bad file
+        raise Damaged(f"unreadable: {(str(e).splitlines() or [type(e).__name__])[0][:120]}") from None
+
+
+def run_weights_path(run_dir: Path, warn: Callable[[str], None] = _warn) -> Path:
+    """The file run_weights would load, checked tensor by tensor instead of loaded whole."""
+    return run_weights(run_dir, warn, load=False)[0]
+
+
+def run_weights(run_dir: Path, warn: Callable[[str], None] = _warn,
+                load: bool = True) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The weights a trained run folder is used with, verified: its best-validation weights
+    (model.safetensors), or, when they are missing or damaged, the newest intact checkpoint's.
+    `load=False`: only check them ({} instead of the tensors)."""
+    def checked(path: Path) -> dict[str, torch.Tensor]:
+        if load:
+            return load_verified(path)
+        if not path.is_file():
+            raise Damaged("it is missing")
+        check_weights_file(path)
+        return {}
+
+    run_dir = Path(run_dir)
+    best = run_dir / "model.safetensors"
+    if best.is_file():
+        try:
+            return best, checked(best)
+        except Damaged as e:
+            warn(f"{best} is damaged ({e}); using the newest intact checkpoint instead (the last weights "
+                 "saved, not the best-validation ones)")
+    ckpt = latest_intact(run_dir, warn=warn)
+    if ckpt is None:
+        if list_checkpoints(run_dir) or best.is_file():
+            raise DataError(f"{run_dir} has no intact weights: model.safetensors and every checkpoint are damaged")
+        raise DataError(f"{run_dir} has no trained weights yet (no model.safetensors, no checkpoint)")
+    path = ckpt / "model.safetensors"
+    try:
+        return path, checked(path)
+    except Damaged as e:
+        raise DataError(f"{path} is damaged ({e})") from None

@@ -30,6 +30,7 @@ from lmforge.trainer.runtime import Runtime, all_reduce_mean, wrap_model
 from lmforge.trainer.step import (backoff_micro_batch, forward_backward, is_oom_error, make_scaler, optimizer_step,
                                   plan_batches)
 from lmforge.trainer.threads import StepTimer, ThreadGovernor
+from lmforge.trainer.tracking import make_tracker
 
 
 class Task(Protocol):
@@ -58,6 +59,7 @@ class LoopSettings(Protocol):
     log_interval: int
     save_interval: int
     keep_checkpoints: int
+    track: str  # 'tensorboard', 'mlflow' or 'none' (trainer.tracking)
 
 
 @dataclass
@@ -116,7 +118,8 @@ class _Fit:
         self.micro_bs, self.accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.world_size)
         self.optimizer = build_optimizer(self.model, optim_cfg, rt.device.type)
         self.scaler = make_scaler(rt.precision)
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=rt.is_main)
+        tracker = make_tracker(cfg.track, self.run_dir) if rt.is_main else None
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=rt.is_main, tracker=tracker)
         self.state = TrainState()
         self.tokens_per_step = task.examples_per_step * task.tokens_per_example
         self.oom_backoffs = 0
@@ -132,13 +135,12 @@ class _Fit:
         self.t0 = time.perf_counter()
         self.window = (self.t0, 0)  # (time, tokens) at the start of the throughput window
 
-    def restore(self) -> None:
-        last = ckpt.latest_checkpoint(self.run_dir)
-        if last is None:
-            raise TrainingError(f"nothing to resume in {self.run_dir}: no complete checkpoint under "
+    def restore(self, run_id: str | None = None) -> None:
+        found = ckpt.restore_latest(self.run_dir, self.model, run_id)  # skips damaged ones, refuses other runs'
+        if found is None:
+            raise TrainingError(f"nothing to resume in {self.run_dir}: no intact checkpoint under "
                                 f"{self.run_dir}/checkpoints")
-        ckpt.load_weights(self.model, last / "model.safetensors")
-        saved = ckpt.load_train_state(last)
+        saved = found[1]
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scaler is not None and "scaler" in saved:
             self.scaler.load_state_dict(saved["scaler"])
@@ -337,16 +339,21 @@ def fit(
     """
     run = _Fit(task, cfg, optim_cfg, schedule_cfg, eval_cfg, rt, run_dir, progress)
     if resume:
-        run.restore()
+        run.restore((meta or {}).get("run_id"))
     step_model = wrap_model(task.model, rt, compile_model)
     hooks = {"on_best": on_best, "on_eval": on_eval, "meta": meta or {}}
     run.t0 = time.perf_counter()
     run.window = (run.t0, 0)
     task.model.train()
-    with make_progress(run.progress) as bar:
-        bar.add_task("train", total=cfg.max_steps, completed=run.state.step, info="")
-        while run.state.step < cfg.max_steps:
-            loss, lr, grad_norm = run.train_step(step_model, bar)
-            if run.after_step(loss, lr, grad_norm, hooks, bar):
-                break
+    failed = True
+    try:
+        with make_progress(run.progress) as bar:
+            bar.add_task("train", total=cfg.max_steps, completed=run.state.step, info="")
+            while run.state.step < cfg.max_steps:
+                loss, lr, grad_norm = run.train_step(step_model, bar)
+                if run.after_step(loss, lr, grad_norm, hooks, bar):
+                    break
+        failed = False
+    finally:
+        run.log.close(failed)
     return run.result()

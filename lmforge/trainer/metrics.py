@@ -11,12 +11,16 @@ from pathlib import Path
 class MetricsLog:
     """Append-only JSON lines; flushed per line so a killed run keeps every record written."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, tracker=None):
         self.path = Path(path)
         self.enabled = enabled
+        # A trainer.tracking tracker (TensorBoard, MLflow) that receives every record written here.
+        self.tracker = tracker if enabled else None
 
     def truncate_after(self, step: int) -> None:
         """On resume, drop lines logged after the checkpoint so the file matches the restored run."""
+        if self.tracker is not None:
+            self.tracker.resume_at(step)
         if not self.enabled or not self.path.exists():
             return
         keep = []
@@ -36,6 +40,12 @@ class MetricsLog:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+        if self.tracker is not None:
+            self.tracker.log(record)
+
+    def close(self, failed: bool = False) -> None:
+        if self.tracker is not None:
+            self.tracker.close("FAILED" if failed else "FINISHED")
 
 
 def read_metrics(path: Path) -> list[dict]:

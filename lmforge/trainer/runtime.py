@@ -106,3 +106,24 @@ def no_sync(module: torch.nn.Module, skip: bool):
     if skip and isinstance(module, DDP):
         return module.no_sync()
     return contextlib.nullcontext()
+
+
+def on_main(fn, rt: Runtime):
+    """Run `fn()` on rank 0 and give every rank its result; an LmforgeError it raises is raised on
+    every rank (so no rank waits forever for one that gave up)."""
+    from lmforge.errors import LmforgeError
+
+    if not rt.distributed:
+        return fn()
+    box: list = [None]
+    if rt.is_main:
+        try:
+            box[0] = ("ok", fn())
+        except LmforgeError as e:
+            box[0] = ("error", type(e), str(e))
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    if box[0][0] == "error":
+        raise box[0][1](box[0][2])
+    return box[0][1]
