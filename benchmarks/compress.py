@@ -291,8 +291,11 @@ def main() -> int:
     p.add_argument("--out", help="work folder (default: a new temporary folder)")
     p.add_argument("--quick", action="store_true", help="small budgets and sliced data: checks it works end to end")
     p.add_argument("--subjects", default="shakespeare,tang,big,imdb,chnsenticorp")
+    p.add_argument("--teacher-s", type=float, default=0.0,
+                   help="the LM teachers' --time in seconds (default 600; quick 60, which planning alone can use up "
+                        "on a loaded machine)")
     opt = p.parse_args()
-    opt.budget = 60.0 if opt.quick else 600.0  # the teacher: `train --auto --time`
+    opt.budget = opt.teacher_s or (60.0 if opt.quick else 600.0)  # the teacher: `train --auto --time`
     opt.distill_s = 30.0 if opt.quick else 600.0
     opt.recover_s = 15.0 if opt.quick else 300.0
     opt.keeps = [0.5] if opt.quick else [0.75, 0.5, 0.25]
