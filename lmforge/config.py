@@ -40,11 +40,16 @@ class DataConfig:
     encoding: str = "auto"
     """Text encoding of the input files: 'auto' detects it (UTF-8/16/32, GB18030 and legacy single-byte encodings such as Latin-1) and stops when unsure; or a codec name such as utf-8, latin-1, cp1252, gbk."""
     num_workers: int = 0
-    """Processes for encoding tokens; 0 chooses automatically."""
+    """Processes for cleaning, filtering, deduplicating and encoding; 0 = one per usable CPU core (in-process below
+    8 MB of input). The output is the same for any number."""
+    shard_mb: float = 4.0
+    """Megabytes of raw text per work shard: prepare streams the corpus shard by shard (memory grows with this, not
+    with the corpus), and a killed prepare resumes at the first shard not finished."""
 
     def validate(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
         check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(self.shard_mb >= 0.01, "data.shard_mb", "must be >= 0.01")
         check(bool(self.text_field), "data.text_field", "must name a field, e.g. text")
         check_encoding(self.encoding, "data.encoding")
 
@@ -61,9 +66,75 @@ class CleanConfig:
     """Remove exact duplicate documents."""
     min_chars: int = 1
     """Drop documents shorter than this many characters after cleaning."""
+    near_dedup: bool = False
+    """Remove near-duplicate documents (MinHash LSH over shingles of clean.shingle_words words; each Chinese,
+    Japanese or Korean character counts as a word); the first of each group of near-duplicates is kept."""
+    near_dedup_threshold: float = 0.75
+    """Estimated Jaccard similarity of two documents' shingle sets above which the later one is removed."""
+    near_dedup_num_perm: int = 64
+    """MinHash permutations per document: more estimate similarity more exactly and cost proportionally more time."""
+    shingle_words: int = 5
+    """Words per shingle for near-duplicate detection and the repetition filters."""
+    decontam_ngram: int = 0
+    """Report validation documents sharing a run of this many words (CJK: characters) with the training data, e.g.
+    13; 0 = off (it costs about as much time as cleaning)."""
+    decontam_remove: bool = False
+    """Also remove those validation documents (otherwise only report them)."""
 
     def validate(self) -> None:
         check(self.min_chars >= 0, "clean.min_chars", "must be >= 0")
+        check(0.0 < self.near_dedup_threshold < 1.0, "clean.near_dedup_threshold", "must be in (0, 1)")
+        check(16 <= self.near_dedup_num_perm <= 1024, "clean.near_dedup_num_perm", "must be in [16, 1024]")
+        check(self.shingle_words >= 1, "clean.shingle_words", "must be >= 1")
+        check(self.decontam_ngram == 0 or self.decontam_ngram >= 5, "clean.decontam_ngram",
+              "must be 0 (off) or >= 5")
+
+
+@dataclass
+class FilterConfig:
+    """Heuristic quality filters in the style of Gopher and FineWeb. Each is off at 0 (or false). Words are runs of
+    letters or digits; every CJK character is a word of its own, so the filters also work on Chinese."""
+
+    min_words: int = 0
+    """Drop documents with fewer words (Gopher: 50)."""
+    max_words: int = 0
+    """Drop documents with more words (Gopher: 100000)."""
+    min_mean_word_chars: float = 0.0
+    """Drop documents whose mean word length is below this (Gopher: 3); skipped for mostly-CJK documents."""
+    max_mean_word_chars: float = 0.0
+    """Drop documents whose mean word length is above this (Gopher: 10); skipped for mostly-CJK documents."""
+    max_symbol_word_ratio: float = 0.0
+    """Drop documents with more '#' and ellipses per word than this (Gopher: 0.1)."""
+    min_alpha_word_fraction: float = 0.0
+    """Drop documents where fewer words than this contain a letter (Gopher: 0.8)."""
+    max_bullet_line_fraction: float = 0.0
+    """Drop documents where more lines than this start with a bullet (Gopher: 0.9)."""
+    max_ellipsis_line_fraction: float = 0.0
+    """Drop documents where more lines than this end in an ellipsis (Gopher: 0.3)."""
+    min_punct_line_fraction: float = 0.0
+    """Drop documents where fewer lines than this end in sentence punctuation, . ! ? and the CJK 。！？ among them
+    (FineWeb: 0.12)."""
+    max_short_line_fraction: float = 0.0
+    """Drop documents where more lines than this are shorter than 30 characters (FineWeb: 0.67)."""
+    max_dup_line_fraction: float = 0.0
+    """Drop documents where more lines than this repeat an earlier line of the same document (Gopher: 0.3)."""
+    max_dup_ngram_char_fraction: float = 0.0
+    """Drop documents where more characters than this sit in repeated clean.shingle_words-word n-grams
+    (Gopher, 5-grams: 0.15)."""
+    max_top_bigram_char_fraction: float = 0.0
+    """Drop documents where the most frequent word pair covers more characters than this (Gopher: 0.2)."""
+    languages: str = ""
+    """Keep only documents in these languages (comma-separated ISO 639-1 codes such as en,zh), detected by
+    py3langid's model that ships inside the package; empty: every language."""
+
+    def validate(self) -> None:
+        for name in ("min_words", "max_words"):
+            check(getattr(self, name) >= 0, f"filter.{name}", "must be >= 0")
+        for name in ("max_symbol_word_ratio", "min_alpha_word_fraction", "max_bullet_line_fraction",
+                     "max_ellipsis_line_fraction", "min_punct_line_fraction", "max_short_line_fraction",
+                     "max_dup_line_fraction", "max_dup_ngram_char_fraction", "max_top_bigram_char_fraction",
+                     "min_mean_word_chars", "max_mean_word_chars"):
+            check(getattr(self, name) >= 0, f"filter.{name}", "must be >= 0")
 
 
 @dataclass
@@ -76,6 +147,8 @@ class TokenizerConfig:
     """BPE with tokenizer.pretokenizer lmforge only: pre-split runs of Chinese/Japanese/Korean characters per character or per jieba word, so CJK text trains as fast as English."""
     min_frequency: int = 2
     """BPE only: a pair must occur this often to be merged."""
+    train_sample_mb: int = 256
+    """Train the tokenizer on at most this many megabytes of training text, taken evenly from across the corpus."""
     pretokenizer: Literal["lmforge", "gpt2", "llama3", "qwen2"] = "lmforge"
     """BPE only: how text is cut into words before BPE. 'lmforge': lines, each CJK character on its own
     (tokenizer.cjk_split), then GPT-2's rule; exports to Hugging Face but not to GGUF. 'gpt2', 'llama3',
@@ -87,6 +160,7 @@ class TokenizerConfig:
         check(self.vocab_size >= 257, "tokenizer.vocab_size", "must be an integer >= 257 (256 byte symbols + <|endoftext|>)")
         check(self.vocab_size <= 2**31 - 1, "tokenizer.vocab_size", "must be below 2**31")
         check(self.min_frequency >= 0, "tokenizer.min_frequency", "must be an integer >= 0")
+        check(self.train_sample_mb >= 1, "tokenizer.train_sample_mb", "must be >= 1")
         check(self.cjk_split != "jieba" or self.pretokenizer == "lmforge", "tokenizer.cjk_split",
               f"'jieba' works with tokenizer.pretokenizer lmforge only, not {self.pretokenizer!r}")
 
@@ -308,6 +382,7 @@ class Config:
     and model.dropout may differ from it."""
     data: DataConfig = field(default_factory=DataConfig)
     clean: CleanConfig = field(default_factory=CleanConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -7,7 +7,7 @@ import random
 import re
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from lmforge.config import CleanConfig
 from lmforge.errors import DataError
@@ -24,6 +24,9 @@ class CleanReport:
     removed_duplicate: int = 0
     control_chars_removed: int = 0
     min_chars: int = 1  # the limit behind removed_short, so the summary can name it
+    removed_near_duplicate: int = 0
+    removed_by_filter: dict[str, int] = field(default_factory=dict)  # filter name -> documents it removed
+    near_duplicate_examples: list[dict] = field(default_factory=list)  # {"kept", "removed", "similarity"}
 
     def summary_lines(self) -> list[str]:
         lines = [
@@ -36,12 +39,17 @@ class CleanReport:
             (self.removed_empty, "empty after cleaning"),
             (self.removed_short, f"shorter than min_chars={self.min_chars} characters"),
             (self.removed_duplicate, "exact duplicates of an earlier document"),
-        )
+            (self.removed_near_duplicate, "near-duplicates of an earlier document (clean.near_dedup)"),
+        ) + tuple((count, f"failed the quality filter filter.{name}")
+                  for name, count in sorted(self.removed_by_filter.items()))
         for count, reason in removals:
             if count:
                 lines.append(
                     f"removed {count:,} document(s) ({_percent(count, self.documents_in)}): {reason}"
                 )
+        for example in self.near_duplicate_examples[:2]:
+            lines.append(f"near-duplicate pair (similarity {example['similarity']:.2f}): kept "
+                         f"{example['kept']!r} / removed {example['removed']!r}")
         if self.control_chars_removed:
             lines.append(f"removed {self.control_chars_removed:,} control character(s) (strip_control)")
         if len(lines) == 2:
@@ -97,6 +105,16 @@ def _clean(text: str, cfg: CleanConfig) -> tuple[str, int]:
     if cfg.normalize_whitespace:
         text = _normalize_whitespace(text)
     return text, removed
+
+
+def clean_counted(text: str, cfg: CleanConfig) -> tuple[str, int]:
+    """Cleaned text and the number of control characters removed."""
+    return _clean(text, cfg)
+
+
+def fingerprint(text: str) -> bytes:
+    """16-byte digest for exact deduplication."""
+    return _fingerprint(text)
 
 
 def clean_text(text: str, cfg: CleanConfig) -> str:

@@ -9,16 +9,17 @@ re-prepares: it loads what is there (`load_prepared`) after checking the inputs 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lmforge.config import Config, DataConfig
 from lmforge.data import default_corpus
-from lmforge.data.clean import CleanReport, clean_documents, split_documents
-from lmforge.data.readers import find_files, read_texts
-from lmforge.data.tokenizer import Tokenizer, train_tokenizer
-from lmforge.data.tokens import TokenFile, cache_key, encode_corpus
+from lmforge.data import pipeline
+from lmforge.data.clean import CleanReport
+from lmforge.data.readers import find_files, read_documents
+from lmforge.data.tokenizer import Tokenizer
+from lmforge.data.tokens import TokenFile, cache_key
 from lmforge.errors import ConfigError, DataError
 from lmforge.atomic import atomic_write_json
 from lmforge.console import console
@@ -60,8 +61,9 @@ def _inputs(cfg: Config) -> dict:
 def _key(cfg: Config, inputs: dict, given: Tokenizer | None = None) -> str:
     """given: the tokenizer of the model the run starts from (--init), used instead of training one."""
     tokenizer = asdict(cfg.tokenizer) if given is None else {"init_tokenizer": given.fingerprint()}
-    return cache_key(inputs, asdict(cfg.data) | {"num_workers": 0}, asdict(cfg.clean), tokenizer,
-                     {"seed": cfg.seed, "version": 1})
+    # Neither the worker count nor the shard size changes the output.
+    return cache_key(inputs, asdict(cfg.data) | {"num_workers": 0, "shard_mb": 0}, asdict(cfg.clean),
+                     asdict(cfg.filter), tokenizer, {"seed": cfg.seed, "version": 2})
 
 
 def _read_manifest(folder: Path) -> dict:
@@ -124,10 +126,11 @@ def load_prepared(cfg: Config) -> PreparedData:
     return PreparedData(folder, tok, train, val, saved.get("summary", {}), reused=True)
 
 
-def _load_documents(data: DataConfig, path: str | None) -> list[str]:
+def _load_documents(data: DataConfig, path: str | None) -> Iterable[str]:
+    """The documents of `path`, streamed file by file."""
     if path is None:
         return default_corpus.default_documents()
-    return read_texts(path, text_field=data.text_field, doc_split=data.doc_split)
+    return (doc.text for doc in read_documents(path, text_field=data.text_field, doc_split=data.doc_split))
 
 
 def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
@@ -157,48 +160,40 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
             except (DataError, OSError):
                 pass  # incomplete or damaged: rebuild below
 
-    t0 = time.perf_counter()
     source = data.path or default_corpus.describe()
-    docs = _load_documents(data, data.path)
-    cleaning = cfg.clean
-    docs, report = clean_documents(docs, cleaning)
+    sources = {"train": lambda: _load_documents(data, data.path)}
     if data.valid_path:
-        train_docs = docs
-        val_docs, val_report = clean_documents(_load_documents(data, data.valid_path), cleaning)
-    else:
-        train_docs, val_docs = split_documents(docs, data.val_fraction, cfg.seed)
-        val_report = None
-    if not train_docs:
-        raise DataError(f"no training text left in {source} after cleaning; see the cleaning summary above")
-    if not val_docs:
-        raise DataError(
-            f"no validation text: {source} has too little text for data.val_fraction={data.val_fraction}; "
-            "raise it or pass --data.valid_path"
-        )
-    t_read = time.perf_counter() - t0
-    tok = given or train_tokenizer(train_docs, cfg.tokenizer)
-    tok.save(folder / TOKENIZER_FILE)
-    t_tok = time.perf_counter() - t0 - t_read
-    train = encode_corpus(train_docs, tok, folder / "train.bin", num_workers=data.num_workers)
-    val = encode_corpus(val_docs, tok, folder / "val.bin", num_workers=data.num_workers)
-    t_enc = time.perf_counter() - t0 - t_read - t_tok
+        sources["valid"] = lambda: _load_documents(data, data.valid_path)
+    input_bytes = sum(entry[1] for role in inputs.values() if role for entry in role)
+    result = pipeline.run(cfg, folder, key, sources, given, folder / TOKENIZER_FILE, input_bytes)
+    tok = result.tokenizer
+    train, val = TokenFile(folder / "train.bin"), TokenFile(folder / "val.bin")
+    report, val_report = result.report, result.val_report
     summary = {
         "source": str(source),
         "cleaning": report.to_dict(),
         "validation_cleaning": val_report.to_dict() if val_report else None,
-        "train_documents": len(train_docs),
-        "val_documents": len(val_docs),
+        "train_documents": result.train_documents,
+        "val_documents": result.val_documents,
         "train_tokens": train.num_tokens,
         "val_tokens": val.num_tokens,
         "train_bytes": train.num_bytes_utf8,
         "bytes_per_token": train.num_bytes_utf8 / max(1, train.num_tokens),
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size},
-        "seconds": {"read_clean": round(t_read, 2), "tokenizer": round(t_tok, 2), "encode": round(t_enc, 2)},
+        "decontamination": _decontam_summary(result.decontamination),
+        "seconds": result.seconds,
     }
     atomic_write_json(manifest, {"key": key, "inputs": inputs, "tokenizer": tok.fingerprint(), "summary": summary})
+    pipeline.remove_work(folder)
     if not quiet:
         _print_summary(summary, report)
     return PreparedData(folder, tok, train, val, summary, reused=False)
+
+
+def _decontam_summary(result: dict | None) -> dict | None:
+    if result is None:
+        return None
+    return {k: v for k, v in result.items() if k != "contaminated"} | {"first": result["contaminated"][:20]}
 
 
 def _print_summary(summary: dict, report: CleanReport) -> None:
@@ -211,5 +206,10 @@ def _print_summary(summary: dict, report: CleanReport) -> None:
         f"({summary['tokenizer']['kind']}, vocabulary {summary['tokenizer']['vocab_size']:,}, "
         f"{summary['bytes_per_token']:.2f} bytes per token)"
     )
-    s = summary["seconds"]
-    console.print(f"  time: read+clean {s['read_clean']}s, tokenizer {s['tokenizer']}s, encode {s['encode']}s")
+    d = summary.get("decontamination")
+    if d:
+        console.print(f"  decontamination: {d['contaminated_documents']:,} of {d['held_out_documents']:,} validation "
+                      f"documents share a {d['ngram_words']}-word run with the training text")
+        for example in d["examples"][:2]:
+            console.print(f"    e.g. {example['shared']!r} in {example['text']!r}")
+    console.print("  time: " + ", ".join(f"{k.replace('_', '+')} {v}s" for k, v in summary["seconds"].items()))

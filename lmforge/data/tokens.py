@@ -320,6 +320,10 @@ def encode_corpus(
     finally:
         encoded.close()  # stops worker processes now, not whenever the generator is collected
     fsync_dir(out.parent)
+    return _finish(out, tokenizer, dtype, num_tokens, num_docs, num_bytes)
+
+
+def _finish(out: Path, tokenizer: Tokenizer, dtype: str, num_tokens: int, num_docs: int, num_bytes: int) -> TokenFile:
     header = {
         "version": HEADER_VERSION,
         "dtype": dtype,
@@ -330,5 +334,44 @@ def encode_corpus(
         "eot_id": tokenizer.eot_id,
         "vocab_size": tokenizer.vocab_size,
     }
-    write_atomic(hdr, (json.dumps(header, indent=1) + "\n").encode("utf-8"))
+    write_atomic(header_path(out), (json.dumps(header, indent=1) + "\n").encode("utf-8"))
     return TokenFile(out)
+
+
+def encode_docs(tokenizer: Tokenizer, docs: list[str], dtype: str) -> tuple[np.ndarray, int]:
+    """Tokens of docs as doc0, EOT, doc1, EOT, ... and their UTF-8 size; long lists go in bounded chunks."""
+    parts: list[np.ndarray] = []
+    nbytes = 0
+    for chunk in _chunks(docs, 256):
+        arr, n = _encode_chunk(tokenizer, chunk, dtype)
+        parts.append(arr)
+        nbytes += n
+    return (np.concatenate(parts) if parts else np.zeros(0, dtype=_np_dtype(dtype))), nbytes
+
+
+def write_token_parts(parts: Iterable[tuple[Path, int, int]], tokenizer: Tokenizer, out_path: str | Path) -> TokenFile:
+    """Concatenate raw token parts (path, documents, UTF-8 bytes), each written with `encode_docs`' dtype, into
+    one token file with its header, exactly as `encode_corpus` would have written the same documents."""
+    out = Path(out_path)
+    dtype = dtype_for(tokenizer.vocab_size)
+    itemsize = _np_dtype(dtype).itemsize
+    header_path(out).unlink(missing_ok=True)
+    num_tokens = num_docs = num_bytes = 0
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for path, ndocs, nbytes in parts:
+                with open(path, "rb") as part:
+                    while block := part.read(1 << 22):
+                        f.write(block)
+                        num_tokens += len(block) // itemsize
+                num_docs += ndocs
+                num_bytes += nbytes
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(out.parent)
+    return _finish(out, tokenizer, dtype, num_tokens, num_docs, num_bytes)
