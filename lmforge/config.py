@@ -305,7 +305,7 @@ class RuntimeConfig:
 @dataclass
 class TrainConfig:
     max_steps: int = 1000
-    """Optimizer steps to train for."""
+    """Optimizer steps to train for (presets and the Python API; `lmforge train` without a preset or this option plans the run for --time instead)."""
     global_batch_tokens: int = 8192
     """Tokens per optimizer step, summed over all processes and accumulation steps (a multiple of model.context_len)."""
     micro_batch_size: int = 0

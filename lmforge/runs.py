@@ -343,6 +343,48 @@ def open_run(folder: str | Path, kind: str) -> dict:
     return info
 
 
+# The names lmforge's crash-safe writes give their temporary files: .NAME.RANDOM (atomic.temp_file),
+# .NAME.HEX.tmp (token files), .NAME.tmp, and NAME.tmp.png (plots).
+_TEMP_NAMES = (re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}(\.tmp)?"), re.compile(r"\.(?P<target>.+)\.tmp"),
+               re.compile(r"(?P<stem>.+)\.tmp(?P<ext>\.png)"))
+_DATA_NAMES = ("prepare.json", "tokenizer.json", "train.bin", "val.bin", "train.json", "val.json")
+
+
+def _temp_target(name: str) -> str | None:
+    for pattern in _TEMP_NAMES:
+        m = pattern.fullmatch(name)
+        if m:
+            return m.group("target") if "target" in pattern.groupindex else m.group("stem") + m.group("ext")
+    return None
+
+
+def sweep_temp_files(folder: str | Path, kind: str) -> list[str]:
+    """Remove the temporary files that a kill in the middle of a crash-safe write left in a run
+    folder (its top level, data/ and classifier member folders; a half-written checkpoint is
+    removed by the next save). Only the temporaries of files lmforge writes there are touched: a
+    name of its own, or a file the temporary was to replace. Returns the paths removed."""
+    folder = Path(folder)
+    places = [(folder, set(OWN_NAMES.get(kind, ())) | {"mlflow_run.json"}), (folder / "data", set(_DATA_NAMES))]
+    if kind == "classify" and folder.is_dir():
+        places += [(p, set()) for p in folder.iterdir() if p.is_dir() and _MEMBER_DIR.fullmatch(p.name)]
+    removed = []
+    for place, known in places:
+        try:
+            entries = list(place.iterdir()) if place.is_dir() else []
+        except OSError:
+            continue
+        for p in entries:
+            target = _temp_target(p.name)
+            if target is None or not p.is_file() or p.is_symlink() or not (target in known or (place / target).is_file()):
+                continue
+            try:
+                p.unlink()
+                removed.append(str(p))
+            except OSError:
+                pass  # read-only: the resume reports the folder when it writes
+    return removed
+
+
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():

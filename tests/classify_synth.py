@@ -85,6 +85,7 @@ def tiny_overrides(out: Path, **extra) -> dict:
         "train.log_interval": 5,
         "train.batch_size": 32,
         "train.epochs": 8,
+        "model.stacking": "split",  # out-of-fold stacking trains every member k more times
         "text.min_freq": 1,
         "model.bilstm.embed_dim": 32,
         "model.bilstm.hidden_dim": 32,

@@ -166,7 +166,7 @@ def test_presets_validate_and_learn(preset, tmp_path):
     # rates have steps enough (about 170) to learn it.
     over = {"data.path": str(train), "out": str(tmp_path / "run"), "train.epochs": "10", "train.batch_size": "16",
             "data.valid_path": "", "data.test_path": str(test), "eval.folds": "0", "train.time_budget_s": "0",
-            "model.linear.min_df": "1", "text.min_freq": "1"}
+            "model.linear.min_df": "1", "text.min_freq": "1", "model.stacking": "split"}
     if cfg.text.vectors:  # a preset's vectors file is made from the real data: use the tiny data's own
         over.update({"text.vectors": "train", "text.vectors_dim": "16"})
     result = train_classifier(load_config(preset, over, cls=ClassifyConfig), progress=False)

@@ -181,6 +181,21 @@ def test_resuming_a_finished_run_changes_nothing(corpus, tmp_path, capsys):
     assert finished.steps == saved["steps"] == 6 and saved["val_loss"] == pytest.approx(done.val_loss)
 
 
+def test_resuming_a_run_killed_while_writing_its_report_writes_the_report(corpus, tmp_path, capsys):
+    # The report is written after run.json says finished: a kill in between left a run without one.
+    run = tmp_path / "run"
+    train_lm(corpus, run)
+    for name in ("report.html", "report.md"):
+        (run / name).unlink()
+    before = snapshot(run)
+    rc, err = cli(capsys, "train", "--resume", run)
+    assert rc == 0 and "already finished" in err
+    after = snapshot(run)
+    assert (run / "report.html").is_file() and (run / "report.md").is_file()
+    assert {k: v for k, v in after.items() if not k.startswith("report")} == \
+        {k: v for k, v in before.items() if not k.startswith("report")}
+
+
 def test_resume_against_changed_data_is_refused_unless_asked(corpus, tmp_path, capsys):
     run = tmp_path / "run"
     train_lm(corpus, run, **{"train.max_steps": 4})
@@ -193,6 +208,45 @@ def test_resume_against_changed_data_is_refused_unless_asked(corpus, tmp_path, c
     assert rc == 0
     assert (run / "data" / "train.bin").read_bytes() == tokens  # never re-tokenized
     assert "input data changed" in json.loads((run / "run.json").read_text())["resume_history"][-1]["note"]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_0_to_the_same_weights(corpus, tmp_path,
+                                                                                             monkeypatch, capsys):
+    # Found by benchmarks/soak.py: a kill in start-up or the first steps left a run --resume refused.
+    over = {"train.max_steps": 8, "train.save_interval": 4, "eval.interval": 4}
+    train_lm(corpus, tmp_path / "ref", **over)
+    run = tmp_path / "run"
+    from lmforge.lm.task import LMTask
+
+    original = LMTask.micro_batch
+
+    def stopped_at_step_3(self, step, *args):
+        if step == 3:
+            raise KeyboardInterrupt  # the folder as a kill during step 3 leaves it
+        return original(self, step, *args)
+
+    monkeypatch.setattr(LMTask, "micro_batch", stopped_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_lm(corpus, run, **over)
+    monkeypatch.setattr(LMTask, "micro_batch", original)
+    assert not ckpt.list_checkpoints(run) and (run / "metrics.jsonl").read_text().count("\n") == 3
+    # what kills in the middle of crash-safe writes leave (found by the soak), and a file of the user's
+    stray = [run / ".run.json.ab12cd_4", run / ".model.json.q1w2e3r4", run / "data" / ".train.bin.0123abcd.tmp",
+             run / "loss.tmp.png"]
+    for p in stray + [run / ".notes.ab12cd34"]:
+        p.write_text("partial")
+
+    rc, err = cli(capsys, "train", "--resume", run)
+    assert rc == 0, err
+    assert not any(p.exists() for p in stray) and (run / ".notes.ab12cd34").read_text() == "partial"
+    for name in ("checkpoints/step_0000008/model.safetensors", "model.safetensors"):
+        a, b = load_file(str(tmp_path / "ref" / name)), load_file(str(run / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # the lost attempt's lines are gone, none doubled
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and "from step 0" in info["resume_history"][-1]["note"]
 
 
 # --- damaged files are survived ----------------------------------------------------------------------
@@ -325,6 +379,47 @@ def test_classifier_runs_resume_finished_unchanged_and_refuse_a_new_model(clf_ru
     rc, err = cli(capsys, "classify", "train", "--data", data, "--out", run, "--model", "linear", "--overwrite")
     assert rc == 0 and (run / "notes.txt").read_text() == "mine"
     assert not (run / "fasttext").exists() and (run / "linear" / "linear.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_classifier_stopped_before_its_first_checkpoint_resumes_without_the_lost_attempts_log(tmp_path,
+                                                                                                  monkeypatch, capsys):
+    # Found by benchmarks/soak.py --classify: the restarted member appended its log to the lost attempt's.
+    data = write_jsonl(tmp_path / "train.jsonl", sentiment_records(120, seed=3))
+
+    def config(out):
+        over = tiny_overrides(out, **{"model.kind": "fasttext", "train.epochs": 0, "train.max_steps": 8,
+                                      "train.save_interval": 4, "train.log_interval": 1, "eval.interval": 4})
+        return load_config(None, {"data.path": str(data), **over}, cls=ClassifyConfig)
+
+    train_classifier(config(tmp_path / "ref"), progress=False)
+    from lmforge.classify.task import ClassifyTask
+
+    original = ClassifyTask.micro_batch
+
+    def stopped_at_step_3(self, step, *args):
+        if step == 3:
+            raise KeyboardInterrupt  # the folder as a kill during step 3 leaves it
+        return original(self, step, *args)
+
+    monkeypatch.setattr(ClassifyTask, "micro_batch", stopped_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(config(tmp_path / "run"), progress=False)
+    monkeypatch.setattr(ClassifyTask, "micro_batch", original)
+    member = tmp_path / "run" / "fasttext"
+    assert not ckpt.list_checkpoints(member) and (member / "metrics.jsonl").read_text().count("\n") == 3
+    stray = [member / ".metrics.jsonl.q1w2e3r4", tmp_path / "run" / ".run.json.ab12cd34"]
+    for p in stray:
+        p.write_text("partial")
+
+    rc, err = cli(capsys, "classify", "train", "--resume", tmp_path / "run")
+    assert rc == 0, err
+    assert not any(p.exists() for p in stray)
+    steps = [json.loads(line)["step"] for line in (member / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))
+    name = "checkpoints/step_0000008/model.safetensors"
+    a, b = load_file(str(tmp_path / "ref" / "fasttext" / name)), load_file(str(member / name))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_predict_never_overwrites_its_input_and_keeps_ids(clf_run, tmp_path, capsys):

@@ -192,7 +192,11 @@ class ClassifierConfig:
     kind: Literal["auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble"] = "auto"
     """Model: 'bilstm', 'fasttext' (bag of n-grams), 'transformer' (small encoder), 'gpt' (fine-tune an lmforge GPT), 'linear' (scikit-learn), 'ensemble' (see members), or 'auto': linear + fasttext, plus a BiLSTM on vectors from the training texts when the data is small (measured strongest)."""
     members: str = "linear,fasttext"
-    """kind='ensemble' only: comma-separated models whose class probabilities are averaged (weights tuned on validation); a neural model may repeat, each copy with another seed."""
+    """kind='ensemble' only: comma-separated models whose class probabilities are averaged (weights: see stacking); a neural model may repeat, each copy with another seed."""
+    stacking: Literal["auto", "oof", "split"] = "auto"
+    """How ensemble weights are tuned: 'oof' on out-of-fold predictions of the whole training set (each member also trained stack_folds times, on k-1 folds), 'split' on the validation split only (fast, but the weights swing with the split); 'auto': oof when the data is small enough for the extra training to take about as long as the members themselves (or as train.run_budget_s allows), else split."""
+    stack_folds: int = 5
+    """Folds of out-of-fold stacking (k >= 2): more folds, fold models closer to the final ones, k times the training."""
     bilstm: BiLSTMConfig = field(default_factory=BiLSTMConfig)
     fasttext: FastTextConfig = field(default_factory=FastTextConfig)
     transformer: EncoderConfig = field(default_factory=EncoderConfig)
@@ -221,6 +225,7 @@ class ClassifierConfig:
                 check(k in MODEL_KINDS[1:6], "model.members",
                        f"{k!r} is not one of {', '.join(MODEL_KINDS[1:6])}")
             check(kinds.count("linear") <= 1, "model.members", "lists the linear model twice (it has no seed to vary)")
+        check(self.stack_folds >= 2, "model.stack_folds", "must be at least 2")
         validate_sections(self)
 
 
@@ -236,6 +241,8 @@ class ClassifyTrainConfig:
     """Optimizer steps per neural model when epochs is 0."""
     time_budget_s: float = 0.0
     """Stop each neural model once it has trained this many seconds; 0 means no limit."""
+    run_budget_s: float = 0.0
+    """Wall-clock budget of the whole run in seconds (`--time`): when > 0, a plan picks the members, the stacking and each neural model's training time so that reading, training, stacking and scoring end within it; 0: no plan."""
     log_interval: int = 10
     """Steps between training-loss log lines in each model's metrics.jsonl."""
     save_interval: int = 0
@@ -251,6 +258,8 @@ class ClassifyTrainConfig:
         check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
         check(self.max_steps > 0, "train.max_steps", "must be > 0")
         check(self.time_budget_s >= 0 and math.isfinite(self.time_budget_s), "train.time_budget_s",
+               "must be a finite number of seconds >= 0")
+        check(self.run_budget_s >= 0 and math.isfinite(self.run_budget_s), "train.run_budget_s",
                "must be a finite number of seconds >= 0")
         check(self.log_interval >= 1, "train.log_interval", "must be >= 1")
         check(self.save_interval >= 0, "train.save_interval", "must be >= 0")

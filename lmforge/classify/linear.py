@@ -190,12 +190,14 @@ class LinearTextModel:
         return _softmax_rows(z)
 
     def fit(self, texts: Sequence[str], y: np.ndarray, class_weight: np.ndarray | None = None, seed: int = 0,
-            log=None) -> LinearTextModel:
+            log=None, search_until: float | None = None) -> LinearTextModel:
+        """`search_until` (a time.perf_counter() value, under a run budget): stop trying values of C
+        then, keeping the best of those tried (at least one)."""
         t0 = time.perf_counter()
         counts = self.featurizer.fit_transform(texts)
         cw = {i: float(w) for i, w in enumerate(class_weight)} if class_weight is not None else None
         if not self.cfg.C:
-            self.C = self._pick_C(counts, y, cw, seed)
+            self.C = self._pick_C(counts, y, cw, seed, search_until)
         models, scale = self._fit_weights(counts, y, self.C, cw, seed)
         self.coef, self.intercept = self._weights(models)
         self.scale = scale
@@ -204,7 +206,7 @@ class LinearTextModel:
                 f"{time.perf_counter() - t0:.1f}s")
         return self
 
-    def _pick_C(self, counts: sp.csr_matrix, y: np.ndarray, cw, seed: int) -> float:
+    def _pick_C(self, counts: sp.csr_matrix, y: np.ndarray, cw, seed: int, until: float | None = None) -> float:
         from sklearn.metrics import accuracy_score
         from sklearn.model_selection import StratifiedKFold
 
@@ -212,14 +214,19 @@ class LinearTextModel:
         k = min(self.cfg.cv_folds, int(np.bincount(y)[np.bincount(y) > 0].min()))
         if k < 2:
             return grid[1]
-        folds = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32)
-        scores = np.zeros(len(grid))
-        for tr, va in folds.split(np.zeros(len(y)), y):
-            for i, C in enumerate(grid):
-                models, scale = self._fit_weights(counts[tr], y[tr], C, cw, seed)
+        splits = list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed % 2**32).split(np.zeros(len(y)), y))
+        # One C at a time over all folds, the grid's middle first, so a deadline leaves whole scores.
+        order = sorted(range(len(grid)), key=lambda i: abs(i - (len(grid) - 1) / 2))
+        scores = np.full(len(grid), -np.inf)
+        for i in order:
+            if until is not None and np.isfinite(scores).any() and time.perf_counter() >= until:
+                break
+            scores[i] = 0.0
+            for tr, va in splits:
+                models, scale = self._fit_weights(counts[tr], y[tr], grid[i], cw, seed)
                 p = self._proba(counts[va], models, scale)
                 scores[i] += accuracy_score(y[va], p.argmax(1)) / k
-        self.cv_scores = {C: float(s) for C, s in zip(grid, scores)}
+        self.cv_scores = {C: float(s) for C, s in zip(grid, scores) if np.isfinite(s)}
         return float(grid[int(np.argmax(scores))])  # ties go to the smaller C
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:

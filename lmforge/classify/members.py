@@ -166,13 +166,13 @@ def load_member(folder: Path, kind: str, device: torch.device | str = "cpu"):
 
 
 def train_linear(cfg: ClassifyConfig, texts: Sequence[str], y: np.ndarray, n_classes: int, folder: Path,
-                 log: Log) -> LinearMember:
+                 log: Log, search_until: float | None = None) -> LinearMember:
     from lmforge.classify.linear import LinearTextModel
 
     model = LinearTextModel(cfg.model.linear, cfg.text.language, cfg.text.lowercase, cfg.text.strip_html, n_classes)
     sample = oversample_indices(y, cfg.seed) if cfg.data.oversample else np.arange(len(y))
     cw = balanced_class_weights(y, n_classes) if cfg.data.class_weights else None
-    model.fit([texts[i] for i in sample], y[sample], cw, cfg.seed, log=log)
+    model.fit([texts[i] for i in sample], y[sample], cw, cfg.seed, log=log, search_until=search_until)
     model.save(folder)
     return LinearMember(model)
 
@@ -220,16 +220,21 @@ def member_vectors(cfg: ClassifyConfig, texts: Sequence[str], vocab, cache: dict
     """
     if cfg.text.vectors != "train":
         return load_vectors(cfg.text.vectors, vocab)
+    cache = {} if cache is None else cache
+    wv = train_vectors(cfg, texts, cache, log)
+    return vectors_matrix(wv.words, wv.matrix, vocab)
+
+
+def train_vectors(cfg: ClassifyConfig, texts: Sequence[str], cache: dict, log: Log):
+    """The word vectors computed from the training texts (PPMI + SVD), once per run: kept in `cache`."""
     from lmforge.classify.vectors import train_word_vectors
 
-    cache = {} if cache is None else cache
     if "train" not in cache:
         t = cfg.text
         cache["train"] = train_word_vectors(texts, dim=t.vectors_dim, min_count=max(2, t.min_freq),
                                             language=t.language, unit=t.tokenizer, lowercase=t.lowercase,
                                             strip_html=t.strip_html, seed=cfg.seed, log=log)
-    wv = cache["train"]
-    return vectors_matrix(wv.words, wv.matrix, vocab)
+    return cache["train"]
 
 
 def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, task: ClassifyTask,
@@ -344,7 +349,7 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     weights, tensors = ckpt.run_weights(folder)  # the best validation weights, verified
     ckpt.apply_weights(model, tensors, weights)
     member = NeuralMember(kind, inputs, model)
-    facts = {"params": n_params, "steps": result.steps, "train_s": time.perf_counter() - t0,
+    facts = {"params": n_params, "steps": result.steps, "train_s": time.perf_counter() - t0, "fit_s": result.wall_s,
              "stop_reason": result.stop_reason, "best_val_loss": result.best_val_loss,
              "truncated": enc.truncated, "precision": rt.precision, "vectors_found": vectors_found}
     return member, facts

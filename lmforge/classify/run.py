@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,9 @@ from lmforge.atomic import atomic_write_json, atomic_write_text
 from lmforge.classify.config import NEURAL_KINDS, ClassifyConfig
 from lmforge.classify.data import (Labeled, LabelMap, kfold_splits, label_distribution, read_labeled, skew_message,
                                    stratified_split)
-from lmforge.classify.members import load_member, train_linear, train_neural
+from lmforge.classify.members import load_member, train_linear, train_neural, train_vectors
+from lmforge.classify.plan import MIN_SLOT_S, BudgetClock, ClassifyPlan, plan_budget, scoring_reserve_s
+from lmforge.classify.stacking import combine, out_of_fold, tune_weights
 from lmforge.classify.text import detect_language
 from lmforge.config import from_dict, save_config, to_dict
 from lmforge.data.prepare import file_signature, signature_changes
@@ -47,6 +50,10 @@ from lmforge.console import console, print_summary, say, warn
 # train in a few minutes (tokens x epochs below this), where it adds the most (SST-2, ChnSentiCorp).
 AUTO_MEMBERS = "linear,fasttext"
 AUTO_BILSTM_MAX_TOKENS = 4_000_000
+# stacking='auto' is out-of-fold below this many tokens x epochs: the k more trainings of each
+# neural member then add a few minutes on a 2-core CPU (a 5,000-text SST-2 sample: about twice
+# the time of the members alone), not the half hour they would on ChnSentiCorp's 6,000 reviews.
+AUTO_OOF_MAX_TOKENS = 400_000
 
 # Settings a resumed run may change (honoured for the remaining steps and recorded in run.json):
 # more epochs, steps or time, a new learning-rate tail, intervals, the test set, device and threads.
@@ -75,13 +82,20 @@ class ClassifyResult:
     train_s: float = 0.0
     member_facts: dict = field(default_factory=dict)
     language: str = "en"
+    stacking: dict = field(default_factory=dict)
 
 
 # --- configuration ----------------------------------------------------------------------------
 
 
-def resolve_auto(cfg: ClassifyConfig, texts: list[str]) -> ClassifyConfig:
+def resolve_auto(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> ClassifyConfig:
     """Fill in every 'auto' choice from the training texts; the result is what config.yaml records."""
+    return plan_run(cfg, texts, elapsed_s)[0]
+
+
+def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> tuple[ClassifyConfig,
+                                                                                      ClassifyPlan | None]:
+    """resolve_auto, and the budget plan when train.run_budget_s is set (`elapsed_s` of it spent)."""
     cfg = copy.deepcopy(cfg)
     if cfg.text.language == "auto":
         cfg.text.language = detect_language(texts)
@@ -90,13 +104,29 @@ def resolve_auto(cfg: ClassifyConfig, texts: list[str]) -> ClassifyConfig:
         # Measured on ChnSentiCorp: jieba words match characters for the n-gram bag and beat them
         # for the BiLSTM (89.7% against 85.6%); the linear model uses both anyway.
         cfg.text.tokenizer = "word"
-    if cfg.model.kind == "auto":
+    tokens = estimate_tokens(texts, cfg.text.language)
+    choose_members = cfg.model.kind == "auto"
+    plan = None
+    if cfg.train.run_budget_s > 0:
+        m = cfg.model
+        plan = plan_budget(cfg.train.run_budget_s, elapsed_s, tokens, choose_members, m.members,
+                           m.stacking == "auto", m.stacking, m.stack_folds)
+        if choose_members:
+            m.kind, m.members = "ensemble", plan.members
+        m.stacking, m.stack_folds = plan.stacking, plan.folds
+        cfg.train.epochs = plan.epochs  # the time budget, not the epochs, ends each neural model
+    elif choose_members:
         cfg.model.kind = "ensemble"
         cfg.model.members = AUTO_MEMBERS
-        if estimate_tokens(texts, cfg.text.language) * max(cfg.train.epochs, 1) <= AUTO_BILSTM_MAX_TOKENS:
+        if tokens * max(cfg.train.epochs, 1) <= AUTO_BILSTM_MAX_TOKENS:
             cfg.model.members += ",bilstm"
-            if not cfg.text.vectors:
-                cfg.text.vectors = "train"
+    if choose_members and "bilstm" in cfg.model.member_kinds() and not cfg.text.vectors:
+        cfg.text.vectors = "train"
+    if cfg.model.stacking == "auto":
+        small = tokens * max(cfg.train.epochs, 1) <= AUTO_OOF_MAX_TOKENS
+        cfg.model.stacking = "oof" if small else "split"
+    if len(cfg.model.member_kinds()) == 1:
+        cfg.model.stacking = "split"  # one model: nothing to weigh
     lin = cfg.model.linear
     if lin.features == "auto":
         lin.features = "tfidf" if zh else "nb"
@@ -109,7 +139,7 @@ def resolve_auto(cfg: ClassifyConfig, texts: list[str]) -> ClassifyConfig:
                           "the linear model needs word or character n-grams")
     if cfg.text.tokenizer == "bpe" and not cfg.text.bpe_path and "gpt" not in cfg.model.member_kinds():
         raise ConfigError("config field 'text.bpe_path': tokenizer 'bpe' needs a tokenizer.json or an lmforge run folder")
-    return cfg.validate()
+    return cfg.validate(), plan
 
 
 def load_run_config(run_dir: Path) -> ClassifyConfig:
@@ -140,67 +170,141 @@ def _read(cfg: ClassifyConfig):
     return train, valid, test, labels
 
 
-def _tune_weights(probas: list[np.ndarray], y: np.ndarray, steps: int = 10) -> list[float]:
-    """Ensemble weights on a grid over the simplex, minimizing validation log-loss (ties: equal weights)."""
-    from itertools import product
-
-    from sklearn.metrics import log_loss
-
-    k = len(probas)
-    if k == 1:
-        return [1.0]
-    best, best_w = np.inf, [1.0 / k] * k
-    labels = list(range(probas[0].shape[1]))
-    for combo in product(range(steps + 1), repeat=k - 1):
-        if sum(combo) > steps:
-            continue
-        w = [c / steps for c in combo] + [(steps - sum(combo)) / steps]
-        loss = log_loss(y, combine(probas, w), labels=labels)
-        if loss < best - 1e-9:
-            best, best_w = loss, w
-    return [float(w) for w in best_w]
-
-
-def combine(probas: list[np.ndarray], weights: list[float]) -> np.ndarray:
-    p = sum(w * p for w, p in zip(weights, probas))
-    return p / p.sum(axis=1, keepdims=True)
-
-
 def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labeled, val_y: np.ndarray,
                  n_classes: int, run_dir: Path, rt: Runtime, resume: bool, progress: bool,
                  refit_linear_on: tuple[list[str], np.ndarray] | None = None, on_eval=None,
-                 run_id: str | None = None):
-    """Train every member; returns (members, validation probabilities per member, weights, facts)."""
+                 run_id: str | None = None, clock: BudgetClock | None = None, vectors_cache: dict | None = None):
+    """Train every member; returns (members, validation probabilities per member, weights, facts).
+
+    With a `clock` (a run budget), each neural member trains for the seconds the clock gives it.
+    """
     log = _say(progress, rt)
     members, val_probas, facts = [], [], {}
     names = cfg.model.member_names()
-    vectors_cache: dict = {}  # vectors computed from the training texts, shared by the members
+    vectors_cache = {} if vectors_cache is None else vectors_cache  # vectors from the texts, shared
     for i, (kind, name) in enumerate(zip(cfg.model.member_kinds(), names)):
         folder = run_dir / name
         t0 = time.perf_counter()
         if kind == "linear":
-            member = None
             if rt.is_main:  # scikit-learn runs in one process; the others wait at the next barrier
-                member = train_linear(cfg, train.texts, y, n_classes, folder, log)
+                until = clock.linear_search_until() if clock is not None else None
+                member = train_linear(cfg, train.texts, y, n_classes, folder, log, until)
                 facts[name] = {"train_s": time.perf_counter() - t0, "C": member.model.C}
+                val_p = _timed_predict(member, val.texts, rt, clock, name)
+            if clock is not None:
+                clock.linear_done(time.perf_counter() - t0)
+            if rt.is_main and refit_linear_on is not None:
+                # The validation part only serves to weigh the members: the linear model (seconds
+                # to fit) is refitted on all the labeled training data, with the C just chosen.
+                t1 = time.perf_counter()
+                fixed = replace(cfg, model=replace(cfg.model, linear=replace(cfg.model.linear, C=member.model.C)))
+                member = train_linear(fixed, refit_linear_on[0], refit_linear_on[1], n_classes, folder, log)
+                facts[name]["train_s"] += time.perf_counter() - t1
+                if clock is not None:
+                    clock.linear_done(time.perf_counter() - t1)
         else:
+            mcfg = cfg
+            if clock is not None:
+                if kind in ("bilstm", "transformer") and cfg.text.vectors == "train" and not resume:
+                    train_vectors(cfg, train.texts, vectors_cache, log)  # before the slot: not out of it
+                slot = clock.slot(kind)
+                mcfg = replace(cfg, train=replace(cfg.train, time_budget_s=slot))
+                log(f"{name}: {slot:.0f}s of the run budget")
             # Repeated kinds differ by seed: member i is seeded cfg.seed + i.
-            member, facts[name] = train_neural(kind, cfg, train.texts, y, val.texts, val_y, n_classes, folder, rt,
+            member, facts[name] = train_neural(kind, mcfg, train.texts, y, val.texts, val_y, n_classes, folder, rt,
                                                resume, progress, log, on_eval, seed=cfg.seed + i,
                                                vectors_cache=vectors_cache, run_id=run_id)
+            if clock is not None:
+                clock.neural_done(time.perf_counter() - t0, facts[name].get("fit_s", slot))
+            if rt.is_main:
+                val_p = _timed_predict(member, val.texts, rt, clock, name)
         rt.barrier()
         if rt.is_main:
             members.append(member)
-            val_probas.append(member.predict_proba(val.texts, rt))
-    weights = _tune_weights(val_probas, val_y) if rt.is_main else []
-    if rt.is_main and refit_linear_on is not None and "linear" in cfg.model.member_kinds():
-        # The validation part only served to weigh the members: the linear model (seconds to fit)
-        # is refitted on all the labeled training data.
-        i = cfg.model.member_kinds().index("linear")
-        t0 = time.perf_counter()
-        members[i] = train_linear(cfg, refit_linear_on[0], refit_linear_on[1], n_classes, run_dir / "linear", log)
-        facts["linear"]["train_s"] += time.perf_counter() - t0
+            val_probas.append(val_p)
+    weights = tune_weights(val_probas, val_y) if rt.is_main else []
     return members, val_probas, weights, facts
+
+
+def _timed_predict(member, texts: list[str], rt: Runtime, clock: BudgetClock | None, name: str) -> np.ndarray:
+    t0 = time.perf_counter()
+    p = member.predict_proba(texts, rt)
+    if clock is not None:
+        clock.predicted(name, time.perf_counter() - t0, len(texts))
+    return p
+
+
+def _oof_weights(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, n_classes: int, run_dir: Path, rt: Runtime,
+                 progress: bool, clock: BudgetClock | None, vectors_cache: dict,
+                 linear_C: float | None = None, final_facts: dict | None = None) -> tuple[list[float] | None, dict]:
+    """Ensemble weights tuned on out-of-fold predictions of the whole training set (see stacking.py).
+
+    Each fold trains every member on the other folds, with its own inner validation split for early
+    stopping, so neither the member nor its checkpoint choice sees the held-out fold's labels.
+    Word vectors computed from the training texts (no labels) are shared by the folds, and so is
+    the linear model's C (`linear_C`, one number chosen by cross-validation for the final model):
+    the fold models then fit in seconds. Under a run budget, a fold starts only when it can end
+    in time (the first is judged by the final members' training, `final_facts`); with no fold
+    done the weights are None (the caller keeps the split's).
+    """
+    log = _say(progress, rt)
+    t0 = time.perf_counter()
+    k = cfg.model.stack_folds
+    folds = kfold_splits(y, k, cfg.seed + 1)
+    names = cfg.model.member_names()
+    if linear_C:
+        cfg = replace(cfg, model=replace(cfg.model, linear=replace(cfg.model.linear, C=linear_C)))
+
+    final = [f for f in (final_facts or {}).values() if isinstance(f, dict)]
+    last = {"fold": 0, "wall_s": sum(f.get("train_s", 0.0) for f in final),  # the latest fold's timings
+            "fit_s": sum(f.get("fit_s", 0.0) for f in final), "neural": sum("fit_s" in f for f in final)}
+
+    def fit_predict(tr: np.ndarray, te: np.ndarray) -> list[np.ndarray]:
+        i = last["fold"] = last["fold"] + 1
+        log(f"stacking fold {i}/{k}: training {len(names)} members on {len(tr):,} texts, predicting {len(te):,}")
+        part, held = train.subset(tr), train.subset(te)
+        inner_fit, inner_val = stratified_split(y[tr], max(cfg.data.val_fraction, 0.1), cfg.seed + i)
+        fold_dir = run_dir / "stack" / f"fold_{i}"
+        if rt.is_main:  # left by an interrupted run: a fold always starts afresh
+            shutil.rmtree(fold_dir, ignore_errors=True)
+        rt.barrier()
+        t_fold = time.perf_counter()
+        members, _, _, facts = _fit_members(cfg, part.subset(inner_fit), y[tr][inner_fit], part.subset(inner_val),
+                                            y[tr][inner_val], n_classes, fold_dir, rt, False, False,
+                                            (part.texts, y[tr]), clock=clock, vectors_cache=vectors_cache)
+        last["fit_s"] = sum(f.get("fit_s", 0.0) for f in facts.values())
+        last["neural"] = sum(kind in NEURAL_KINDS for kind in cfg.model.member_kinds())
+        if not rt.is_main:
+            last["wall_s"] = time.perf_counter() - t_fold
+            return [np.full((len(te), n_classes), 1.0 / n_classes) for _ in names]
+        preds = [m.predict_proba(held.texts, rt) for m in members]
+        shutil.rmtree(fold_dir, ignore_errors=True)  # fold models only serve to weigh the members
+        last["wall_s"] = time.perf_counter() - t_fold
+        return preds
+
+    def keep_going() -> bool:
+        # Under a run budget, start a fold only when one as long as the last (less its neural
+        # training, which the clock would shrink) still ends before the deadline.
+        if clock is None:
+            return True
+        return clock.fits(last["wall_s"] - last["fit_s"] + last["neural"] * MIN_SLOT_S)
+
+    oof, covered = out_of_fold(fit_predict, folds, len(y), n_classes, keep_going)
+    if rt.is_main:
+        shutil.rmtree(run_dir / "stack", ignore_errors=True)
+    done = int(sum(covered[te].all() for _, te in folds))
+    if not done:
+        log("stacking: no fold fits in the run budget; the validation split weighs the members")
+        return None, {"method": "split", "folds_done": 0, "note": "no out-of-fold fold fitted in the run budget"}
+    oof, yc = [p[covered] for p in oof], y[covered]
+    weights = tune_weights(oof, yc)
+    facts = {"method": "oof", "folds": k, "folds_done": done, "texts": int(covered.sum()), "weights": weights,
+             "stack_s": time.perf_counter() - t0,
+             "oof_accuracy": {n: float((p.argmax(1) == yc).mean()) for n, p in zip(names, oof)},
+             "oof_ensemble_accuracy": float((combine(oof, weights).argmax(1) == yc).mean())}
+    log(f"out-of-fold weights: {', '.join(f'{n} {w:.2f}' for n, w in zip(names, weights))} "
+        f"({facts['stack_s']:.0f}s for {done} of {k} folds)")
+    return weights, facts
 
 
 @dataclass
@@ -215,7 +319,7 @@ class _Resumed:
 
 def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | None = None,
                      progress: bool = True, on_eval=None, overwrite: bool = False,
-                     accept_changed_data: bool = False) -> ClassifyResult:
+                     accept_changed_data: bool = False, t_start: float | None = None) -> ClassifyResult:
     """Read and check the data, train the configured model(s), evaluate, save everything in cfg.out.
 
     A new run claims cfg.out (empty: a new dated folder under runs/; another run there is refused
@@ -225,12 +329,16 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
     the run's own): changes in RESUMABLE are honoured and recorded, others refused, and data files
     changed since the run started are refused unless `accept_changed_data`. `on_eval(step, record)`
     is handed to the training loop of each neural member (see trainer.loop.fit), e.g. for a tuner.
+    With train.run_budget_s, the budget counts from `t_start` (a time.perf_counter() value; default:
+    now), so that the command-line tool can count its own start-up.
     """
     resumed = None
     if resume is not None:
         run_dir = Path(resume)
         info = runs.open_run(run_dir, "classify")
         saved = load_run_config(run_dir)
+        if int(os.environ.get("RANK", 0)) == 0:  # left by a kill in the middle of a write
+            runs.sweep_temp_files(run_dir, "classify")
         resumed = _Resumed(run_dir, info, saved, accept_changed_data)
         cfg = from_dict(ClassifyConfig, to_dict(cfg if cfg is not None else saved))
         cfg.out = str(run_dir)
@@ -242,7 +350,7 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
         if resumed is None:
             cfg.out = on_main(lambda: str(runs.claim(cfg.out, "classify", overwrite=overwrite, quiet=not progress)),
                               rt)
-        result = _train(cfg, rt, resumed, progress, on_eval)
+        result = _train(cfg, rt, resumed, progress, on_eval, t_start)
     except BaseException:
         shutdown(rt)
         raise
@@ -325,6 +433,8 @@ def _open(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, labels: La
         if progress and rt.is_main:
             say(f"{run_dir} already finished; nothing was changed. To train it further, pass more "
                 "--train.epochs (or --train.max_steps, or a longer --train.time_budget_s).")
+        if rt.is_main and not (run_dir / "report.html").is_file():  # killed while writing it
+            try_write_report(run_dir)
         return resumed.info["run_id"], done
 
     def record() -> str:
@@ -338,11 +448,41 @@ def _open(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, labels: La
     return on_main(record, rt), None
 
 
+def _warm_imports(cfg: ClassifyConfig) -> None:
+    """Import now what training and scoring will import later (seconds on a busy CPU), so that the
+    budget plan counts it as spent instead of having a model's slot pay for it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401  (the confusion-matrix plot)
+    import sklearn.linear_model  # noqa: F401
+    import torch._dynamo  # noqa: F401  (imported by the first optimizer)
+
+    if cfg.train.track == "tensorboard":
+        import torch.utils.tensorboard  # noqa: F401
+
+
+def _budget_clock(cfg: ClassifyConfig, t_start: float, scored_texts: int, refit: bool) -> BudgetClock | None:
+    """The clock that shares out a run budget's training time (None without train.run_budget_s)."""
+    if cfg.train.run_budget_s <= 0:
+        return None
+    kinds = cfg.model.member_kinds()
+    folds = cfg.model.stack_folds if cfg.model.stacking == "oof" else 0
+    neural = [k for k in kinds if k in NEURAL_KINDS] * (1 + folds)
+    # The final linear model is refitted on all the labeled texts when a split was held out; each
+    # fold's is always fitted, then refitted on the fold's training part.
+    linear_fits = (1 + refit + 2 * folds) if "linear" in kinds else 0
+    return BudgetClock(t_start + cfg.train.run_budget_s, neural, linear_fits,
+                       scoring_reserve_s(cfg.train.run_budget_s), scored_texts)
+
+
 def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress: bool,
-           on_eval=None) -> ClassifyResult:
-    t_start = time.perf_counter()
+           on_eval=None, t_start: float | None = None) -> ClassifyResult:
+    t_start = time.perf_counter() if t_start is None else t_start
     train, valid, test, labels = _read(cfg)
-    cfg = resolve_auto(cfg, train.texts)
+    if cfg.train.run_budget_s > 0:
+        _warm_imports(cfg)
+    cfg, plan = plan_run(cfg, train.texts, time.perf_counter() - t_start)
     run_dir = Path(cfg.out)
     y = labels.encode(train)
     valid_y = labels.encode(valid) if valid is not None else None
@@ -363,7 +503,11 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
             ("test", f"{len(test):,} texts from {cfg.data.test_path}" if test is not None else "none"),
             ("language / units", f"{cfg.text.language} / {cfg.text.tokenizer}"),
             ("model", cfg.model.kind + (f" of {cfg.model.members}" if cfg.model.kind == "ensemble" else "")),
+            ("weights", f"out-of-fold, {cfg.model.stack_folds} folds" if cfg.model.stacking == "oof"
+             else "validation split"),
         ])
+        if plan is not None:
+            print_summary("time plan", plan.rows)
 
     cv = None
     if cfg.eval.folds:
@@ -384,14 +528,24 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         refit = (train.texts, y) if len(val_idx) else None
     else:
         fit_set, fit_y, val_set, val_y, refit = train, y, valid, valid_y, None
+    vectors_cache: dict = {}
+    # Validation texts are predicted as each member finishes; the test texts at the end.
+    clock = _budget_clock(cfg, t_start, len(test_y) if test_y is not None else 0, refit is not None)
     with ckpt.guard_writes(run_dir):
         members, val_probas, weights, facts = _fit_members(cfg, fit_set, fit_y, val_set, val_y, len(labels),
-                                                           run_dir, rt, resume, progress, refit, on_eval, run_id)
+                                                           run_dir, rt, resume, progress, refit, on_eval, run_id,
+                                                           clock, vectors_cache)
+        stacking = {"method": "split", "weights": weights}
+        if cfg.model.stacking == "oof" and len(members if rt.is_main else cfg.model.member_kinds()) > 1:
+            oof_w, stacking = _oof_weights(cfg, train, y, len(labels), run_dir, rt, progress, clock, vectors_cache,
+                                           facts.get("linear", {}).get("C"), facts)
+            stacking["split_weights"] = weights
+            weights = oof_w or weights
     if not rt.is_main:
         return ClassifyResult(run_dir, None, None, cv)
     with ckpt.guard_writes(run_dir):
         result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_set, val_y, test, test_y,
-                        cv, t_start)
+                        cv, t_start, stacking)
     finals = [str(c.relative_to(run_dir)) for c in (ckpt.latest_checkpoint(d) for d in runs.member_dirs(run_dir))
               if c is not None]
     runs.update_info(run_dir, status="finished", final_checkpoints=finals)
@@ -402,13 +556,15 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
 
 
 def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas, weights, facts, labels: LabelMap,
-           val_set: Labeled, val_y, test: Labeled | None, test_y, cv, t_start: float) -> ClassifyResult:
+           val_set: Labeled, val_y, test: Labeled | None, test_y, cv, t_start: float,
+           stacking: dict | None = None) -> ClassifyResult:
     """Validation and test metrics of the ensemble (and its members); ensemble.json, metrics.json, the plot."""
     kinds = cfg.model.member_names()
     atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),
                                                        "weights": weights})
     train_s = time.perf_counter() - t_start
-    result = ClassifyResult(run_dir, None, None, cv, kinds, weights, train_s, facts, cfg.text.language)
+    result = ClassifyResult(run_dir, None, None, cv, kinds, weights, train_s, facts, cfg.text.language,
+                            stacking or {})
     threshold = cfg.eval.threshold
     if len(val_y):
         result.valid = classification_metrics(val_y, combine(val_probas, weights), labels.names, threshold)
@@ -431,7 +587,7 @@ def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas,
         save_eval_details(run_dir, split, *scored, labels.names)
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
-                                                      "member_facts": facts})
+                                                      "member_facts": facts, "stacking": stacking})
     log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     return result
 

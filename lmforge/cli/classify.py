@@ -44,6 +44,9 @@ def add_commands(sub) -> None:
                         "keeps its vocabulary and classes)")
     t.add_argument("--json", action="store_true", help="print the result as one JSON line at the end")
     t.add_argument("--track", choices=("tensorboard", "mlflow", "none"), help="experiment tracking (train.track)")
+    t.add_argument("--time", metavar="DURATION",
+                   help="wall-clock budget of the whole run, e.g. 10m: plans which models to train, how long, and "
+                        "how to weigh them, and ends within it (train.run_budget_s)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
@@ -96,6 +99,10 @@ def config_from_args(args: argparse.Namespace) -> ClassifyConfig:
         value = getattr(args, attr, None)
         if value is not None:
             overrides[dotted] = value
+    if getattr(args, "time", None):
+        from lmforge.durations import parse_duration
+
+        overrides["train.run_budget_s"] = parse_duration(args.time)
     return load_config(args.config, overrides, cls=ClassifyConfig)
 
 
@@ -108,12 +115,18 @@ def dispatch(args: argparse.Namespace) -> int:
             from lmforge.cli.options import check_resume_args, resume_config
 
             check_resume_args(args)
+            if args.time:
+                from lmforge.errors import ConfigError
+
+                raise ConfigError("--time plans a new run; a resumed run keeps its plan (give more "
+                                  "--train.time_budget_s or --train.epochs to extend it)")
             extra = {dotted: getattr(args, attr) for attr, dotted in _SHORTCUTS.items()
                      if attr != "out" and getattr(args, attr, None) is not None}
             result = run.train_classifier(resume_config(args, args.resume, ClassifyConfig, extra), resume=args.resume,
                                           accept_changed_data=args.accept_changed_data)
         else:
-            result = run.train_classifier(config_from_args(args), overwrite=args.overwrite)
+            result = run.train_classifier(config_from_args(args), overwrite=args.overwrite,
+                                          t_start=getattr(args, "t_start", None))
         if args.json and int(os.environ.get("RANK", 0)) == 0:
             print(run.result_json(result))
         return 0

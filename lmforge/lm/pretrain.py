@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import torch
 from lmforge import runs
 from lmforge.atomic import atomic_write_json
 from lmforge.config import Config, from_dict, save_config, to_dict
-from lmforge.errors import ConfigError, DataError, TrainingError
+from lmforge.errors import ConfigError, DataError
 from lmforge.lm.model import build_model, check_init, load_init_weights, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
 from lmforge.data.prepare import input_changes, load_prepared, prepare
@@ -104,6 +105,7 @@ class _Resume:
     changes: list  # (field, old, new) honoured
     note: str = ""
     finished: TrainResult | None = None  # set when the run is finished and nothing extends it
+    from_start: bool = False  # stopped before its first checkpoint: trained again from step 0
 
 
 def _finished_result(run_dir: Path, info: dict) -> TrainResult | None:
@@ -170,8 +172,11 @@ def plan_resume(run_dir: Path, requested: Config | None, use_prepared_data: bool
         plan.finished = done
         return plan
     if not ckpt.list_checkpoints(run_dir):
-        raise TrainingError(f"nothing to resume in {run_dir}: no complete checkpoint in {run_dir}/checkpoints; "
-                            f"start it again with --out {run_dir} --overwrite")
+        # Killed before its first checkpoint (in start-up, data preparation or the first steps): nothing
+        # was kept, so starting again from step 0 with the run's settings is the exact continuation.
+        plan.from_start = True
+        plan.note = "no checkpoint was saved before it stopped: trained again from step 0"
+        return plan
     changed = input_changes(cfg)
     if changed and not use_prepared_data:
         shown = "; ".join(changed[:3]) + (f" (and {len(changed) - 3} more)" if len(changed) > 3 else "")
@@ -184,8 +189,20 @@ def plan_resume(run_dir: Path, requested: Config | None, use_prepared_data: bool
     return plan
 
 
+# What a run that stopped before its first checkpoint may have written while training; a fresh
+# start removes them so its log and best weights are not mixed with the lost attempt's.
+_BEFORE_FIRST_CHECKPOINT = ("metrics.jsonl", "model.safetensors", "tb", "loss.png", "result.json", "samples.json")
+
+
 def _record_resume(plan: _Resume, progress: bool) -> str:
     """On rank 0: write the honoured changes into config.yaml and run.json; the run id."""
+    if plan.from_start:
+        for name in _BEFORE_FIRST_CHECKPOINT:
+            path = plan.run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
     info = runs.record_resume(plan.run_dir, plan.info, plan.changes, plan.note)
     if plan.changes:
         save_config(plan.cfg, plan.run_dir / "config.yaml")
@@ -221,8 +238,13 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     """
     plan = None
     if resume is not None:
-        plan = plan_resume(Path(resume), cfg, use_prepared_data, progress and int(os.environ.get("RANK", 0)) == 0)
+        main_rank = int(os.environ.get("RANK", 0)) == 0
+        plan = plan_resume(Path(resume), cfg, use_prepared_data, progress and main_rank)
+        if main_rank:  # left by a kill in the middle of a write; the files they were for are intact
+            runs.sweep_temp_files(plan.run_dir, "lm")
         if plan.finished is not None:
+            if main_rank and not (plan.run_dir / "report.html").is_file():  # killed while writing it
+                try_write_report(plan.run_dir)
             return plan.finished
         cfg = plan.cfg
     elif cfg is None:
@@ -239,8 +261,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         out, run_id = on_main(open_folder, rt)
         cfg.out = out
         changed = {name for name, _, _ in plan.changes} if plan else set()
-        result = _train(cfg, rt, Path(out), run_id, plan is not None, progress, on_eval, changed, init_state,
-                        wrap_task)
+        resume_steps = plan is not None and not plan.from_start
+        result = _train(cfg, rt, Path(out), run_id, resume_steps, progress, on_eval, changed, init_state, wrap_task)
     except BaseException:
         shutdown(rt)
         raise

@@ -340,6 +340,8 @@ def fit(
     run = _Fit(task, cfg, optim_cfg, schedule_cfg, eval_cfg, rt, run_dir, progress)
     if resume:
         run.restore((meta or {}).get("run_id"))
+    elif run.log.path.exists():  # an attempt stopped before its first checkpoint: its lines are not this run's
+        run.log.truncate_after(0)
     step_model = wrap_model(task.model, rt, compile_model)
     hooks = {"on_best": on_best, "on_eval": on_eval, "meta": meta or {}}
     run.t0 = time.perf_counter()

@@ -1,0 +1,168 @@
+"""A wall-clock budget for `lmforge classify train --time D`: what to train, and for how long.
+
+Like `train --auto` for language models, the budget is split before training and every choice
+comes with its reason. Two decisions are made up front, from the size of the training texts:
+
+* which members: the linear model always (seconds, and the strongest single member on most
+  sets), a fastText-style bag when it gets a few epochs, a BiLSTM on vectors from the training
+  texts when it gets at least two;
+* how they are weighed: out-of-fold stacking (each member trained once more per fold) when the
+  budget still gives every fold model its minimum, else the validation split.
+
+The training time of each neural model is not fixed up front: `BudgetClock` hands it out when the
+model starts, from what is left of the budget at that moment, so a slow start (a busy machine, a
+slow linear fit) shrinks the later models instead of overrunning. Each neural model then fits its
+learning-rate schedule to its slot (trainer.budget.fit_to_budget) and ends annealed. A reserve at
+the end pays for scoring the validation and test texts: a share of the budget at first, then what
+the members' measured prediction speed says it will take.
+
+Speeds are rough rates read from `lmforge classify train` on a 5,000-text SST-2 sample on a busy
+2-core CPU (word tokens per second for one epoch, or one linear fit); they only decide membership
+and stacking, never the training time itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+# Rough rates on a 2-core CPU, tokens x epochs per second (see the module docstring).
+TOKENS_PER_S = {"linear": 15_000.0, "fasttext": 100_000.0, "bilstm": 4_000.0}
+LINEAR_C_SEARCH_FITS = 13  # 3-fold cross-validation over 4 values of C, then the fit itself
+VECTORS_S = 15.0  # word vectors from the training texts (PPMI + SVD): mostly the SVD, about fixed
+MIN_EPOCHS = {"fasttext": 3.0, "bilstm": 2.0}
+# Share of neural training time: a BiLSTM learns more per extra second than the n-gram bag.
+TIME_WEIGHT = {"fasttext": 1.0, "bilstm": 3.0, "transformer": 3.0, "gpt": 3.0}
+SCORING_SHARE = 0.05  # of the budget, kept for scoring validation and test texts and saving
+SCORING_MIN_S = 5.0  # ... and at least this (predictions, plots, report), until measured
+REPORT_S = 2.0  # metrics, plots and the report, after the predictions
+# Fixed costs of neural training: the first model measures the CPU's threads and precision (the
+# imports it would need are made before the plan, see run._warm_imports), and every model builds
+# its vocabulary, measures its step and saves checkpoints.
+FIRST_NEURAL_S = 2.0
+PER_NEURAL_S = 1.0
+MIN_SLOT_S = 1.0
+LINEAR_SEARCH_SHARE = 0.2  # of the training time left, at most, for the linear model's search for C
+MAX_EPOCHS = 60.0  # neural models stop at this many epochs even when time is left
+
+
+@dataclass
+class ClassifyPlan:
+    members: str
+    stacking: str  # 'oof' or 'split'
+    folds: int
+    epochs: float
+    rows: list[tuple[str, str]] = field(default_factory=list)
+
+
+def scoring_reserve_s(budget_s: float) -> float:
+    return max(SCORING_MIN_S, SCORING_SHARE * budget_s)
+
+
+def _cost(members: list[str], folds: int, tokens: int) -> float:
+    """Least seconds a plan needs: linear fits plus each neural model's minimum epochs, per training."""
+    trainings = 1 + folds  # the final members, then one per fold
+    # The final linear model searches C, then refits; each fold fits twice with that C.
+    s = tokens / TOKENS_PER_S["linear"] * (LINEAR_C_SEARCH_FITS + 1 + 2 * folds)
+    neural = [m for m in members if m in MIN_EPOCHS]
+    for m in neural:
+        s += trainings * (MIN_EPOCHS[m] * tokens / TOKENS_PER_S[m] + PER_NEURAL_S)
+    s += FIRST_NEURAL_S if neural else 0.0
+    if "bilstm" in members:
+        s += VECTORS_S
+    return s
+
+
+def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: bool, members: str,
+                choose_stacking: bool, stacking: str, folds: int) -> ClassifyPlan:
+    """Members and stacking for a budget of `budget_s` seconds, `elapsed_s` of them already spent.
+
+    `tokens` is the training texts' rough word count. Members given by the user (choose_members
+    False) and a stacking they chose are kept; only what was left 'auto' is decided here.
+    """
+    train_s = max(0.0, budget_s - scoring_reserve_s(budget_s) - elapsed_s)
+    member_options = [["linear", "fasttext", "bilstm"], ["linear", "fasttext"], ["linear"]] if choose_members \
+        else [[m.strip() for m in members.split(",") if m.strip()]]
+    fold_options = ([folds, 3] if folds > 3 else [folds]) + [0] if choose_stacking else \
+        [folds if stacking == "oof" else 0]
+    chosen = None
+    for ms in member_options:
+        for k in fold_options:
+            if len(ms) == 1 and k:
+                continue  # nothing to weigh
+            if _cost(ms, k, tokens) <= train_s:
+                chosen = (ms, k)
+                break
+        if chosen:
+            break
+    if chosen is None:
+        chosen = (member_options[-1], 0 if choose_stacking else fold_options[0])
+    ms, k = chosen
+    need = _cost(ms, k, tokens)
+    rows = [("budget", f"{budget_s:.0f}s: {elapsed_s:.0f}s spent reading, {scoring_reserve_s(budget_s):.0f}s kept for "
+                       f"scoring, {train_s:.0f}s to train"),
+            ("members", ",".join(ms) + (" (chosen: the richest set whose minimum training fits)" if choose_members
+                                        else " (given)")),
+            ("stacking", (f"out-of-fold, {k} folds" if k else "validation split")
+             + (" (chosen)" if choose_stacking else " (given)")),
+            ("minimum training", f"{need:.0f}s of {train_s:.0f}s (rough rates); the rest extends the neural models, "
+                                 f"up to {MAX_EPOCHS:.0f} epochs")]
+    return ClassifyPlan(",".join(ms), "oof" if k else "split", k or folds, MAX_EPOCHS, rows)
+
+
+class BudgetClock:
+    """Hands each training job its seconds when it starts, from what is left before the deadline.
+
+    Jobs are the neural trainings (weighted by TIME_WEIGHT) and the linear fits (not capped: their
+    last measured duration is set aside for each fit still to come). The non-training time of a
+    neural job (vocabulary, encoding, vectors) is measured and set aside likewise.
+    """
+
+    def __init__(self, end: float, neural: list[str], linear_fits: int, reserve_s: float, scored_texts: int = 0):
+        self.end, self.reserve_s, self.scored_texts = end, reserve_s, scored_texts
+        self.predict_s_per_text: dict[str, float] = {}
+        self.pending = list(neural)
+        self.linear_left = linear_fits
+        self.linear_s = 0.0
+        self.overhead_s = PER_NEURAL_S  # until measured
+        self.one_off_s = FIRST_NEURAL_S  # paid by the first neural model
+
+    def slot(self, kind: str, now: float | None = None) -> float:
+        now = time.perf_counter() if now is None else now
+        if kind in self.pending:
+            self.pending.remove(kind)
+        weights = [TIME_WEIGHT.get(k, 1.0) for k in self.pending]
+        w = TIME_WEIGHT.get(kind, 1.0)
+        left = (self.deadline - now - self.linear_left * self.linear_s - (len(weights) + 1) * self.overhead_s
+                - self.one_off_s)
+        return max(MIN_SLOT_S, left * w / (w + sum(weights)))
+
+    def linear_search_until(self, now: float | None = None) -> float:
+        """When the linear model should stop trying values of C: after LINEAR_SEARCH_SHARE of the
+        time left (the rate used to plan is rough, and a busy CPU can make the search minutes)."""
+        now = time.perf_counter() if now is None else now
+        return now + LINEAR_SEARCH_SHARE * max(0.0, self.deadline - now)
+
+    @property
+    def deadline(self) -> float:
+        """When training must be over: the end less the reserve for scoring."""
+        return self.end - self.reserve_s
+
+    def predicted(self, member: str, seconds: float, texts: int) -> None:
+        """A member predicted `texts` texts in `seconds`: the scoring reserve follows from the measured speed."""
+        if texts:
+            self.predict_s_per_text[member] = seconds / texts
+            self.reserve_s = REPORT_S + self.scored_texts * sum(self.predict_s_per_text.values())
+
+    def fits(self, seconds: float, now: float | None = None) -> bool:
+        """Whether a job of `seconds` started now ends before the deadline."""
+        return (time.perf_counter() if now is None else now) + seconds <= self.deadline
+
+    def linear_done(self, seconds: float) -> None:
+        self.linear_left = max(0, self.linear_left - 1)
+        self.linear_s = seconds
+
+    def neural_done(self, wall_s: float, train_s: float) -> None:
+        # The latest, not the largest: the first model also pays one-off imports.
+        self.overhead_s = max(0.0, wall_s - train_s)
+        self.one_off_s = 0.0
