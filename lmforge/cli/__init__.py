@@ -1,7 +1,8 @@
 """Command line: parses arguments and calls the API. No logic of its own.
 
 One module per command family: `lm` (train, prepare, eval, generate, config), `classify`, `auto`
-(plan, lr-find, tune), `serve` (serve, chat, sft, report, compare, ui), `export` (export, import). Every config field is an option `--section.field` (see `options`).
+(plan, lr-find, tune), `serve` (serve, chat, sft, report, compare, ui), `export` (export, import),
+`compress` (quantize, distill, prune). Every config field is an option `--section.field` (see `options`).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lmforge.cli import auto, classify, export, lm, serve
+    from lmforge.cli import auto, classify, compress, export, lm, serve
 
     parser = _Parser(
         prog="lmforge",
@@ -52,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_commands(sub)  # classify train|eval|predict|vectors
     serve.add_commands(sub)  # serve, chat, sft, report, compare, ui
     export.add_commands(sub)  # export, import
+    compress.add_commands(sub)  # quantize, distill, prune
     return parser
 
 
@@ -87,9 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from lmforge.cli import auto, classify, export, lm, serve
+    from lmforge.cli import auto, classify, compress, export, lm, serve
 
-    for family in (lm, auto, classify, serve, export):
+    for family in (lm, auto, classify, serve, export, compress):
         if args.command in family.COMMANDS:
             return family.dispatch(args)
     raise AssertionError(args.command)

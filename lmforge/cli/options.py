@@ -17,7 +17,8 @@ def _type_name(tp) -> str:
 
 
 def add_config_options(p: argparse.ArgumentParser, cls: type = Config) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML preset (see configs/); options below override it")
+    if "--config" not in p._option_string_actions:  # a second call adds another config class's fields
+        p.add_argument("--config", metavar="FILE", help="YAML preset (see configs/); options below override it")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, tp, default, doc in iter_fields(cls):
         if f"--{name}" in p._option_string_actions:  # e.g. --out, declared by the subcommand itself

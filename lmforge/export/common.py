@@ -13,7 +13,8 @@ from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import ConfigError, DataError
 from lmforge.export.arch import Link
 from lmforge.export.safetensors_io import SafetensorsReader
-from lmforge.lm.model import read_run_config, read_shape
+from lmforge.export.quantized import QuantizedWeights
+from lmforge.lm.model import read_quant_spec, read_run_config, read_shape
 from lmforge.trainer.checkpoint import run_weights_path
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -27,7 +28,7 @@ class Run:
     model: ModelConfig  # resolved
     vocab_size: int
     tokenizer: Tokenizer
-    weights: SafetensorsReader
+    weights: SafetensorsReader | QuantizedWeights
 
     def tensor(self, link: Link) -> torch.Tensor:
         """The lmforge tensor of a link; zeros for a bias the model does not have."""
@@ -50,11 +51,15 @@ class Run:
 
 
 def open_run(folder: str | Path) -> Run:
+    """A run folder to export; a quantized run's weights read under the float model's names."""
     folder = Path(folder)
     cfg = read_run_config(folder)
     model, vocab = read_shape(folder / "model.json")
     tok = Tokenizer.load(folder / "data" / "tokenizer.json")
-    return Run(folder, cfg, model, vocab, tok, SafetensorsReader(run_weights_path(folder)))
+    quant = read_quant_spec(folder)
+    path = run_weights_path(folder)
+    weights = SafetensorsReader(path) if quant is None else QuantizedWeights(path, quant)
+    return Run(folder, cfg, model, vocab, tok, weights)
 
 
 def target_dtype(run: Run, dtype: str) -> torch.dtype:

@@ -98,10 +98,48 @@ def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[G
     cfg = read_run_config(run_dir)
     tok = Tokenizer.load(run_dir / "data" / "tokenizer.json")
     model = model_from_shape(run_dir / "model.json")
+    quant = read_quant_spec(run_dir)
+    if quant is not None:
+        rebuild_quantized(model, quant, run_dir / "quant.json")
     weights, tensors = run_weights(run_dir)
     apply_weights(model, tensors, weights)
     model.to(device).eval()
-    return model, tok, {"config": cfg, "weights": str(weights)}
+    return model, tok, {"config": cfg, "weights": str(weights), "quant": quant}
+
+
+def read_quant_spec(folder: Path) -> dict | None:
+    """The quantization spec (quant.json) of a quantized run or classifier member; None if not quantized."""
+    path = Path(folder) / "quant.json"
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is unreadable ({e}); the quantized run is damaged") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path} does not describe a quantization (expected a JSON object)")
+    return spec
+
+
+def refuse_quantized(run_dir: str | Path, what: str) -> None:
+    """ConfigError when the run is quantized: training (`what`) needs the float weights it came from."""
+    quant = read_quant_spec(Path(run_dir))
+    if quant is not None:
+        from lmforge.errors import ConfigError
+
+        raise ConfigError(f"{run_dir} is quantized ({quant.get('method')}); {what} needs float weights: use the run "
+                          f"it was quantized from ({quant.get('source', 'the original run')}), then quantize again")
+
+
+def rebuild_quantized(model: torch.nn.Module, quant: dict, source: Path) -> None:
+    """Give a freshly built float model the quantized modules recorded in `source` (quant.json)."""
+    from lmforge.models.quant import rebuild
+
+    try:
+        rebuild(model, quant)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{source} does not match the model ({e}); re-run `lmforge quantize` on the original "
+                        "run") from None
 
 
 # Fields a training that starts from another model (`init`) may set for itself: neither changes a weight's
@@ -129,6 +167,7 @@ def check_init(cfg: ModelConfig, init_dir: str | Path) -> int:
     """ConfigError unless `cfg` has the shape of the init model; returns its vocabulary size."""
     from lmforge.errors import ConfigError
 
+    refuse_quantized(init_dir, "training from it (init)")
     init_cfg, vocab = read_shape(Path(init_dir) / "model.json")
     mine = cfg.resolved()
     for name in ModelConfig.__dataclass_fields__:

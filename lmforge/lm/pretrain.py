@@ -211,7 +211,8 @@ def prepare_run(cfg: Config, overwrite: bool = False, quiet: bool = False):
 
 
 def train(cfg: Config | None = None, resume: str | Path | None = None, progress: bool = True,
-          on_eval=None, overwrite: bool = False, use_prepared_data: bool = False) -> TrainResult:
+          on_eval=None, overwrite: bool = False, use_prepared_data: bool = False, claimed: bool = False,
+          init_state: dict | None = None, wrap_task=None) -> TrainResult:
     """Prepare data (or reuse it), build the model, train, evaluate, save, print samples.
 
     A new run claims cfg.out (empty: a new dated folder under runs/); a folder holding another run
@@ -220,6 +221,12 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     `cfg` then holds the settings asked for (None: the run's own): the changes in RESUMABLE are
     honoured and recorded, any other is refused. `on_eval(step, record)` is passed to the training
     loop (called after every evaluation; used by `lmforge tune`).
+
+    For the compression commands: `claimed` says cfg.out is a run folder the caller has just claimed
+    (lmforge.runs.claim) and put its own files in (a student's linked data, a pruned shape).
+    `init_state` (a state dict) starts training from those weights instead of a fresh initialization
+    (pruning's recovery); a resumed run takes its checkpoint's. `wrap_task(task, rt)` returns the
+    task the loop trains, built around the LM task (distillation adds the teacher's loss term).
     """
     plan = None
     if resume is not None:
@@ -240,14 +247,14 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         def open_folder() -> tuple[str, str]:
             if plan is not None:
                 return str(plan.run_dir), _record_resume(plan, progress)
-            path = runs.claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
+            path = Path(cfg.out) if claimed else runs.claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
             return str(path), (runs.read_info(path) or {}).get("run_id")
 
         out, run_id = on_main(open_folder, rt)
         cfg.out = out
         changed = {name for name, _, _ in plan.changes} if plan else set()
         resume_steps = plan is not None and not plan.from_start
-        result = _train(cfg, rt, Path(out), run_id, resume_steps, progress, on_eval, changed)
+        result = _train(cfg, rt, Path(out), run_id, resume_steps, progress, on_eval, changed, init_state, wrap_task)
     except BaseException:
         shutdown(rt)
         raise
@@ -272,7 +279,8 @@ def _load_data(cfg: Config, resume: bool, quiet: bool):
 
 
 def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: bool, progress: bool,
-           on_eval=None, changed: set[str] = frozenset()) -> TrainResult:
+           on_eval=None, changed: set[str] = frozenset(), init_state: dict | None = None,
+           wrap_task=None) -> TrainResult:
     if rt.is_main:
         if not resume:
             save_config(cfg, run_dir / "config.yaml")
@@ -289,11 +297,16 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
         load_init_weights(model, cfg.init)
         model = model.to(rt.device)
     else:
-        model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed).to(rt.device)
+        model = build_model(cfg.model, data.tokenizer.vocab_size, cfg.seed)
+        if init_state is not None and not resume:
+            model.load_state_dict(init_state)
+        model = model.to(rt.device)
     examples_per_step = cfg.train.global_batch_tokens // cfg.model.context_len
     micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.world_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,
                   cfg.seed, cfg.eval.max_tokens)
+    if wrap_task is not None:
+        task = wrap_task(task, rt)
     rt.precision, precision_why, compile_model, compile_why = _runtime_choices(cfg, rt, run_dir, resume, task, micro_bs,
                                                                                 changed)
     shape = model.cfg
