@@ -112,8 +112,9 @@ def tune_file(path: Path, data: Path, tokenizer: dict, budget: float) -> Path:
         "data": {"path": str(data), "doc_split": "file", "val_fraction": 0.1},
         "tokenizer": tokenizer,
         "model": {"n_head": 4},
-        "train": {"max_steps": 1_000_000, "time_budget_s": budget, "compile": "off", "min_lr": 3.0e-5,
-                  "warmup_steps": 100},
+        "train": {"max_steps": 1_000_000, "time_budget_s": budget},
+        "runtime": {"compile": "off"},
+        "schedule": {"min_lr": 3.0e-5, "warmup_steps": 100},
         "eval": {"interval": 250, "max_tokens": 65536},
         "sample": {"num_samples": 0},
     }
@@ -139,8 +140,8 @@ def bench_corpus(name: str, data: Path, out: Path, budget: float, trials: int, t
     threads = plan["estimates"].get("threads")
     row["auto_plan"] = (f"{cfg['tokenizer']['kind']}, {cfg['model']['n_layer']}L x {cfg['model']['d_model']}, "
                         f"ctx {cfg['model']['context_len']}, "
-                        f"batch {cfg['train']['global_batch_tokens']}, lr {cfg['train']['lr']:.2e}, "
-                        f"{cfg['train']['precision']}, compile {cfg['train']['compile']}, "
+                        f"batch {cfg['train']['global_batch_tokens']}, lr {cfg['optim']['lr']:.2e}, "
+                        f"{cfg['runtime']['precision']}, compile {cfg['runtime']['compile']}, "
                         f"threads {plan['estimates'].get('threads')}, steps {plan['outcome']['steps']}")
 
     # (b) baby, for the same total wall time, as nanoGPT sets it up (its GPT-2 model included);

@@ -24,6 +24,21 @@ import yaml
 
 from lmforge.errors import ConfigError
 
+# Upper bounds, so that no value passes validation and then allocates terabytes or overflows a C
+# integer deep inside. Each is far beyond what lmforge is for.
+MAX_INT = 2**63 - 1
+MAX_COUNT = 2**31 - 1
+MAX_SEED = 2**32 - 1
+MAX_WORKERS = 256
+MAX_THREADS = 1024
+MAX_VOCAB = 2**20
+MAX_WIDTH = 2**17
+MAX_STEPS = 10**12
+MAX_BATCH_TOKENS = 2**31
+MAX_BLOCK_PARAMS = 10**12
+MAX_LR = 10.0
+MODEL_LIMITS = {"n_layer": 1024, "n_head": 1024, "d_model": 2**16, "context_len": 2**20}
+
 
 @dataclass
 class DataConfig:
@@ -48,9 +63,13 @@ class DataConfig:
 
     def validate(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
-        check(self.num_workers >= 0, "data.num_workers", "must be >= 0")
+        check(self.val_fraction > 0 or bool(self.valid_path), "data.val_fraction",
+              "is 0 and data.valid_path is empty, so there would be no validation text; raise it or give "
+              "--data.valid_path")
+        check(0 <= self.num_workers <= MAX_WORKERS, "data.num_workers", f"must be in [0, {MAX_WORKERS}] (0: automatic)")
+        check(bool(self.text_field.strip()), "data.text_field", "must name a field, e.g. text")
+        check_paths({"data.path": self.path, "data.valid_path": self.valid_path})
         check(self.shard_mb >= 0.01, "data.shard_mb", "must be >= 0.01")
-        check(bool(self.text_field), "data.text_field", "must name a field, e.g. text")
         check_encoding(self.encoding, "data.encoding")
 
 
@@ -82,10 +101,10 @@ class CleanConfig:
     """Also remove those validation documents (otherwise only report them)."""
 
     def validate(self) -> None:
-        check(self.min_chars >= 0, "clean.min_chars", "must be >= 0")
+        check(0 <= self.min_chars <= MAX_COUNT, "clean.min_chars", f"must be in [0, {MAX_COUNT}]")
         check(0.0 < self.near_dedup_threshold < 1.0, "clean.near_dedup_threshold", "must be in (0, 1)")
         check(16 <= self.near_dedup_num_perm <= 1024, "clean.near_dedup_num_perm", "must be in [16, 1024]")
-        check(self.shingle_words >= 1, "clean.shingle_words", "must be >= 1")
+        check(1 <= self.shingle_words <= 1000, "clean.shingle_words", "must be in [1, 1000]")
         check(self.decontam_ngram == 0 or self.decontam_ngram >= 5, "clean.decontam_ngram",
               "must be 0 (off) or >= 5")
 
@@ -142,7 +161,7 @@ class TokenizerConfig:
     kind: Literal["bpe", "char"] = "bpe"
     """'bpe' (byte-level BPE trained on your data) or 'char' (one token per character, byte fallback)."""
     vocab_size: int = 4096
-    """BPE vocabulary size including special tokens."""
+    """BPE vocabulary size including special tokens (the char tokenizer sizes its own vocabulary: one id per character seen, plus 256 bytes)."""
     cjk_split: Literal["char", "jieba", "none"] = "char"
     """BPE with tokenizer.pretokenizer lmforge only: pre-split runs of Chinese/Japanese/Korean characters per character or per jieba word, so CJK text trains as fast as English."""
     min_frequency: int = 2
@@ -157,9 +176,12 @@ class TokenizerConfig:
 
     def validate(self) -> None:
         check_types(self, "tokenizer.")  # also checked here: the tokenizer trainer is called directly
-        check(self.vocab_size >= 257, "tokenizer.vocab_size", "must be an integer >= 257 (256 byte symbols + <|endoftext|>)")
-        check(self.vocab_size <= 2**31 - 1, "tokenizer.vocab_size", "must be below 2**31")
-        check(self.min_frequency >= 0, "tokenizer.min_frequency", "must be an integer >= 0")
+        if self.kind == "bpe":
+            check(self.vocab_size >= 257, "tokenizer.vocab_size",
+                  "must be an integer >= 257 (256 byte symbols + <|endoftext|>)")
+            check(self.vocab_size <= MAX_VOCAB, "tokenizer.vocab_size",
+                  f"must be at most {MAX_VOCAB:,}: larger vocabularies make the embedding huge and most ids unused")
+        check(0 <= self.min_frequency <= MAX_COUNT, "tokenizer.min_frequency", f"must be an integer in [0, {MAX_COUNT}]")
         check(self.train_sample_mb >= 1, "tokenizer.train_sample_mb", "must be >= 1")
         check(self.cjk_split != "jieba" or self.pretokenizer == "lmforge", "tokenizer.cjk_split",
               f"'jieba' works with tokenizer.pretokenizer lmforge only, not {self.pretokenizer!r}")
@@ -223,11 +245,11 @@ class ModelConfig:
 
     def validate(self) -> None:
         check_types(self, "model.")  # also checked here: models are built from this section directly
-        for name in ("n_layer", "n_head", "d_model", "context_len"):
-            check(getattr(self, name) > 0, f"model.{name}", "must be > 0")
+        for name, most in MODEL_LIMITS.items():
+            check(0 < getattr(self, name) <= most, f"model.{name}", f"must be in [1, {most:,}]")
         check(self.n_kv_head >= 0, "model.n_kv_head", "must be >= 0 (0: as many as model.n_head)")
-        check(self.d_ff >= 0, "model.d_ff", "must be >= 0 (0: the default width for model.mlp)")
-        check(self.head_dim >= 0, "model.head_dim", "must be >= 0 (0: d_model / n_head)")
+        check(0 <= self.d_ff <= MAX_WIDTH, "model.d_ff", f"must be in [0, {MAX_WIDTH:,}] (0: the default width for model.mlp)")
+        check(0 <= self.head_dim <= MAX_WIDTH, "model.head_dim", f"must be in [0, {MAX_WIDTH:,}] (0: d_model / n_head)")
         check(self.head_dim > 0 or self.d_model % self.n_head == 0, "model.d_model",
               f"{self.d_model} is not divisible by model.n_head={self.n_head}")
         head = self.head_dim or self.d_model // self.n_head
@@ -239,6 +261,17 @@ class ModelConfig:
         check(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
         check(self.rope_base > 0, "model.rope_base", "must be > 0")
         check(0 < self.norm_eps < 1, "model.norm_eps", "must be in (0, 1)")
+        params = self.block_params()
+        check(params <= MAX_BLOCK_PARAMS, "model", f"{self.n_layer} layers of width {self.d_model} hold about "
+              f"{params:.2g} parameters ({4 * params / 2**40:.1f} TiB in fp32); lmforge trains models up to "
+              f"{MAX_BLOCK_PARAMS:.0e} parameters")
+
+    def block_params(self) -> int:
+        """Weights of the transformer blocks (attention and MLP matrices), without embeddings."""
+        r = self.resolved()
+        attn = r.d_model * (r.n_head + 2 * r.n_kv_head) * r.head_dim + r.n_head * r.head_dim * r.d_model
+        mlp = (3 if r.mlp == "swiglu" else 2) * r.d_model * r.d_ff
+        return r.n_layer * (attn + mlp)
 
     def resolved(self) -> ModelConfig:
         """A copy with every 'choose for me' value (0) replaced by what it stands for."""
@@ -263,7 +296,8 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 disables clipping."""
 
     def validate(self) -> None:
-        check(self.lr >= 0 and math.isfinite(self.lr), "optim.lr", "must be a finite number >= 0")
+        check(0 <= self.lr <= MAX_LR, "optim.lr", f"must be in [0, {MAX_LR}] (AdamW and Muon diverge far below "
+                                                  f"{MAX_LR})")
         check(self.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         check(0 <= self.beta1 < 1, "optim.beta1", "must be in [0, 1)")
         check(0 <= self.beta2 < 1, "optim.beta2", "must be in [0, 1)")
@@ -301,14 +335,14 @@ class RuntimeConfig:
     """Several processes: seconds one waits for the others (joining the process group, each collective operation) before it stops with an error naming its rank, its host and the likely cause."""
 
     def validate(self) -> None:
-        check(self.threads >= 0, "runtime.threads", "must be >= 0 (0: automatic)")
+        check(0 <= self.threads <= MAX_THREADS, "runtime.threads", f"must be in [0, {MAX_THREADS}] (0: automatic)")
         check(self.timeout_s > 0 and math.isfinite(self.timeout_s), "runtime.timeout_s", "must be a number of seconds > 0")
 
 
 @dataclass
 class TrainConfig:
     max_steps: int = 1000
-    """Optimizer steps to train for."""
+    """Optimizer steps to train for (presets and the Python API; `lmforge train` without a preset or this option plans the run for --time instead)."""
     global_batch_tokens: int = 8192
     """Tokens per optimizer step, summed over all processes and accumulation steps (a multiple of model.context_len)."""
     micro_batch_size: int = 0
@@ -331,15 +365,16 @@ class TrainConfig:
     """Experiment tracking of the training records: 'tensorboard' (event files in RUN/tb), 'mlflow' (a local store in RUN/mlflow.db, or MLFLOW_TRACKING_URI when set) or 'none'."""
 
     def validate(self) -> None:
-        check(self.max_steps > 0, "train.max_steps", "must be > 0")
+        check(0 < self.max_steps <= MAX_STEPS, "train.max_steps", f"must be in [1, {MAX_STEPS:,}]")
         check(self.tensor_parallel >= 1, "train.tensor_parallel", "must be >= 1 (1: off)")
-        check(self.global_batch_tokens > 0, "train.global_batch_tokens", "must be > 0")
+        check(0 < self.global_batch_tokens <= MAX_BATCH_TOKENS, "train.global_batch_tokens",
+              f"must be in [1, {MAX_BATCH_TOKENS:,}]")
         check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
         check(self.time_budget_s >= 0 and math.isfinite(self.time_budget_s), "train.time_budget_s",
                "must be a finite number of seconds >= 0")
         check(self.log_interval >= 1, "train.log_interval", "must be >= 1")
         check(self.save_interval >= 0, "train.save_interval", "must be >= 0")
-        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        check(1 <= self.keep_checkpoints <= MAX_COUNT, "train.keep_checkpoints", "must be >= 1")
 
 
 @dataclass
@@ -376,7 +411,7 @@ class SampleConfig:
         check(self.num_samples >= 0, "sample.num_samples", "must be >= 0")
         check(self.max_new_tokens >= 0, "sample.max_new_tokens", "must be >= 0")
         check(self.temperature >= 0 and math.isfinite(self.temperature), "sample.temperature", "must be >= 0")
-        check(self.top_k >= 0, "sample.top_k", "must be >= 0")
+        check(0 <= self.top_k <= MAX_COUNT, "sample.top_k", "must be >= 0 (0: off)")
         check(0 < self.top_p <= 1, "sample.top_p", "must be in (0, 1]")
 
 
@@ -404,12 +439,48 @@ class Config:
 
     def validate(self) -> Config:
         validate_sections(self)
+        check_run_fields(self)
         check(self.optim.lr > 0, "optim.lr", "must be > 0")
         check(self.schedule.min_lr <= self.optim.lr, "schedule.min_lr", f"must not exceed optim.lr={self.optim.lr}")
         T = self.model.context_len
         check(self.train.global_batch_tokens % T == 0, "train.global_batch_tokens",
                f"{self.train.global_batch_tokens} is not a multiple of model.context_len={T}")
+        examples = self.train.global_batch_tokens // T
+        check(self.train.micro_batch_size <= examples, "train.micro_batch_size",
+              f"{self.train.micro_batch_size} is more than the {examples} sequences of a step "
+              f"(train.global_batch_tokens / model.context_len)")
+        check(self.eval.max_tokens >= T, "eval.max_tokens",
+              f"{self.eval.max_tokens} is less than one window of model.context_len={T} tokens")
         return self
+
+
+def check_run_fields(cfg) -> None:
+    """The run folder and seed, shared by the language-model and classifier configs."""
+    check(cfg.out == "" or bool(cfg.out.strip()), "out",
+          "is blank; name a run folder, or leave it out for a new dated run folder under runs/")
+    check(0 <= cfg.seed <= MAX_SEED, "seed", f"must be in [0, {MAX_SEED}] (2**32 - 1)")
+
+
+def check_paths(paths: dict[str, str | None]) -> None:
+    """Given data paths are not blank, and validation or test data is not the training data itself
+    (its scores would measure memorization, not generalization)."""
+    given = {name: p for name, p in paths.items() if p is not None}
+    for name, p in given.items():
+        check(bool(p.strip()), name, "is blank; give a file, folder or glob, or leave it out")
+    train = given.get("data.path")
+    for name, p in given.items():
+        if train is not None and name != "data.path" and _same_path(p, train):
+            check(False, name, f"is the training data ({train}); its scores would measure memorization. "
+                               "Give held-out data, or leave it out to hold out part of data.path")
+
+
+def _same_path(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    try:
+        return Path(a).exists() and Path(b).exists() and Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def validate_sections(cfg, prefix: str = "") -> None:
@@ -442,10 +513,12 @@ def check_types(section, prefix: str = "") -> None:
         elif tp is bool:
             ok, want = isinstance(value, bool), "true or false"
         elif tp is int:
-            ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            ok = isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_INT
+            want = f"an integer of magnitude at most {MAX_INT}"
         elif tp is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
-            want = "a number"
+            # inf is refused too: no field means "unlimited" by it, and it turns into NaN losses.
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            want = "a finite number"
         elif tp is str:
             ok, want = isinstance(value, str), "text"
         else:
@@ -459,14 +532,48 @@ def check(ok: bool, name: str, reason: str) -> None:
         raise ConfigError(f"config field '{name}': {reason}")
 
 
+def check_option(ok: bool, option: str, value: Any, reason: str) -> None:
+    """Raise a ConfigError naming a command-line option that is not a config field (--max-tokens,
+    --threshold, ...) unless `ok`."""
+    if not ok:
+        raise ConfigError(f"{option} {value}: {reason}")
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def text_codec(name: str) -> str | None:
+    """The standard-library text codec a name stands for ('UTF8' -> 'utf-8', 'latin1' -> 'iso8859-1'),
+    or None. Looked up among Python's own `encodings` only: packages may register codec search
+    functions that accept any name, and codecs such as rot13 or base64 do not decode text files."""
+    import encodings
+    import encodings.aliases
+    import importlib.util
+
+    key = encodings.normalize_encoding(name.strip()).lower()
+    key = encodings.aliases.aliases.get(key, key)
+    if not key or not key.replace("_", "").isalnum() or importlib.util.find_spec(f"encodings.{key}") is None:
+        return None
+    try:
+        info = codecs.lookup(key)
+    except LookupError:
+        return None
+    found = encodings.normalize_encoding(info.name).lower()
+    if encodings.aliases.aliases.get(found, found) != key:  # e.g. 'mbcs' off Windows, answered by another package
+        return None
+    return info.name if getattr(info, "_is_text_encoding", True) else None
+
+
 def check_encoding(name: str, field_name: str) -> None:
     if name == "auto":
         return
-    try:
-        codecs.lookup(name)
-    except LookupError:
-        raise ConfigError(f"config field '{field_name}': {name!r} is not a known text encoding; use auto, or a "
-                          "codec name such as utf-8, latin-1, cp1252, gbk") from None
+    check(text_codec(name) is not None, field_name, f"{name!r} is not a known text encoding; use auto, or a codec "
+                                                    "name such as utf-8, latin-1, cp1252, gbk")
 
 
 # --- docstrings ------------------------------------------------------------------------------
@@ -515,6 +622,8 @@ def _coerce(value: Any, tp: Any, name: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
+        # "" is unset here too (presets and scripts use it); a blank --data is refused by the command line,
+        # where it would otherwise fall back to the embedded corpus.
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             if type(None) in args:
                 return None
@@ -613,19 +722,103 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     """
     cls = cls or Config
     tree: dict = {}
-    source = ""
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found")
-        try:
-            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        source = str(p)
+        tree = read_config_file(Path(path))
+        try:  # the file's own keys and types, so that their errors name the file
+            from_dict(cls, tree, source=str(path))
+        except ConfigError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
     for dotted, value in (overrides or {}).items():
         set_dotted(tree, dotted, value, cls)
-    return from_dict(cls, tree, source=source).validate()
+    return from_dict(cls, tree).validate()
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice in one section; "
+                                  "keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_config_file(p: Path) -> dict:
+    """A YAML config file as a dict; one-line errors naming the file (and line) otherwise."""
+    if not p.is_file():
+        raise ConfigError(f"config file {p} not found")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                          "save it as UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"config file {p} cannot be read ({e.strerror or e})") from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from None
+    except yaml.YAMLError as e:
+        mark, start = getattr(e, "problem_mark", None), getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if start is not None and getattr(e, "context", None) and (mark is None or start.line != mark.line):
+            problem = f"{e.context} opened at line {start.line + 1}: {problem}"
+        raise ConfigError(f"config file {p} is not valid YAML{where} ({problem}); fix it there") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {p} must be a mapping of sections (like `model:` and `train:`), "
+                          f"not {type(tree).__name__} {str(tree)[:60]!r}")
+    return tree
+
+
+RUN_KINDS = {"lm": "language-model", "classify": "classifier"}
+_OTHER_KIND_HINT = {
+    "lm": "use `lmforge classify eval` or `lmforge classify predict` with it",
+    "classify": "use `lmforge eval` or `lmforge generate` with it (or fine-tune it as a classifier: "
+                "--model.kind gpt --model.gpt.run RUN_DIR)",
+}
+
+
+def config_kind(tree: Any) -> str | None:
+    """'lm' or 'classify' for a saved config, told by the sections only one of them has; None: neither."""
+    if not isinstance(tree, dict):
+        return None
+    data, model = tree.get("data"), tree.get("model")
+    if "text" in tree or (isinstance(data, dict) and "label_field" in data):
+        return "classify"
+    if {"tokenizer", "clean", "sample"} & tree.keys() or (isinstance(model, dict) and "n_layer" in model):
+        return "lm"
+    return None
+
+
+def read_run_config(run_dir: str | Path, kind: str) -> dict:
+    """The saved config.yaml of a run folder of `kind` ('lm' or 'classify') as a dict; a one-line
+    error for a path that is not a run folder, a damaged config, or a run of the other kind."""
+    from lmforge.errors import DataError
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.yaml"
+    if not run_dir.is_dir():
+        raise DataError(f"{run_dir}: no such run folder; pass the folder given as --out when training")
+    if not path.is_file():
+        raise DataError(f"{run_dir} is not an lmforge run folder (no config.yaml); pass the folder given as --out "
+                        "when training")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"{path} is unreadable ({str(e).splitlines()[0]}); the run folder is damaged") from None
+    found = config_kind(tree)
+    if found is None:
+        raise DataError(f"{path} does not look like an lmforge config; the run folder is damaged or not lmforge's")
+    if found != kind:
+        raise DataError(f"{run_dir} is a {RUN_KINDS[found]} run, not a {RUN_KINDS[kind]} run; {_OTHER_KIND_HINT[found]}")
+    return tree
 
 
 def save_config(cfg, path: str | Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from lmforge.errors import ConfigError
@@ -22,8 +23,8 @@ def parse_duration(text: str | float | int) -> float:
             if not parts or "".join(a + b for a, b in parts) != s or any(u not in _UNITS for _, u in parts):
                 raise ConfigError(f"cannot read the duration {text!r}; write it like 90s, 10m, 1h30m") from None
             seconds = sum(float(n) * _UNITS[u] for n, u in parts)
-    if not seconds > 0:
-        raise ConfigError(f"the duration {text!r} must be positive")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ConfigError(f"the duration {text!r} must be a positive, finite time")
     return seconds
 
 

@@ -41,16 +41,18 @@ LATEST = {"lm": "latest", "classify": "latest-classify"}
 
 # The report card and the metrics trackers (lmforge.report, lmforge.trainer.tracking).
 _REPORT_NAMES = ("report.html", "report.md", "report_files", "tb", "mlflow.db")
+# What the compression commands (lmforge.compress) add to the run folders they write.
+_COMPRESS_NAMES = ("quant.json", "compress.json", "compress.md", "distill.json")
 # What lmforge writes at the top of a run folder. `--overwrite` removes these and nothing else; an
 # LM run's prepared data (data/) is kept: it is a cache keyed by the input files and the settings,
 # rebuilt when either differs.
 OWN_NAMES = {
     "lm": ("run.json", "config.yaml", "model.json", "model.safetensors", "runtime.json", "metrics.jsonl", "loss.png",
            "result.json", "samples.json", "plan.json", "plan.yaml", "lr_find.png", "lr_find.json", "checkpoints")
-    + _REPORT_NAMES,
+    + _REPORT_NAMES + _COMPRESS_NAMES,
     "classify": ("run.json", "config.yaml", "labels.json", "ensemble.json", "metrics.json", "cv.json",
                  "confusion_test.png", "confusion_valid.png", "folds", "eval_valid.npz", "eval_test.npz",
-                 "errors_valid.json", "errors_test.json") + _REPORT_NAMES,
+                 "errors_valid.json", "errors_test.json") + _REPORT_NAMES + _COMPRESS_NAMES,
 }
 # A classifier's member folders (linear/, bilstm_2/, ...), recognised by name and by lmforge's files in them.
 _MEMBER_DIR = re.compile(r"(linear|bilstm|fasttext|transformer|gpt)(_\d+)?")

@@ -7,8 +7,10 @@ import torch
 
 from lmforge.auto.batch_size import find_micro_batch
 from lmforge.auto.hardware import Hardware
-from lmforge.auto.planner import (Candidate, DataFacts, PlanOptions, effective_data, flops_per_token, make_plan,
-                                  predicted_loss)
+from lmforge.auto.arithmetic import Candidate, flops_per_token
+from lmforge.auto.inputs import DataFacts, PlanOptions
+from lmforge.auto.plan import make_plan
+from lmforge.auto.scaling import effective_data, predicted_loss
 from lmforge.config import Config
 from lmforge.durations import parse_duration
 from lmforge.errors import ConfigError
@@ -246,7 +248,7 @@ def test_gpu_batch_finder_backs_off_from_out_of_memory():
 
 
 def test_tokenizer_choice_follows_the_text():
-    from lmforge.auto.planner import choose_tokenizer
+    from lmforge.auto.corpus import choose_tokenizer
 
     english = "The quick brown fox jumps over the lazy dog. " * 40_000
     assert choose_tokenizer(english, 2_000_000, "char")[:2] == ("bpe", 4096)
@@ -265,7 +267,7 @@ def test_tokenizer_choice_follows_the_text():
 
 
 def test_real_timer_times_the_compiled_step_of_the_run():
-    from lmforge.auto.planner import LMStepTimer
+    from lmforge.auto.timer import LMStepTimer
 
     timer = LMStepTimer(vocab_size=64, slow_s=0.01, optimizer="muon")
     c = Candidate(1, 32, 2, 16)

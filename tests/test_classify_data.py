@@ -142,3 +142,52 @@ def test_records_json_roundtrip_of_label_map(tmp_path):
     m.save(tmp_path / "labels.json")
     assert LabelMap.load(tmp_path / "labels.json").names == [0, 1, "x"]
     assert json.loads((tmp_path / "labels.json").read_text())["labels"] == [0, 1, "x"]
+
+
+@pytest.mark.parametrize(("labels", "bad_line", "other_line"), [
+    (["1", "positive", "0"], 3, 2),  # csv: "1" is a number, "positive" a word
+    (["positive", "negative", "1"], 4, 2),
+    (["1.0", "0", "1"], 3, 2),  # "1.0" is not the integer 1: a word next to numbers
+])
+def test_labels_mixing_numbers_and_words_are_refused(tmp_path, labels, bad_line, other_line):
+    p = tmp_path / "mixed.csv"
+    p.write_text("text,label\n" + "".join(f"text {i},{lab}\n" for i, lab in enumerate(labels)), encoding="utf-8")
+    with pytest.raises(DataError) as err:
+        read_labeled(p, "text", "label")
+    message = str(err.value)
+    assert message.startswith(f"{p}:{bad_line}: label ") and f"{p}:{other_line} has the label" in message
+    assert "mixes numbers and words" in message
+
+
+def test_labels_differing_only_in_case_are_refused(tmp_path):
+    p = write_jsonl(tmp_path / "case.jsonl", [{"text": "a", "label": "positive"}, {"text": "b", "label": "negative"},
+                                              {"text": "c", "label": "Positive"}])
+    with pytest.raises(DataError, match=r"case\.jsonl:3: label 'Positive' differs only in case from 'positive' at "
+                                        r".*case\.jsonl:1"):
+        read_labeled(p, "text", "label")
+
+
+def test_signed_integer_labels_are_numbers(tmp_path):
+    p = tmp_path / "svm.tsv"
+    p.write_text("text\tlabel\ngood\t+1\nbad\t-1\n", encoding="utf-8")
+    assert read_labeled(p, "text", "label").labels == [1, -1]
+
+
+def test_a_label_field_of_ids_is_refused(tmp_path):
+    recs = [{"text": f"review {i}", "id": f"r{i}"} for i in range(40)]
+    d = read_labeled(write_jsonl(tmp_path / "ids.jsonl", recs), "text", "id")
+    with pytest.raises(DataError, match=r"40 different labels among 40 records.*looks like ids or free text"):
+        LabelMap.from_labels(d.labels, "ids.jsonl")
+    many = [{"text": f"t {i}", "label": f"c{i % 25}"} for i in range(100)]  # 25 classes of 4: fine
+    assert len(LabelMap.from_labels(read_labeled(write_jsonl(tmp_path / "ok.jsonl", many), "text", "label").labels,
+                                    "ok.jsonl")) == 25
+
+
+def test_reader_reports_files_and_encoding(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.csv").write_bytes("text,label\nGrüße,1\nschön,0\n".encode("latin-1"))
+    (tmp_path / "d" / "notes.txt.bak").write_text("x")
+    d = read_labeled(tmp_path / "d", "text", "label")
+    assert d.texts == ["Grüße", "schön"]
+    assert d.report.decoded == {"cp1252 (detected)": [str(tmp_path / "d" / "a.csv")]}
+    assert [(p.name, r) for p, r in d.report.skipped] == [("notes.txt.bak", "unsupported extension .bak")]

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from lmforge.data.readers import (
     Document,
-    decode_bytes,
     find_files,
     iter_records,
     read_documents,
     read_texts,
 )
+from lmforge.data.encoding import decode_bytes
 from lmforge.errors import DataError
 
 CHINESE = "中文测试，这是一个句子。"
@@ -86,12 +86,13 @@ def test_binary_file_is_rejected_naming_file(tmp_path: Path, data: bytes) -> Non
     assert "binary" in str(err.value)
 
 
-def test_undecodable_names_file_and_encodings() -> None:
-    # Valid in no tried encoding: 0x80 and 0xFF are never valid GB18030 lead bytes.
+def test_undecodable_names_file_guess_and_what_to_do() -> None:
+    # Symbols wrapped around a letter in cp1252, garbled in every other candidate: no confident guess.
     with pytest.raises(DataError) as err:
         decode_bytes(b"text \x80\xff\x80 more\n" * 3, "weird.txt")
     message = str(err.value)
-    assert "weird.txt" in message and "UTF-8" in message and "GB18030" in message
+    assert "weird.txt" in message and "cannot tell its text encoding" in message
+    assert "best guess" in message and "confidence" in message and "--data.encoding" in message
 
 
 def test_stray_nul_in_long_text_is_decoded_not_rejected() -> None:
@@ -295,6 +296,60 @@ def test_folder_recursive_sorted_skips_hidden_and_unsupported(tmp_path: Path) ->
     assert read_texts(tmp_path) == ["a", "b", "c", "d"]
 
 
+def test_folder_report_lists_every_skipped_file_with_its_reason(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    write(tmp_path / "empty.txt", b"")
+    write(tmp_path / "README", "no extension")
+    write(tmp_path / "sub" / "latin.txt", "Größe".encode("latin-1"))
+    stream = read_documents(tmp_path)
+    assert [d.text for d in stream] == ["a", "b", "c", "d", "Größe"]
+    report = stream.report
+    assert [p.relative_to(tmp_path).as_posix() for p in report.files] == [
+        "a.jsonl", "b.txt", "sub/c.md", "sub/deeper/d.csv", "sub/latin.txt",
+    ]
+    assert [(p.relative_to(tmp_path).as_posix(), r) for p, r in report.skipped] == [
+        (".git", "hidden folder"), (".hidden.txt", "hidden"), ("README", "no file extension"),
+        ("empty.txt", "empty"), ("notes.pdf", "unsupported extension .pdf"),
+    ]
+    lines = report.summary_lines()
+    assert lines[0] == f"files: 5 read from {tmp_path}, 5 skipped"
+    assert f"decoded as cp1252 (detected): {tmp_path / 'sub' / 'latin.txt'}" in lines
+    assert f"skipped (unsupported extension .pdf): {tmp_path / 'notes.pdf'}" in lines
+    assert f"skipped (hidden folder): {tmp_path / '.git'}" in lines
+    assert report.to_dict()["files_read"] == 5 and len(report.to_dict()["skipped"]) == 5
+
+
+def test_report_listing_is_capped_on_screen_but_complete_in_the_summary(tmp_path: Path) -> None:
+    write(tmp_path / "a.txt", "text")
+    for i in range(30):
+        write(tmp_path / f"x{i:02}.pdf", b"%PDF")
+    report = read_documents(tmp_path).report
+    line = report.summary_lines(limit=3)[1]
+    assert line.startswith("skipped (unsupported extension .pdf): ") and line.endswith("and 27 more")
+    assert len(report.to_dict()["skipped"]) == 30
+
+
+def test_prepare_prints_and_stores_the_folder_report(tmp_path: Path, capsys) -> None:
+    from lmforge.cli import main
+
+    data = tmp_path / "data"
+    for i in range(40):
+        write(data / f"doc{i}.txt", f"document number {i} about the garden and the king.\n")
+    write(data / "old.txt", "Die Größe der Brücke in München.\n".encode("latin-1"))
+    write(data / "notes.pdf", b"%PDF")
+    write(data / ".DS_Store", b"\x00")
+    assert main(["prepare", str(data), "--out", str(tmp_path / "run"), "--tokenizer.kind", "char"]) == 0
+    out = capsys.readouterr().err  # the console prints to stderr; stdout carries results only
+    assert f"files: 41 read from {data}, 2 skipped" in out
+    assert f"decoded as cp1252 (detected): {data / 'old.txt'}" in out
+    assert f"skipped (unsupported extension .pdf): {data / 'notes.pdf'}" in out
+    summary = json.loads((tmp_path / "run" / "data" / "prepare.json").read_text())["summary"]
+    assert summary["files"]["files_read"] == 41
+    assert {(Path(s["path"]).name, s["reason"]) for s in summary["files"]["skipped"]} == {
+        ("notes.pdf", "unsupported extension .pdf"), (".DS_Store", "hidden")}
+    assert summary["files"]["decoded"] == {"cp1252 (detected)": [str(data / "old.txt")]}
+
+
 def test_glob_patterns(tmp_path: Path) -> None:
     make_tree(tmp_path)
     assert read_texts(str(tmp_path / "**" / "*.md")) == ["c"]
@@ -308,7 +363,9 @@ def test_nothing_found_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"matched no files"):
         find_files(str(tmp_path / "*.jsonl"))
     write(tmp_path / "only" / "x.pdf", b"%PDF")
-    with pytest.raises(DataError, match=r"only.*x\.pdf.*\.jsonl"):
+    write(tmp_path / "only" / "e.txt", b"")
+    with pytest.raises(DataError, match=r"only: found 2 file\(s\) but none to read \(empty: e\.txt; "
+                                        r"unsupported extension \.pdf: x\.pdf\).*\.jsonl"):
         find_files(tmp_path / "only")
 
 

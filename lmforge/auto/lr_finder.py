@@ -206,6 +206,16 @@ def lr_range_test(
 # --- language models --------------------------------------------------------------------------
 
 
+def check_lr_find_options(steps: int, lr_min: float, lr_max: float) -> None:
+    """lr-find's own options, checked before any folder is made; errors name the option."""
+    from lmforge.config import check_option, is_int, is_number
+
+    check_option(is_int(steps) and 2 <= steps <= 100_000, "--steps", steps, "must be an integer in [2, 100000]")
+    check_option(is_number(lr_min) and lr_min > 0, "--lr-min", lr_min, "must be a finite number > 0")
+    check_option(is_number(lr_max) and lr_max > lr_min, "--lr-max", lr_max,
+                 f"must be a finite number above --lr-min {lr_min}")
+
+
 def find_lr(cfg, *, steps: int = 100, lr_min: float = 1e-5, lr_max: float = 1.0, progress: bool = True,
             save: bool = True) -> LRFinderResult:
     """Range test of the language model `cfg` describes, on its data; saves lr_find.png/json in cfg.out."""
@@ -218,6 +228,7 @@ def find_lr(cfg, *, steps: int = 100, lr_min: float = 1e-5, lr_max: float = 1.0,
     from lmforge.trainer.runtime import init_runtime
     from lmforge.console import console
 
+    check_lr_find_options(steps, lr_min, lr_max)
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     data = prepare(cfg, quiet=not progress)

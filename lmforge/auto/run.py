@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
+from lmforge.auto.choices import plan_optimizer
 from lmforge.auto.hardware import probe_hardware
-from lmforge.auto.planner import (DataFacts, LMStepTimer, Plan, PlanOptions, make_plan, plan_optimizer,
-                                  with_time_budget)
+from lmforge.auto.hysteresis import PreviousPlan, load_previous, plan_inputs, read_plan
+from lmforge.auto.inputs import DataFacts, PlanOptions
+from lmforge.auto.plan import Plan, make_plan
+from lmforge.auto.timer import LMStepTimer
 from lmforge.config import Config, SampleConfig, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError
 from lmforge.runs import claim
@@ -39,28 +42,22 @@ def plan_run(
         raise ConfigError("automatic planning runs in one process; run `lmforge plan` first and launch its "
                           "plan.yaml with torchrun (`lmforge train --config RUN/plan.yaml`)")
     t_start = time.perf_counter() if t_start is None else t_start
+    earlier_doc = read_plan(cfg.out)  # before claim: --overwrite removes the earlier plan
     # The plan, its prepared data and the run that follows share one run folder (see lmforge.runs).
     run_dir = claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
     cfg = from_dict(Config, to_dict(cfg))
     cfg.out = str(run_dir)
-    tokenizer_row = None
     device = cfg.runtime.device if "runtime.device" in fixed else "auto"
     hw = probe_hardware(device)  # first: the tokenizer's vocabulary depends on the compute at hand
     t0 = time.perf_counter()
-    if "tokenizer.kind" not in fixed and cfg.data.path:
-        from lmforge.auto.planner import choose_tokenizer, sample_corpus
-
-        sample, total = sample_corpus(cfg.data.path, cfg.data.text_field)
-        peak_tflops = max(hw.bf16_tflops if hw.fast_bf16 else 0.0, hw.fp32_tflops)
-        kind, vocab, why = choose_tokenizer(sample, total, cfg.tokenizer.cjk_split, budget_s * peak_tflops)
-        cfg.tokenizer.kind = kind
-        if kind == "bpe" and "tokenizer.vocab_size" not in fixed:
-            cfg.tokenizer.vocab_size = vocab
-        tokenizer_row = ("tokenizer", f"{kind}" + (f", {cfg.tokenizer.vocab_size:,} tokens" if kind == "bpe" else ""),
-                         why)
+    corpus = corpus_identity(cfg)
+    earlier = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus), earlier_doc)
+    cfg, tokenizer_row, tokenizer_close = plan_tokenizer(cfg, hw, budget_s, fixed, earlier)
     data = prepare(cfg, quiet=not progress)
     prepare_s = time.perf_counter() - t0
     facts = DataFacts.from_prepared(data)
+    corpus.update(asdict(facts))
+    previous = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus), earlier_doc)
     # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
     timer = LMStepTimer(facts.vocab_size, hw.device, model=cfg.model, seed=cfg.seed, grad_clip=cfg.optim.grad_clip,
                         slow_s=max(0.25, budget_s / 400),
@@ -77,16 +74,69 @@ def plan_run(
     plan = make_plan(cfg, facts, hw, budget_s, timer, spent_s=spent, fixed=set(fixed), options=options,
                      lr_finder=lr_finder, set_threads=torch.set_num_threads,
                      spent_detail={"prepare": prepare_s, "hardware_probe": hw.probe_s,
-                                   "start_up": max(0.0, spent - prepare_s - hw.probe_s)})
+                                   "start_up": max(0.0, spent - prepare_s - hw.probe_s)}, previous=previous)
     timer.release()
+    plan.inputs["corpus"] = corpus
     if tokenizer_row is not None:
         plan.rows.insert(2, tokenizer_row)
+    if tokenizer_close is not None:
+        plan.close_calls.insert(0, tokenizer_close)
     plan.save(run_dir)
     if progress:
         console.print(plan.table())
         console.print(plan.candidates_table())
+        for line in plan.close_call_lines():
+            console.print(line, markup=False, highlight=False)
         console.print(f"plan saved in {run_dir / 'plan.json'}; its config in {run_dir / 'plan.yaml'}")
     return plan
+
+
+def corpus_identity(cfg: Config) -> dict:
+    """The corpus as a plan's inputs name it before it is prepared: its path and size."""
+    if not cfg.data.path:
+        return {"path": None, "bytes": 0}
+    from lmforge.data.readers import find_files
+
+    return {"path": str(cfg.data.path), "bytes": sum(f.stat().st_size for f in find_files(cfg.data.path))}
+
+
+def plan_tokenizer(cfg: Config, hw, budget_s: float, fixed,
+                   earlier: PreviousPlan | None = None) -> tuple[Config, tuple | None, dict | None]:
+    """The tokenizer for the corpus and the compute at hand (unless the user chose one): the config
+    with it, its plan row, and a close call when the compute was near the vocabulary threshold (where
+    an earlier plan for the same inputs keeps its tokenizer)."""
+    if "tokenizer.kind" in fixed or not cfg.data.path:
+        return cfg, None, None
+    from lmforge.auto.corpus import choose_tokenizer, sample_corpus, tokenizer_close_call
+
+    sample, total = sample_corpus(cfg.data.path, cfg.data.text_field, encoding=cfg.data.encoding)
+    peak_tflops = max(hw.bf16_tflops if hw.fast_bf16 else 0.0, hw.fp32_tflops)
+    kind, vocab, why = choose_tokenizer(sample, total, cfg.tokenizer.cjk_split, budget_s * peak_tflops)
+    close = None
+    if "tokenizer.vocab_size" not in fixed:
+        close = tokenizer_close_call(sample, total, cfg.tokenizer.cjk_split, budget_s, peak_tflops)
+    if close is not None and earlier is not None and earlier.tokenizer != (kind, vocab):
+        kind, vocab = earlier.tokenizer
+        why += f"; near the threshold: kept {kind} {vocab or ''}, as the earlier plan for the same inputs"
+        close["over"], close["chose"] = close["chose"], _tok(kind, vocab)
+        close["measurement"] += "; kept the earlier plan's tokenizer"
+    cfg = from_dict(Config, to_dict(cfg))
+    cfg.tokenizer.kind = kind
+    if kind == "bpe" and "tokenizer.vocab_size" not in fixed:
+        cfg.tokenizer.vocab_size = vocab
+    row = ("tokenizer", f"{kind}" + (f", {cfg.tokenizer.vocab_size:,} tokens" if kind == "bpe" else ""), why)
+    return cfg, row, close
+
+
+def _tok(kind: str, vocab: int) -> str:
+    return f"bpe {vocab}" if kind == "bpe" else kind
+
+
+def with_time_budget(cfg: Config, seconds: float) -> Config:
+    """A copy of `cfg` whose training stops after `seconds`."""
+    cfg = from_dict(Config, to_dict(cfg))
+    cfg.train.time_budget_s = round(max(1.0, seconds), 1)
+    return cfg
 
 
 def auto_train(

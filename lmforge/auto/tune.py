@@ -40,7 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
 
 from lmforge.config import from_dict, iter_fields, set_dotted, to_dict
 from lmforge.errors import ConfigError, LmforgeError
@@ -162,7 +161,10 @@ def parse_space(space: dict, cls: type) -> list[Param]:
     params = []
     for name, spec in space.items():
         if name not in types:
-            set_dotted({}, name, None, cls)  # raises with a suggestion
+            try:
+                set_dotted({}, name, None, cls)  # raises with a suggestion
+            except ConfigError as e:
+                raise ConfigError(f"search space: {str(e).replace(' on the command line', '')}") from None
         tp = types[name]
         if typing.get_origin(tp) in (typing.Union, types_mod.UnionType):
             tp = next(a for a in typing.get_args(tp) if a is not type(None))
@@ -204,20 +206,17 @@ class TuneSpec:
 def load_tune_spec(path: str | Path, space_path: str | Path | None = None, task: str | None = None,
                    overrides: dict[str, Any] | None = None) -> TuneSpec:
     """Read a tune file (a config with a `search:` section, or a plain config plus a separate space file)."""
+    from lmforge.config import read_config_file
+
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"tune file {p} not found")
-    try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p} is not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{p} must be a mapping of config sections")
+    tree = read_config_file(p)
     space = tree.pop("search", None)
     file_task = tree.pop("task", None)
     if space_path is not None:
-        sp = yaml.safe_load(Path(space_path).read_text(encoding="utf-8")) or {}
-        if isinstance(sp, dict) and "search" in sp:
+        sp = read_config_file(Path(space_path))
+        if "search" in sp:
             file_task = file_task or sp.get("task")
             sp = sp["search"]
         space = sp
@@ -387,12 +386,35 @@ def tune(
     on_trial: Callable[[Any], None] | None = None,
 ) -> TuneResult:
     """Run (or resume) the study until it holds `n_trials` finished trials or `time_s` has passed."""
-    optuna = _optuna()
+    from lmforge.config import MAX_SEED, check_option, is_int
 
+    check_option(is_int(n_trials) and 1 <= n_trials <= 1_000_000, "--trials", n_trials, "must be an integer >= 1")
+    check_option(is_int(seed) and 0 <= seed <= MAX_SEED, "--seed", seed, f"must be an integer in [0, {MAX_SEED}]")
     from lmforge.console import console
 
     task = get_task(spec.task)
     study_dir = claim_study(out)  # new, empty, or this study's folder (a killed study resumes)
+    study, url = _open_study(task, study_dir, storage, study_name, n_trials, pruner, seed, progress)
+    deadline = time.time() + time_s if time_s else None
+    objective = _Objective(spec, task, study_dir, deadline, trial_time_s, progress)
+    while _done(study) < n_trials:
+        if deadline is not None and time.time() >= deadline:
+            if progress:
+                console.print("tune: study time is up")
+            break
+        recover_interrupted(study)
+        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
+                       callbacks=[lambda s, t: on_trial(t)] if on_trial else None)
+
+    return _finish(study, spec, task, study_dir, url, seed, progress)
+
+
+def _open_study(task: TaskSpec, study_dir: Path, storage: str | None, study_name: str, n_trials: int, pruner: str,
+                seed: int, progress: bool):
+    """The study (created, or loaded and its interrupted trials queued again) and its storage URL."""
+    optuna = _optuna()
+    from lmforge.console import console
+
     store, url = _storage(storage, study_dir)
     existing = 0
     try:
@@ -411,54 +433,81 @@ def tune(
             console.print(f"tune: resuming study '{study_name}' in {url}: {c['complete']} complete, "
                           f"{c['pruned']} pruned, {c['failed']} failed"
                           + (f"; re-running interrupted trial(s) {requeued}" if requeued else ""))
-    study.set_user_attr("task", spec.task)
+    study.set_user_attr("task", task.name)
     study.set_user_attr("metric", task.metric)
-    deadline = time.time() + time_s if time_s else None
-    types = _field_types(task.config_cls)
-    has_budget = "train.time_budget_s" in types
+    return study, url
 
-    def objective(trial) -> float:
+
+@dataclass
+class _Objective:
+    """One trial: its config from the sampled parameters, a training run in its own folder, and the
+    result recorded on the trial (or the error, so the study goes on)."""
+
+    spec: TuneSpec
+    task: TaskSpec
+    study_dir: Path
+    deadline: float | None
+    trial_time_s: float | None
+    progress: bool
+
+    def __call__(self, trial) -> float:
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
-        params = {p.name: p.suggest(trial) for p in spec.space}
-        tree = copy.deepcopy(spec.base)
-        run_dir = study_dir / f"trial_{trial.number:04d}"
+        params = {p.name: p.suggest(trial) for p in self.spec.space}
+        run_dir = self.study_dir / f"trial_{trial.number:04d}"
         trial.set_user_attr("run_dir", str(run_dir))
         try:
-            for name, value in params.items():
-                set_dotted(tree, name, value, task.config_cls)
-            set_dotted(tree, "out", str(run_dir), task.config_cls)
-            budget = 0.0
-            if has_budget:
-                budget = float((tree.get("train") or {}).get("time_budget_s") or 0.0)
-                if trial_time_s:
-                    budget = trial_time_s
-                if deadline is not None:
-                    left = max(1.0, deadline - time.time())
-                    budget = min(budget, left) if budget else left
-                if budget:
-                    set_dotted(tree, "train.time_budget_s", budget, task.config_cls)
-            cfg = from_dict(task.config_cls, tree, source=spec.source).validate()
+            cfg, budget = self._config(params, run_dir)
         except ConfigError as e:
             trial.set_user_attr("error", f"invalid config: {e}")
             raise
         if run_dir.exists():  # a retried trial starts clean (the study owns its trial folders)
             shutil.rmtree(run_dir, ignore_errors=True)
-        claim(run_dir, spec.task, quiet=True)  # a run folder of its own, before shared data is linked in
-        if progress:
-            shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-            console.print(f"[bold]trial {trial.number}[/bold]: {shown}")
+        claim(run_dir, self.spec.task, quiet=True)  # a run folder of its own, before shared data is linked in
+        if self.progress:
+            from lmforge.console import console
+
+            console.print(f"[bold]trial {trial.number}[/bold]: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
         t0 = time.perf_counter()
+        result = self._train(trial, cfg, budget, t0)
+        return self._record(trial, result, budget, time.perf_counter() - t0)
+
+    def _config(self, params: dict, run_dir: Path):
+        """The trial's config and time budget: the study's base with the sampled values, capped by the
+        trial time and what is left of the study's time."""
+        cls = self.task.config_cls
+        tree = copy.deepcopy(self.spec.base)
+        for name, value in params.items():
+            set_dotted(tree, name, value, cls)
+        set_dotted(tree, "out", str(run_dir), cls)
+        budget = 0.0
+        if "train.time_budget_s" in _field_types(cls):
+            budget = float((tree.get("train") or {}).get("time_budget_s") or 0.0)
+            if self.trial_time_s:
+                budget = self.trial_time_s
+            if self.deadline is not None:
+                left = max(1.0, self.deadline - time.time())
+                budget = min(budget, left) if budget else left
+            if budget:
+                set_dotted(tree, "train.time_budget_s", budget, cls)
+        return from_dict(cls, tree, source=self.spec.source).validate(), budget
+
+    def _train(self, trial, cfg, budget: float, t0: float):
+        """Train the trial; a pruned or failed trial is recorded (with its error) and re-raised."""
+        import optuna
+
+        from lmforge.console import console
+
         try:
-            if task.prepare_shared is not None:
-                task.prepare_shared(cfg, study_dir)
+            if self.task.prepare_shared is not None:
+                self.task.prepare_shared(cfg, self.study_dir)
             kwargs: dict[str, Any] = {"progress": False}
-            if "on_eval" in inspect.signature(task.train).parameters:
-                kwargs["on_eval"] = _Reporter(trial, task.metric, budget)
-            result = task.train(cfg, **kwargs)
+            if "on_eval" in inspect.signature(self.task.train).parameters:
+                kwargs["on_eval"] = _Reporter(trial, self.task.metric, budget)
+            return self.task.train(cfg, **kwargs)
         except optuna.TrialPruned as e:
             trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 2))
-            if progress:
+            if self.progress:
                 console.print(f"  pruned after {time.perf_counter() - t0:.0f}s: {e}")
             raise
         except Exception as e:  # noqa: BLE001 - recorded; the study goes on
@@ -468,12 +517,15 @@ def tune(
             msg = f"{type(e).__name__}: {e}"
             trial.set_user_attr("error", ("out of memory: " if oom else "") + msg[:2000])
             trial.set_user_attr("wall_s", round(time.perf_counter() - t0, 2))
-            if progress:
+            if self.progress:
                 console.print(f"  [red]failed[/red] after {time.perf_counter() - t0:.0f}s: {msg[:300]}")
             _free_memory()
             raise
-        wall = time.perf_counter() - t0
-        value = _metric(result, task.metric)
+
+    def _record(self, trial, result, budget: float, wall: float) -> float:
+        """The trial's metric, with the result's other figures as user attributes."""
+        metric = self.task.metric
+        value = _metric(result, metric)
         keys = ["val_loss", "val_bpb", "best_val_loss", "steps", "params", "stop_reason"]
         if isinstance(result, dict):
             keys += [k for k in result if k not in keys]
@@ -485,22 +537,13 @@ def tune(
         if budget:
             trial.set_user_attr("budget_s", budget)
         if value is None or not math.isfinite(value):
-            trial.set_user_attr("error", f"no finite {task.metric} in the result")
-            raise LmforgeError(f"trial {trial.number} produced no finite {task.metric}")
-        if progress:
-            console.print(f"  {task.metric} {value:.4f} in {wall:.0f}s")
+            trial.set_user_attr("error", f"no finite {metric} in the result")
+            raise LmforgeError(f"trial {trial.number} produced no finite {metric}")
+        if self.progress:
+            from lmforge.console import console
+
+            console.print(f"  {metric} {value:.4f} in {wall:.0f}s")
         return float(value)
-
-    while _done(study) < n_trials:
-        if deadline is not None and time.time() >= deadline:
-            if progress:
-                console.print("tune: study time is up")
-            break
-        recover_interrupted(study)
-        study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True,
-                       callbacks=[lambda s, t: on_trial(t)] if on_trial else None)
-
-    return _finish(study, spec, task, study_dir, url, seed, progress)
 
 
 def _fmt(v: Any) -> str:

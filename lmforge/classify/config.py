@@ -11,7 +11,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from lmforge.config import OptimConfig, RuntimeConfig, ScheduleConfig, check, check_encoding, validate_sections
+from lmforge.config import (MAX_COUNT, MAX_LR, OptimConfig, RuntimeConfig, ScheduleConfig, check, check_encoding, check_paths,
+                            check_run_fields, validate_sections)
+
+# Upper bounds for sizes: far beyond what a text classifier needs, low enough that no value that
+# passes allocates terabytes (the transformer's position table is text.max_len x d_model).
+MAX_TEXT_LEN = 2**17
+MAX_VOCAB = 2**24
+MAX_DIM = 2**14
+MAX_LAYERS = 64
 
 MODEL_KINDS = ("auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble")
 NEURAL_KINDS = ("bilstm", "fasttext", "transformer", "gpt")
@@ -43,8 +51,11 @@ class ClassifyDataConfig:
     def validate(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
         check(self.skew_warning_ratio >= 1, "data.skew_warning_ratio", "must be >= 1")
-        check(bool(self.text_field), "data.text_field", "must name a field, e.g. text")
-        check(bool(self.label_field), "data.label_field", "must name a field, e.g. label")
+        check(bool(self.text_field.strip()), "data.text_field", "must name a field, e.g. text")
+        check(bool(self.label_field.strip()), "data.label_field", "must name a field, e.g. label")
+        check(self.text_field != self.label_field, "data.label_field",
+              f"is the text field ({self.text_field!r}) too; the label must be another field")
+        check_paths({"data.path": self.path, "data.valid_path": self.valid_path, "data.test_path": self.test_path})
         check_encoding(self.encoding, "data.encoding")
 
 
@@ -74,10 +85,14 @@ class TextConfig:
     """Width of the vectors computed when vectors is 'train'."""
 
     def validate(self) -> None:
-        check(self.min_freq >= 1, "text.min_freq", "must be >= 1")
-        check(self.max_vocab >= 3, "text.max_vocab", "must be >= 3 (padding, unknown, and one real token)")
-        check(self.max_len >= 1, "text.max_len", "must be >= 1")
-        check(self.vectors_dim >= 2, "text.vectors_dim", "must be >= 2")
+        check(1 <= self.min_freq <= MAX_COUNT, "text.min_freq", "must be >= 1")
+        check(3 <= self.max_vocab <= MAX_VOCAB, "text.max_vocab",
+              f"must be in [3, {MAX_VOCAB:,}] (padding, unknown, and at least one real token)")
+        check(1 <= self.max_len <= MAX_TEXT_LEN, "text.max_len", f"must be in [1, {MAX_TEXT_LEN:,}]")
+        check(2 <= self.vectors_dim <= MAX_DIM, "text.vectors_dim", f"must be in [2, {MAX_DIM:,}]")
+        for name in ("bpe_path", "vectors"):
+            value = getattr(self, name)
+            check(value is None or bool(value.strip()), f"text.{name}", "is blank; give a path or leave it out")
 
 
 @dataclass
@@ -96,9 +111,9 @@ class BiLSTMConfig:
     """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        check(self.lr > 0, "model.bilstm.lr", "must be > 0")
-        for name in ("embed_dim", "hidden_dim", "layers"):
-            check(getattr(self, name) >= 1, f"model.bilstm.{name}", "must be >= 1")
+        check(0 < self.lr <= MAX_LR, "model.bilstm.lr", f"must be in (0, {MAX_LR}]")
+        for name, most in (("embed_dim", MAX_DIM), ("hidden_dim", MAX_DIM), ("layers", MAX_LAYERS)):
+            check(1 <= getattr(self, name) <= most, f"model.bilstm.{name}", f"must be in [1, {most:,}]")
         check(0.0 <= self.dropout < 1.0, "model.bilstm.dropout", "must be in [0, 1)")
 
 
@@ -116,10 +131,10 @@ class FastTextConfig:
     """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        check(self.lr > 0, "model.fasttext.lr", "must be > 0")
-        check(self.embed_dim >= 1, "model.fasttext.embed_dim", "must be >= 1")
+        check(0 < self.lr <= MAX_LR, "model.fasttext.lr", f"must be in (0, {MAX_LR}]")
+        check(1 <= self.embed_dim <= MAX_DIM, "model.fasttext.embed_dim", f"must be in [1, {MAX_DIM:,}]")
         check(1 <= self.ngrams <= 3, "model.fasttext.ngrams", "must be 1, 2 or 3")
-        check(self.min_count >= 1, "model.fasttext.min_count", "must be >= 1")
+        check(1 <= self.min_count <= MAX_COUNT, "model.fasttext.min_count", "must be >= 1")
         check(0.0 <= self.dropout < 1.0, "model.fasttext.dropout", "must be in [0, 1)")
 
 
@@ -139,8 +154,9 @@ class EncoderConfig:
     """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        check(self.lr > 0, "model.transformer.lr", "must be > 0")
-        check(self.d_model >= 1 and self.n_layer >= 1 and self.n_head >= 1, "model.transformer", "sizes must be >= 1")
+        check(0 < self.lr <= MAX_LR, "model.transformer.lr", f"must be in (0, {MAX_LR}]")
+        for name, most in (("d_model", MAX_DIM), ("n_layer", MAX_LAYERS), ("n_head", 256)):
+            check(1 <= getattr(self, name) <= most, f"model.transformer.{name}", f"must be in [1, {most:,}]")
         check(self.d_model % self.n_head == 0, "model.transformer.d_model",
                f"{self.d_model} is not divisible by model.transformer.n_head={self.n_head}")
         check(0.0 <= self.dropout < 1.0, "model.transformer.dropout", "must be in [0, 1)")
@@ -160,7 +176,8 @@ class GPTHeadConfig:
     """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
 
     def validate(self) -> None:
-        check(self.lr > 0, "model.gpt.lr", "must be > 0")
+        check(0 < self.lr <= MAX_LR, "model.gpt.lr", f"must be in (0, {MAX_LR}]")
+        check(self.run is None or bool(self.run.strip()), "model.gpt.run", "is blank; give a run folder or leave it out")
         check(0.0 <= self.dropout < 1.0, "model.gpt.dropout", "must be in [0, 1)")
 
 
@@ -182,9 +199,9 @@ class LinearConfig:
     def validate(self) -> None:
         check(-1 <= self.ngrams <= 3, "model.linear.ngrams", "must be -1 (auto), 0, 1, 2 or 3")
         check(-1 <= self.char_ngrams <= 5, "model.linear.char_ngrams", "must be between -1 (auto) and 5")
-        check(self.min_df >= 1, "model.linear.min_df", "must be >= 1")
-        check(self.C >= 0, "model.linear.C", "must be >= 0")
-        check(self.cv_folds >= 2, "model.linear.cv_folds", "must be >= 2")
+        check(1 <= self.min_df <= MAX_COUNT, "model.linear.min_df", "must be >= 1")
+        check(self.C >= 0, "model.linear.C", "must be >= 0 (0: chosen by cross-validation)")
+        check(2 <= self.cv_folds <= 100, "model.linear.cv_folds", "must be in [2, 100]")
 
 
 @dataclass
@@ -253,17 +270,18 @@ class ClassifyTrainConfig:
     """Experiment tracking of the training records: 'tensorboard' (event files in each neural model's folder, MODEL/tb; the final metrics in RUN/tb), 'mlflow' (a local store, MODEL/mlflow.db and RUN/mlflow.db, or MLFLOW_TRACKING_URI when set) or 'none'."""
 
     def validate(self) -> None:
-        check(self.epochs >= 0 and math.isfinite(self.epochs), "train.epochs", "must be a number >= 0")
-        check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
-        check(self.micro_batch_size >= 0, "train.micro_batch_size", "must be >= 0")
-        check(self.max_steps > 0, "train.max_steps", "must be > 0")
+        check(0 <= self.epochs <= 10**6 and math.isfinite(self.epochs), "train.epochs", "must be a number in [0, 1e6]")
+        check(1 <= self.batch_size <= MAX_COUNT, "train.batch_size", "must be >= 1")
+        check(0 <= self.micro_batch_size <= self.batch_size, "train.micro_batch_size",
+              f"must be in [0, train.batch_size={self.batch_size}] (0: the whole batch)")
+        check(0 < self.max_steps <= 10**12, "train.max_steps", "must be in [1, 1e12]")
         check(self.time_budget_s >= 0 and math.isfinite(self.time_budget_s), "train.time_budget_s",
                "must be a finite number of seconds >= 0")
         check(self.run_budget_s >= 0 and math.isfinite(self.run_budget_s), "train.run_budget_s",
                "must be a finite number of seconds >= 0")
         check(self.log_interval >= 1, "train.log_interval", "must be >= 1")
         check(self.save_interval >= 0, "train.save_interval", "must be >= 0")
-        check(self.keep_checkpoints >= 1, "train.keep_checkpoints", "must be >= 1")
+        check(1 <= self.keep_checkpoints <= MAX_COUNT, "train.keep_checkpoints", "must be >= 1")
 
 
 @dataclass
@@ -280,7 +298,7 @@ class ClassifyEvalConfig:
     def validate(self) -> None:
         check(self.interval >= 0, "eval.interval", "must be >= 0")
         check(self.patience >= 0, "eval.patience", "must be >= 0")
-        check(self.folds == 0 or self.folds >= 2, "eval.folds", "must be 0 (off) or at least 2")
+        check(self.folds == 0 or 2 <= self.folds <= 100, "eval.folds", "must be 0 (off) or in [2, 100]")
         check(0.0 < self.threshold < 1.0, "eval.threshold", "must be in (0, 1)")
 
 
@@ -301,5 +319,6 @@ class ClassifyConfig:
 
     def validate(self) -> ClassifyConfig:
         validate_sections(self)
+        check_run_fields(self)
         return self
 

@@ -6,6 +6,7 @@ Every error names the file and line of the offending record and says what to do.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -13,8 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lmforge.data.readers import iter_records
+from lmforge.data.readers import ReadReport, iter_records
 from lmforge.errors import DataError
+
+_INTEGER = re.compile(r"[+-]?\d+")
+# More classes than this, most of them with a single example, means the label field holds ids or
+# free text rather than classes.
+_MAX_SINGLETON_CLASSES = 20
 
 
 @dataclass
@@ -25,6 +31,7 @@ class Labeled:
     labels: list  # raw values as read: str or int
     where: list[tuple[str, int]] = field(default_factory=list)  # (file, line)
     path: str = ""
+    report: ReadReport | None = None  # the files read and left out
     ids: list = field(default_factory=list)  # the id field's value per record (None where absent), if asked for
 
     def __len__(self) -> int:
@@ -32,7 +39,7 @@ class Labeled:
 
     def subset(self, idx: Sequence[int]) -> Labeled:
         return Labeled([self.texts[i] for i in idx], [self.labels[i] for i in idx],
-                       [self.where[i] for i in idx] if self.where else [], self.path,
+                       [self.where[i] for i in idx] if self.where else [], self.path, self.report,
                        [self.ids[i] for i in idx] if self.ids else [])
 
 
@@ -54,8 +61,8 @@ def _label_value(value, source: str, line: int, label_field: str):
         if text == "":
             raise DataError(f"{source}:{line}: field {label_field!r} is empty. Give every record a label, "
                             "or remove the record.")
-        # csv/tsv give every cell as text: "1" and 1 must be the same label.
-        if text.lstrip("-").isdigit():
+        # csv/tsv give every cell as text: "1" and 1 must be the same label (and "+1" the same as 1).
+        if _INTEGER.fullmatch(text):
             return int(text)
         return text
     raise DataError(f"{source}:{line}: field {label_field!r} is {value!r}; a label must be a string or an "
@@ -63,14 +70,16 @@ def _label_value(value, source: str, line: int, label_field: str):
 
 
 def read_labeled(path: str | Path, text_field: str, label_field: str, need_labels: bool = True,
-                 id_field: str | None = None) -> Labeled:
-    """Every record of the files under `path`, checked: text present and non-empty, label present.
-    With `id_field`, each record's value of that field is kept too (None where it has none)."""
+                 encoding: str = "auto", id_field: str | None = None) -> Labeled:
+    """Every record of the files under `path`, checked: text present and non-empty, label present,
+    and the labels written in one style (see `check_label_styles`). With `id_field`, each record's
+    value of that field is kept too (None where it has none)."""
     texts: list[str] = []
     labels: list = []
     where: list[tuple[str, int]] = []
     ids: list = []
-    for record, source, line in iter_records(path):
+    records = iter_records(path, encoding)
+    for record, source, line in records:
         if id_field is not None:
             ids.append(record.get(id_field))
         if text_field not in record:
@@ -91,7 +100,37 @@ def read_labeled(path: str | Path, text_field: str, label_field: str, need_label
         where.append((source, line))
     if not texts:
         raise DataError(f"{path}: holds no records. Check the path and the file contents.")
-    return Labeled(texts, labels, where, str(path), ids)
+    data = Labeled(texts, labels, where, str(path), records.report, ids)
+    if need_labels:
+        check_label_styles(data, label_field)
+    return data
+
+
+def check_label_styles(data: Labeled, label_field: str) -> None:
+    """Labels written two ways would silently become different classes: numbers mixed with words
+    ("1" and "positive" in one file), or words that differ only in case ("Positive", "positive")."""
+    first: dict[str, int] = {}  # first record of each style ("number", "word")
+    spelled: dict[str, tuple[str, int]] = {}  # case-folded word -> (spelling, first record)
+    for i, label in enumerate(data.labels):
+        style = "a word" if isinstance(label, str) else "a number"
+        first.setdefault(style, i)
+        if len(first) == 2:
+            j = first["a number" if style == "a word" else "a word"]
+            raise DataError(
+                f"{_at(data, i)}: label {label!r} is {style}, but {_at(data, j)} has the label {data.labels[j]!r}: "
+                f"field {label_field!r} mixes numbers and words, which would make them different classes. Write "
+                "every label one way (for example map 1/0 to positive/negative), or pick another --label-field.")
+        if isinstance(label, str):
+            seen = spelled.setdefault(label.casefold(), (label, i))
+            if seen[0] != label:
+                raise DataError(
+                    f"{_at(data, i)}: label {label!r} differs only in case from {seen[0]!r} at {_at(data, seen[1])}; "
+                    "they would be two classes. Spell each label one way in every record.")
+
+
+def _at(data: Labeled, i: int) -> str:
+    source, line = data.where[i] if data.where else (data.path, 0)
+    return f"{source}:{line}"
 
 
 class LabelMap:
@@ -112,6 +151,12 @@ class LabelMap:
             only = names[0] if names else None
             raise DataError(f"{path}: every record has the label {only!r}; a classifier needs at least two "
                             "classes. Check --label-field, or add examples of the other classes.")
+        counts = Counter(labels)
+        singletons = sum(1 for n in counts.values() if n == 1)
+        if len(names) > _MAX_SINGLETON_CLASSES and singletons > len(names) / 2:
+            raise DataError(f"{path}: {len(names):,} different labels among {len(labels):,} records, {singletons:,} "
+                            "of them used once: the label field looks like ids or free text, not classes. Check "
+                            "--label-field, or give each class several examples.")
         return cls(names)
 
     def encode(self, data: Labeled) -> np.ndarray:
@@ -133,7 +178,15 @@ class LabelMap:
 
     @classmethod
     def load(cls, path: Path) -> LabelMap:
-        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["labels"])
+        try:
+            names = json.loads(Path(path).read_text(encoding="utf-8"))["labels"]
+        except FileNotFoundError:
+            raise DataError(f"{path} is missing; the run folder is incomplete (was training started?)") from None
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{path} is unreadable ({type(e).__name__}: {e}); the run folder is damaged") from None
+        if not isinstance(names, list) or len(names) < 2:
+            raise DataError(f"{path} does not hold a list of at least two labels; the run folder is damaged")
+        return cls(names)
 
 
 def class_counts(y: np.ndarray, n_classes: int) -> np.ndarray:

@@ -26,6 +26,7 @@ from lmforge.classify.text import (Encoded, NgramIndex, TextEncoder, UnitIds, lo
                                    split_words, vectors_matrix)
 from lmforge.config import EvalConfig
 from lmforge.errors import ConfigError
+from lmforge.lm.model import read_quant_spec, rebuild_quantized
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.loop import fit, seed_everything
 from lmforge.trainer.precision import decide_precision, step_probe
@@ -148,6 +149,9 @@ class NeuralMember:
 
         spec = json.loads((folder / "model.json").read_text(encoding="utf-8"))
         model = build_classifier(spec)
+        quant = read_quant_spec(folder)
+        if quant is not None:
+            rebuild_quantized(model, quant, folder / "quant.json")
         weights, tensors = ckpt.run_weights(folder)  # verified; a damaged file falls back to a checkpoint
         ckpt.apply_weights(model, tensors, weights)
         model.to(device).eval()
@@ -252,10 +256,13 @@ def _precision(cfg: ClassifyConfig, rt: Runtime, folder: Path, resume: bool, tas
 def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.ndarray, val_texts: Sequence[str],
                  val_y: np.ndarray, n_classes: int, folder: Path, rt: Runtime, resume: bool, progress: bool,
                  log: Log, on_eval=None, seed: int | None = None,
-                 vectors_cache: dict | None = None, run_id: str | None = None) -> tuple[NeuralMember, dict]:
+                 vectors_cache: dict | None = None, run_id: str | None = None,
+                 wrap_task=None) -> tuple[NeuralMember, dict]:
     """Train one neural member through the shared loop; returns it (best validation weights) and facts.
 
-    `seed` (default cfg.seed) drives initialization, dropout and batch order.
+    `seed` (default cfg.seed) drives initialization, dropout and batch order. `wrap_task(task)`
+    returns the task the loop trains, built around the classification task (distillation's soft
+    targets come in this way).
     """
     from lmforge.models.classifiers import build_classifier, count_params, init_embedding
 
@@ -270,7 +277,10 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
                               "`lmforge train`; give its path")
         from lmforge.lm.model import load_run_model
 
-        gpt_model, gpt_tok, _ = load_run_model(Path(cfg.model.gpt.run))
+        gpt_model, gpt_tok, info = load_run_model(Path(cfg.model.gpt.run))
+        if info["quant"] is not None:
+            raise ConfigError(f"config field 'model.gpt.run': {cfg.model.gpt.run} is a quantized run, which "
+                              "cannot be fine-tuned; give the run it was quantized from")
         gpt_shape = gpt_model.shape_dict()
         gpt_context = gpt_model.cfg.context_len
     if resume and (folder / "inputs.json").is_file():
@@ -309,6 +319,8 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     sample = oversample_indices(y, cfg.seed) if cfg.data.oversample else None
     cw = balanced_class_weights(y, n_classes) if cfg.data.class_weights else None
     task = ClassifyTask(model, enc.ids, y, val_enc.ids, val_y, cfg.train.batch_size, seed, sample, cw, n_classes)
+    if wrap_task is not None:
+        task = wrap_task(task)
     lr = cfg.optim.lr or getattr(cfg.model, kind).lr
     optim_cfg = replace(cfg.optim, lr=lr)
     schedule_cfg = replace(cfg.schedule, min_lr=min(cfg.schedule.min_lr, lr / 10))

@@ -15,6 +15,19 @@ SCALAR_METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall", "we
                   "weighted_precision", "weighted_recall", "roc_auc", "log_loss")
 
 
+def check_threshold(threshold: float, n_classes: int, given: float | None) -> float:
+    """The decision threshold, refused when --threshold is outside (0, 1) or given for more than two classes."""
+    from lmforge.errors import ConfigError
+
+    if given is not None:
+        if not (math.isfinite(given) and 0.0 < given < 1.0):
+            raise ConfigError(f"--threshold {given}: must be a probability between 0 and 1 (exclusive)")
+        if n_classes != 2:
+            raise ConfigError(f"--threshold applies to two-class runs only; this run has {n_classes} classes "
+                              "(each text gets its most probable class)")
+    return threshold
+
+
 def predict_labels(proba: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """Class ids from probabilities; binary tasks pick class 1 when its probability reaches `threshold`."""
     if proba.shape[1] == 2:

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from lmforge import runs
 from lmforge.atomic import atomic_write_json, atomic_write_text
@@ -33,10 +32,10 @@ from lmforge.classify.members import load_member, train_linear, train_neural, tr
 from lmforge.classify.plan import MIN_SLOT_S, BudgetClock, ClassifyPlan, plan_budget, scoring_reserve_s
 from lmforge.classify.stacking import combine, out_of_fold, tune_weights
 from lmforge.classify.text import detect_language
-from lmforge.config import from_dict, save_config, to_dict
+from lmforge.config import from_dict, read_run_config, save_config, to_dict
 from lmforge.data.prepare import file_signature, signature_changes
 from lmforge.errors import ConfigError, DataError
-from lmforge.classify.metrics import (classification_metrics, confusion_table, flat_metrics, format_metrics,
+from lmforge.classify.metrics import (check_threshold, classification_metrics, confusion_table, flat_metrics, format_metrics,
                                       predict_labels, save_confusion_png, summarize_folds)
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.runtime import Runtime, init_runtime, on_main, shutdown
@@ -143,10 +142,8 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
 
 
 def load_run_config(run_dir: Path) -> ClassifyConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a classifier run folder (no config.yaml); pass the folder given as --out")
-    return from_dict(ClassifyConfig, yaml.safe_load(path.read_text(encoding="utf-8")) or {}, source=str(path)).validate()
+    tree = read_run_config(run_dir, "classify")
+    return from_dict(ClassifyConfig, tree, source=str(Path(run_dir) / "config.yaml")).validate()
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -163,10 +160,13 @@ def _read(cfg: ClassifyConfig):
     d = cfg.data
     if not d.path:
         raise ConfigError("config field 'data.path': give the labeled training data (--data FILE)")
-    train = read_labeled(d.path, d.text_field, d.label_field)
+    train = read_labeled(d.path, d.text_field, d.label_field, encoding=d.encoding)
     labels = LabelMap.from_labels(train.labels, d.path)
-    valid = read_labeled(d.valid_path, d.text_field, d.label_field) if d.valid_path else None
-    test = read_labeled(d.test_path, d.text_field, d.label_field) if d.test_path else None
+    valid = read_labeled(d.valid_path, d.text_field, d.label_field, encoding=d.encoding) if d.valid_path else None
+    test = read_labeled(d.test_path, d.text_field, d.label_field, encoding=d.encoding) if d.test_path else None
+    if len(labels) > 2 and cfg.eval.threshold != 0.5:
+        raise ConfigError(f"config field 'eval.threshold': {cfg.eval.threshold} applies to two-class tasks only; "
+                          f"{d.path} has {len(labels)} classes (each text gets its most probable class)")
     return train, valid, test, labels
 
 
@@ -494,7 +494,11 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
     warn = skew_message(y, labels, cfg.data.skew_warning_ratio)
     if warn and rt.is_main:
         console.print(f"[yellow]warning:[/yellow] {cfg.data.path}: {warn}")
+    reads = [part.report for part in (train, valid, test) if part is not None and part.report is not None]
     if progress and rt.is_main:
+        for read in reads:
+            for line in read.summary_lines():
+                console.print(line, markup=False, highlight=False, soft_wrap=True)
         print_summary("data", [
             ("training", f"{len(train):,} texts from {cfg.data.path}"),
             ("classes", ", ".join(f"{k} ({v:,})" for k, v in label_distribution(y, labels).items())),
@@ -523,6 +527,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
             fit_idx, val_idx = np.arange(len(y)), np.arange(0)
         else:
             fit_idx, val_idx = stratified_split(y, cfg.data.val_fraction, cfg.seed)
+            _check_split(cfg, y, fit_idx, val_idx, len(labels))
         fit_set, val_set = train.subset(fit_idx), train.subset(val_idx)
         fit_y, val_y = y[fit_idx], y[val_idx]
         refit = (train.texts, y) if len(val_idx) else None
@@ -545,7 +550,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         return ClassifyResult(run_dir, None, None, cv)
     with ckpt.guard_writes(run_dir):
         result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_set, val_y, test, test_y,
-                        cv, t_start, stacking)
+                        cv, t_start, stacking, reads)
     finals = [str(c.relative_to(run_dir)) for c in (ckpt.latest_checkpoint(d) for d in runs.member_dirs(run_dir))
               if c is not None]
     runs.update_info(run_dir, status="finished", final_checkpoints=finals)
@@ -557,7 +562,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
 
 def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas, weights, facts, labels: LabelMap,
            val_set: Labeled, val_y, test: Labeled | None, test_y, cv, t_start: float,
-           stacking: dict | None = None) -> ClassifyResult:
+           stacking: dict | None = None, reads=()) -> ClassifyResult:
     """Validation and test metrics of the ensemble (and its members); ensemble.json, metrics.json, the plot."""
     kinds = cfg.model.member_names()
     atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),
@@ -587,9 +592,22 @@ def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas,
         save_eval_details(run_dir, split, *scored, labels.names)
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
-                                                      "member_facts": facts, "stacking": stacking})
+                                                      "member_facts": facts, "stacking": stacking,
+                                                      "files": [read.to_dict() for read in reads]})
     log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     return result
+
+
+def _check_split(cfg: ClassifyConfig, y, fit_idx, val_idx, n_classes: int) -> None:
+    """A held-out split too small to score every class, or a training part missing a class, would give
+    a metric or a model that is not what was asked for."""
+    missing = n_classes - len(np.unique(y[fit_idx]))
+    if len(val_idx) < 2 or missing:
+        why = (f"the training part would lack {missing} of the {n_classes} classes" if missing else
+               f"the validation part would hold {len(val_idx)} record, and a score on one record means nothing")
+        raise DataError(f"{cfg.data.path}: {len(y)} records are too few to hold out validation data "
+                        f"(data.val_fraction {cfg.data.val_fraction}): {why}. Add records, give --valid FILE, or "
+                        "raise --data.val_fraction")
 
 
 def _brief(m: dict) -> dict:
@@ -649,6 +667,9 @@ class Classifier:
     """A trained run folder, loaded: `predict_proba(texts)` averages its members as trained."""
 
     def __init__(self, run_dir: str | Path, device: str = "cpu"):
+        from lmforge.trainer.runtime import check_device
+
+        check_device(device)
         self.run_dir = Path(run_dir)
         kind = runs.guess_kind(self.run_dir) if self.run_dir.is_dir() else None
         if kind not in (None, "classify"):
@@ -659,9 +680,16 @@ class Classifier:
         info_path = self.run_dir / "ensemble.json"
         if not info_path.is_file():
             raise DataError(f"{self.run_dir} has no trained model yet (no ensemble.json); finish or resume training")
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        self.kinds, self.weights = info["members"], info["weights"]
-        kinds = info.get("kinds", self.kinds)
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+            self.kinds, self.weights = list(info["members"]), list(info["weights"])
+            kinds = list(info.get("kinds", self.kinds))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+            raise DataError(f"{info_path} is unreadable ({type(e).__name__}); the run folder is damaged. Train "
+                            "it again (--overwrite)") from None
+        if not (len(self.kinds) == len(self.weights) == len(kinds) >= 1):
+            raise DataError(f"{info_path} lists {len(self.kinds)} members but {len(self.weights)} weights; the run "
+                            "folder is damaged. Train it again (--overwrite)")
         import torch
 
         self.rt = Runtime(0, 1, 0, torch.device(device), "fp32")
@@ -676,9 +704,9 @@ def evaluate_run(run_dir: str | Path, data: str | Path, threshold: float | None 
     """Every metric of a trained run on labeled data (fields default to the run's)."""
     clf = Classifier(run_dir, device)
     d = clf.cfg.data
-    ds = read_labeled(data, text_field or d.text_field, label_field or d.label_field)
+    t = check_threshold(clf.cfg.eval.threshold if threshold is None else threshold, len(clf.labels), threshold)
+    ds = read_labeled(data, text_field or d.text_field, label_field or d.label_field, encoding=d.encoding)
     y = clf.labels.encode(ds)
-    t = clf.cfg.eval.threshold if threshold is None else threshold
     return classification_metrics(y, clf.predict_proba(ds.texts), clf.labels.names, t)
 
 
@@ -696,13 +724,15 @@ def predict_run(run_dir: str | Path, input_path: str | Path, output: str | Path 
     from lmforge.data.readers import find_files
 
     if output is not None:
+        check_prediction_format(Path(output), fmt)
         runs.check_output(output, [input_path, *find_files(input_path)], overwrite=overwrite, option="--output")
     clf = Classifier(run_dir, device)
+    t = check_threshold(clf.cfg.eval.threshold if threshold is None else threshold, len(clf.labels), threshold)
     ds = read_labeled(input_path, text_field or clf.cfg.data.text_field, "", need_labels=False,
+                      encoding=clf.cfg.data.encoding,
                       id_field=id_field or "id")
     key, ids = _row_ids(ds, id_field)
     proba = clf.predict_proba(ds.texts)
-    t = clf.cfg.eval.threshold if threshold is None else threshold
     pred = predict_labels(proba, t)
     names = clf.labels.names
     rows = [{key: i, **({"text": text} if keep_text else {}), "label": names[int(c)],
@@ -740,6 +770,20 @@ def format_predictions(rows: list[dict], fmt: str = "jsonl", delimiter: str = ",
         w.writerows(rows)
         return buf.getvalue()
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+_PREDICTION_SUFFIXES = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "csv"}
+
+
+def check_prediction_format(path: Path, fmt: str | None) -> None:
+    """An --output whose name says one format must not receive another (o.csv holding JSON lines)."""
+    from lmforge.config import check_option
+
+    implied = _PREDICTION_SUFFIXES.get(path.suffix.lower())
+    check_option(implied is not None or fmt is not None, "--output", path,
+                 "has no known file type; name it .jsonl, .csv or .tsv, or give --format")
+    check_option(fmt is None or implied is None or implied == fmt, "--format", fmt,
+                 f"contradicts --output {path}; drop --format or rename the output")
 
 
 def write_predictions(rows: list[dict], path: Path, fmt: str | None = None) -> None:

@@ -112,6 +112,24 @@ def train_word_vectors(texts: Sequence[str], dim: int = 300, window: int = 5, mi
     return WordVectors(words, matrix)
 
 
+def check_vectors_options(paths: list, out: str | Path, dim: int = 300, window: int = 5, min_count: int = 5,
+                          max_words: int = 100000, **_) -> None:
+    """`lmforge classify vectors`'s options, checked before any text is read; errors name the option."""
+    from lmforge.classify.config import MAX_DIM
+    from lmforge.config import MAX_COUNT, check_option, is_int
+
+    check_option(is_int(dim) and 2 <= dim <= MAX_DIM, "--dim", dim, f"must be an integer in [2, {MAX_DIM}]")
+    check_option(is_int(window) and 1 <= window <= 1000, "--window", window, "must be an integer in [1, 1000]")
+    check_option(is_int(min_count) and 1 <= min_count <= MAX_COUNT, "--min-count", min_count, "must be an integer >= 1")
+    check_option(is_int(max_words) and 2 <= max_words <= 2**24, "--max-words", max_words,
+                 "must be an integer in [2, 16777216]")
+    out = Path(out)
+    check_option(bool(str(out).strip()) and not out.is_dir(), "--out", out, "must name a file to write, not a folder")
+    for path in paths:
+        check_option(not (Path(path).exists() and out.exists() and out.resolve() == Path(path).resolve()), "--out", out,
+                     "is one of the input files; write the vectors to a new file")
+
+
 def vectors_from_file(data: str | Path | list, out: str | Path, text_field: str = "text", progress: bool = True,
                       overwrite: bool = False, **kwargs) -> WordVectors:
     """Read texts (plain text or records; one path or several), train vectors, write them to `out`
@@ -127,6 +145,7 @@ def vectors_from_file(data: str | Path | list, out: str | Path, text_field: str 
         if progress:
             console.print(msg, markup=False, highlight=False)
 
+    check_vectors_options(sources, out, **kwargs)
     texts: list[str] = []
     for path in sources:
         texts.extend(read_texts(path, text_field))

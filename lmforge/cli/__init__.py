@@ -1,22 +1,49 @@
 """Command line: parses arguments and calls the API. No logic of its own.
 
 One module per command family: `lm` (train, prepare, eval, generate, config), `classify`, `auto`
-(plan, lr-find, tune), `serve` (serve, chat, sft, report, compare, ui), `export` (export, import). Every config field is an option `--section.field` (see `options`).
+(plan, lr-find, tune), `serve` (serve, chat, sft, report, compare, ui), `export` (export, import),
+`compress` (quantize, distill, prune). Every config field is an option `--section.field` (see `options`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
 from lmforge.errors import LmforgeError
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from lmforge.cli import auto, classify, env, export, lm, serve
+class _Parser(argparse.ArgumentParser):
+    """argparse, suggesting the nearest option for a misspelt one (--optim.lrr -> --optim.lr)."""
 
-    parser = argparse.ArgumentParser(
+    def error(self, message: str):
+        if message.startswith("unrecognized arguments:"):
+            import difflib
+
+            known = sorted(_option_strings(self))
+            for token in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(token.split("=")[0], known, n=1, cutoff=0.6)
+                if token.startswith("--") and close:
+                    message += f". Did you mean {close[0]}?"
+                    break
+        super().error(message)
+
+
+def _option_strings(parser: argparse.ArgumentParser) -> set[str]:
+    found = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found |= _option_strings(child)
+    return found
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lmforge.cli import auto, classify, compress, env, export, lm, serve
+
+    parser = _Parser(
         prog="lmforge",
         description="Raw text to a trained, evaluated language model or text classifier in one command.",
     )
@@ -26,13 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_commands(sub)  # classify train|eval|predict|vectors
     serve.add_commands(sub)  # serve, chat, sft, report, compare, ui
     export.add_commands(sub)  # export, import
+    compress.add_commands(sub)  # quantize, distill, prune
     env.add_commands(sub)  # env
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit status (0 done, 2 bad input or usage, 1 a bug, 130 interrupted)."""
     t_start = time.perf_counter()  # a --time budget counts from here
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage error argparse has already printed
+        return e.code if isinstance(e.code, int) else 2 if e.code else 0
     args.t_start = t_start
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -47,12 +79,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lmforge: interrupted; the last checkpoint is intact (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130
+    except Exception as e:
+        if os.environ.get("LMFORGE_TRACEBACK") == "1":
+            raise
+        # Bad input never lands here (it raises LmforgeError); this is a bug, told in one line.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"lmforge: internal error: {type(e).__name__}: {first[:300]}. This is a bug in lmforge; please "
+              "report it with the command line (LMFORGE_TRACEBACK=1 shows the traceback).", file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from lmforge.cli import auto, classify, env, export, lm, serve
+    from lmforge.cli import auto, classify, compress, env, export, lm, serve
 
-    for family in (lm, auto, classify, serve, export, env):
+    for family in (lm, auto, classify, serve, export, compress, env):
         if args.command in family.COMMANDS:
             return family.dispatch(args)
     raise AssertionError(args.command)

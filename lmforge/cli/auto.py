@@ -1,6 +1,6 @@
 """Command-line parts of the automation: `train --auto/--time`, `plan`, `lr-find`, `tune`.
 
-Argument definitions and dispatch only; the work is done in planner/run/lr_finder/tune. Importing
+Argument definitions and dispatch only; the work is done in auto/ (plan, run, lr_finder, tune). Importing
 this module is cheap (no torch), so `lmforge --help` stays fast.
 """
 
@@ -15,16 +15,35 @@ from lmforge.cli.options import add_config_options, make_config, overrides_from
 COMMANDS = ("plan", "lr-find", "tune")
 
 
+DEFAULT_TIME = "10m"
+"""The budget `lmforge train DATA` plans for when it is given no budget, steps or preset."""
+
+
 def add_train_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("automation")
+    g = p.add_argument_group("automation (the default: without --config or --train.max_steps, train plans for a "
+                             f"time budget, {DEFAULT_TIME} unless --time says otherwise)")
     g.add_argument("--auto", action="store_true",
                    help="choose the model, batch, schedule, precision and compilation for this machine and --time "
-                        "(settings you give explicitly are kept); prints and saves the plan")
+                        "(settings you give explicitly are kept); prints and saves the plan. The default unless a "
+                        "preset (--config) or --train.max_steps / --train.time_budget_s is given")
     g.add_argument("--time", metavar="DURATION",
-                   help="wall-clock budget, e.g. 90s, 10m, 1h: with --auto the whole command (data preparation "
-                        "included) ends within it; without, training stops after it (train.time_budget_s)")
+                   help=f"wall-clock budget, e.g. 90s, 10m, 1h (default when planning: {DEFAULT_TIME}): the whole "
+                        "command (data preparation included) ends within it. With a preset (--config) or "
+                        "--train.max_steps and no --auto, training just stops after it (train.time_budget_s)")
     g.add_argument("--lr-find", action="store_true",
-                   help="with --auto: take the learning rate from a range test instead of the width/batch rule")
+                   help="when planning: take the learning rate from a range test instead of the width/batch rule")
+
+
+def plans(args) -> bool:
+    """Whether `train` plans: with --auto, or when nothing fixes the run's length or settings (no
+    preset, no train.max_steps or train.time_budget_s). A resumed run, or one that starts from a given
+    model (--init), never plans."""
+    if args.resume or getattr(args, "init", None):
+        return False
+    if args.auto:
+        return True
+    fixed_length = {"train.max_steps", "train.time_budget_s"} & set(overrides_from(args))
+    return not args.config and not fixed_length
 
 
 def add_commands(sub) -> None:
@@ -71,7 +90,7 @@ def add_commands(sub) -> None:
 
 
 def _fixed(args) -> set[str]:
-    from lmforge.auto.planner import explicit_fields
+    from lmforge.auto.inputs import explicit_fields
 
     return explicit_fields(args.config, _explicit_overrides(args))
 
@@ -87,25 +106,29 @@ def _explicit_overrides(args) -> dict:
 
 
 def train_auto(args) -> int:
-    """`lmforge train --auto --time D` (plan, then train) or `lmforge train --time D` (a plain budget)."""
+    """`lmforge train` that plans (see `plans`): plan, then train, all within --time (default
+    DEFAULT_TIME); or, with a preset or fixed steps and --time but no --auto, a plain training budget."""
     from lmforge.durations import parse_duration
-    from lmforge.errors import ConfigError
     from lmforge.lm.pretrain import result_json, train
 
-    if args.auto:
-        if not args.time:
-            raise ConfigError("--auto needs a time budget: add --time, e.g. --time 10m")
-        from lmforge.auto.planner import PlanOptions
+    cfg = make_config(args)
+    # Planning runs in one process: under torchrun only an explicit --auto plans (and says so).
+    if plans(args) and (args.auto or int(os.environ.get("WORLD_SIZE", "1")) == 1):
+        from lmforge.auto.inputs import PlanOptions
         from lmforge.auto.run import auto_train
 
-        cfg = make_config(args)
-        result = auto_train(cfg, parse_duration(args.time), t_start=getattr(args, "t_start", None),
-                            fixed=_fixed(args),
-                            options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
+        if not args.time:
+            from lmforge.console import console
+
+            console.print(f"lmforge: no --time given: planning the run for the default budget of {DEFAULT_TIME} "
+                          f"(change it with --time, e.g. --time 30m; a preset (--config) or --train.max_steps "
+                          "trains a fixed run instead)", highlight=False)
+        result = auto_train(cfg, parse_duration(args.time or DEFAULT_TIME), t_start=getattr(args, "t_start", None),
+                            fixed=_fixed(args), options=PlanOptions(lr_method="find" if args.lr_find else "rule"),
                             overwrite=args.overwrite)
     else:
-        cfg = make_config(args)
-        cfg.train.time_budget_s = parse_duration(args.time)
+        if args.time:
+            cfg.train.time_budget_s = parse_duration(args.time)
         result = train(cfg, overwrite=args.overwrite)
     if args.json and int(os.environ.get("RANK", 0)) == 0:
         print(result_json(result))
@@ -115,7 +138,7 @@ def train_auto(args) -> int:
 def dispatch(args) -> int:
 
     if args.command == "plan":
-        from lmforge.auto.planner import PlanOptions
+        from lmforge.auto.inputs import PlanOptions
         from lmforge.durations import parse_duration
         from lmforge.auto.run import plan_run
 
@@ -127,9 +150,10 @@ def dispatch(args) -> int:
             print(json.dumps(plan.to_dict()))
         return 0
     if args.command == "lr-find":
-        from lmforge.auto.lr_finder import find_lr
+        from lmforge.auto.lr_finder import check_lr_find_options, find_lr
         from lmforge.runs import claim
 
+        check_lr_find_options(args.steps, args.lr_min, args.lr_max)
         cfg = make_config(args)
         cfg.out = str(claim(cfg.out, "lm", overwrite=args.overwrite, quiet=args.json))
         res = find_lr(cfg, steps=args.steps, lr_min=args.lr_min, lr_max=args.lr_max, progress=not args.json)

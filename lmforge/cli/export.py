@@ -16,9 +16,10 @@ def add_commands(sub) -> None:
     p.add_argument("--to", choices=("hf", "gguf"), required=True,
                    help="hf: a Transformers folder (config.json, model.safetensors, tokenizer); gguf: one llama.cpp file")
     p.add_argument("--out", required=True, help="folder (hf) or file (gguf) to write")
-    p.add_argument("--dtype", choices=("auto", "f32", "f16", "bf16", "q8_0"), default=None,
+    p.add_argument("--dtype", choices=("auto", "f32", "f16", "bf16", "q8_0", "q4_1"), default=None,
                    help="weight type: hf default auto (as stored: f32 for trained runs), gguf default f16; "
-                        "q8_0 is GGUF only")
+                        "q8_0 and q4_1 are GGUF only. A quantized run (lmforge quantize) exports to GGUF as q8_0 "
+                        "(int8) or q4_1 (int4), its integers unchanged, and to hf dequantized")
     p.add_argument("--overwrite", action="store_true", help="replace the files an export writes at --out")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
 
@@ -39,21 +40,25 @@ def dispatch(args: argparse.Namespace) -> int:
         if args.to == "hf":
             from lmforge.export.hf import export_hf
 
-            if args.dtype == "q8_0":
-                raise ConfigError("--dtype q8_0 is for GGUF; a Hugging Face export takes auto, f32, f16 or bf16")
+            if args.dtype in ("q8_0", "q4_1"):
+                raise ConfigError(f"--dtype {args.dtype} is for GGUF; a Hugging Face export takes auto, f32, f16 "
+                                  "or bf16")
             command = "lmforge " + shlex.join(args.argv) if getattr(args, "argv", None) else None
             summary = export_hf(args.run, args.out, args.dtype or "auto", args.overwrite, command)
         else:
             from lmforge.export.gguf import export_gguf
 
             if args.dtype == "auto":
-                raise ConfigError("--dtype auto is for Hugging Face exports; GGUF takes f32, f16, bf16 or q8_0")
-            summary = export_gguf(args.run, args.out, args.dtype or "f16", args.overwrite)
+                raise ConfigError("--dtype auto is for Hugging Face exports; GGUF takes f32, f16, bf16, q8_0 or q4_1")
+            summary = export_gguf(args.run, args.out, args.dtype, args.overwrite)
         _report(summary, args.json)
         return 0
     if args.command == "import":
+        from lmforge.config import check_option
         from lmforge.export.hf_import import import_hf
 
+        check_option(0 <= args.context_len <= 2**20, "--context-len", args.context_len,
+                     "must be in [0, 1048576] (0: the model's max_position_embeddings)")
         _report(import_hf(args.hf_dir, args.out, args.context_len, args.overwrite), args.json)
         return 0
     raise AssertionError(args.command)

@@ -14,7 +14,8 @@ COMMANDS = ("train", "prepare", "eval", "generate", "config")
 def add_commands(sub) -> None:
     from lmforge.cli import auto
 
-    p = sub.add_parser("train", help="prepare data, train a GPT, evaluate it and print samples")
+    p = sub.add_parser("train", help="prepare data, train a GPT, evaluate it and print samples; without a preset "
+                       "(--config) or --train.max_steps it plans the run for --time (10m by default)")
     p.add_argument("data_pos", nargs="?", metavar="DATA", help="training text (same as --data)")
     p.add_argument("--data", help="file, folder or glob of training text; omit for the embedded Shakespeare corpus")
     p.add_argument("--out", help="run folder (same as --out on the config)")
@@ -98,12 +99,12 @@ def dispatch(args: argparse.Namespace) -> int:
                               "--auto or --time")
         if args.resume:
             result = _resume(args)
-        elif args.auto or args.time:
-            return auto.train_auto(args)
         elif args.init:
             from lmforge.cli.export import resolve_init
 
             result = train(resolve_init(args, make_config(args)), overwrite=args.overwrite)
+        elif auto.plans(args) or args.time:
+            return auto.train_auto(args)
         else:
             result = train(make_config(args), overwrite=args.overwrite)
         if args.json and int(os.environ.get("RANK", 0)) == 0:
@@ -130,7 +131,6 @@ def dispatch(args: argparse.Namespace) -> int:
 
         cfg = SampleConfig(prompt=args.prompt or "", num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-        cfg.validate()
         generate(args.run, args.prompt, cfg, seed=args.seed, device=args.device)
         return 0
     if args.command == "config":

@@ -6,6 +6,7 @@ import argparse
 import typing
 
 from lmforge.config import Config, iter_fields
+from lmforge.errors import ConfigError
 
 
 def _type_name(tp) -> str:
@@ -16,7 +17,8 @@ def _type_name(tp) -> str:
 
 
 def add_config_options(p: argparse.ArgumentParser, cls: type = Config) -> None:
-    p.add_argument("--config", metavar="FILE", help="YAML preset (see configs/); options below override it")
+    if "--config" not in p._option_string_actions:  # a second call adds another config class's fields
+        p.add_argument("--config", metavar="FILE", help="YAML preset (see configs/); options below override it")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for name, tp, default, doc in iter_fields(cls):
         if f"--{name}" in p._option_string_actions:  # e.g. --out, declared by the subcommand itself
@@ -31,6 +33,11 @@ def add_config_options(p: argparse.ArgumentParser, cls: type = Config) -> None:
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, str]:
+    out = getattr(args, "out", None)
+    if isinstance(out, str) and not out.strip():
+        # An empty --out (often an unset shell variable) must not quietly mean "a new dated folder".
+        raise ConfigError("config field 'out' (--out): is blank; name a run folder, or leave --out out for a new "
+                          "dated run folder under runs/")
     return {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg:")}
 
 
@@ -39,10 +46,19 @@ def make_config(args: argparse.Namespace):
     from lmforge.config import load_config
 
     overrides = overrides_from(args)
-    data = getattr(args, "data", None) or getattr(args, "data_pos", None)
-    if data:
-        overrides["data.path"] = data
-    if getattr(args, "out", None):
+    given = {name: value for name, value in (("DATA", getattr(args, "data_pos", None)),
+                                             ("--data", getattr(args, "data", None)),
+                                             ("--data.path", overrides.get("data.path"))) if value is not None}
+    for name, value in given.items():
+        if not str(value).strip():
+            raise ConfigError(f"config field 'data.path' ({name}): is blank; give a file, folder or glob, or leave it "
+                              "out for the embedded corpus")
+    if len(set(given.values())) > 1:
+        raise ConfigError(f"the training data is given twice ({', '.join(f'{k} {v}' for k, v in given.items())}); "
+                          "give it once")
+    if given:
+        overrides["data.path"] = next(iter(given.values()))
+    if getattr(args, "out", None) is not None:
         overrides["out"] = args.out
     if getattr(args, "track", None):
         overrides["train.track"] = args.track

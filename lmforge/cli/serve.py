@@ -55,6 +55,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("compare", help="a table of several runs' key figures and one plot of their loss curves")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", default="compare.png", help="where to write the plot (default: compare.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace the plot at --out if it exists")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
 
 
@@ -73,18 +74,56 @@ def _sft_config(args: argparse.Namespace):
     return load_config(args.config, overrides, cls=SFTConfig)
 
 
+def _check_port(port: int) -> None:
+    from lmforge.config import check_option
+
+    check_option(1 <= port <= 65535, "--port", port, "must be a TCP port number in [1, 65535]")
+
+
+def _check_serve(args: argparse.Namespace) -> None:
+    """serve's options, before any model is loaded or any port bound; errors name the option or folder."""
+    from pathlib import Path
+
+    from lmforge.config import check_option
+    from lmforge.errors import DataError
+    from lmforge.trainer.runtime import check_device
+
+    _check_port(args.port)
+    check_option(1 <= args.max_batch <= 256, "--max-batch", args.max_batch, "must be between 1 and 256")
+    check_device(args.device)
+    for run in args.runs:
+        if not Path(run).is_dir():
+            raise DataError(f"{run}: no such run folder; pass folders given as --out when training")
+    names = args.model_name or [Path(r).resolve().name for r in args.runs]
+    check_option(len(names) == len(args.runs), "--model-name", " ".join(names),
+                 f"gives {len(names)} name(s) for {len(args.runs)} run folder(s); give one per run, in order")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    check_option(not twice, "--model-name", twice[0] if twice else "",
+                 "names two models alike; give each run its own --model-name")
+
+
+def _check_chat(args: argparse.Namespace) -> None:
+    from lmforge.config import SampleConfig
+    from lmforge.lm.sample import check_generate_options
+    from lmforge.trainer.runtime import check_device
+
+    cfg = SampleConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p)
+    check_generate_options(cfg, args.seed)
+    check_device(args.device)
+
+
 def dispatch(args: argparse.Namespace) -> int:
     if args.command == "serve":
-        from lmforge.errors import ConfigError
         from lmforge.serve.server import serve
 
-        if not 1 <= args.max_batch <= 256:
-            raise ConfigError("--max-batch must be between 1 and 256")
+        _check_serve(args)
         return serve(args.runs, host=args.host, port=args.port, api_key=args.api_key, names=args.model_name,
                      device=args.device, max_batch=args.max_batch)
     if args.command == "chat":
         from lmforge.lm.chat import chat_loop
 
+        _check_chat(args)
         chat_loop(args.run, system=args.system, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                   top_k=args.top_k, top_p=args.top_p, seed=args.seed, device=args.device)
         return 0
@@ -99,8 +138,18 @@ def dispatch(args: argparse.Namespace) -> int:
             print(json.dumps({k: v for k, v in vars(result).items() if k != "samples"} | {"run_dir": str(result.run_dir)}))
         return 0
     if args.command == "ui":
-        from lmforge.serve.ui import ui
+        from pathlib import Path
 
+        from lmforge.config import check_option
+        from lmforge.serve.ui import ui
+        from lmforge.trainer.runtime import check_device
+
+        _check_port(args.port)
+        check_device(args.device)
+        check_option(args.presets is None or Path(args.presets).is_dir(), "--presets", args.presets,
+                     "is not a folder of YAML presets")
+        check_option(not Path(args.runs).exists() or Path(args.runs).is_dir(), "--runs", args.runs,
+                     "is a file; give the folder that holds the run folders")
         return ui(args.runs, host=args.host, port=args.port, presets=args.presets, device=args.device)
     if args.command == "report":
         from lmforge.report.card import write_report
@@ -114,7 +163,7 @@ def dispatch(args: argparse.Namespace) -> int:
 
         from lmforge.report.compare import compare, print_table
 
-        result = compare(args.runs, args.out)
+        result = compare(args.runs, args.out, overwrite=args.overwrite)
         if args.json:
             print(json.dumps(result))
         else:

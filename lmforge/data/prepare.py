@@ -17,7 +17,7 @@ from lmforge.config import Config, DataConfig
 from lmforge.data import default_corpus
 from lmforge.data import pipeline
 from lmforge.data.clean import CleanReport
-from lmforge.data.readers import find_files, read_documents
+from lmforge.data.readers import ReadReport, find_files, read_documents
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.data.tokens import TokenFile, cache_key
 from lmforge.errors import ConfigError, DataError
@@ -126,11 +126,16 @@ def load_prepared(cfg: Config) -> PreparedData:
     return PreparedData(folder, tok, train, val, saved.get("summary", {}), reused=True)
 
 
-def _load_documents(data: DataConfig, path: str | None) -> Iterable[str]:
-    """The documents of `path`, streamed file by file."""
+def _load_documents(data: DataConfig, path: str | None, reads: dict | None = None,
+                    role: str = "train") -> Iterable[str]:
+    """The documents of `path`, streamed file by file; the reader's report of the files read and left
+    out goes into `reads[role]` (filled as the stream is consumed; none for the embedded corpus)."""
     if path is None:
         return default_corpus.default_documents()
-    return (doc.text for doc in read_documents(path, text_field=data.text_field, doc_split=data.doc_split))
+    stream = read_documents(path, text_field=data.text_field, doc_split=data.doc_split, encoding=data.encoding)
+    if reads is not None:
+        reads[role] = stream.report
+    return (doc.text for doc in stream)
 
 
 def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
@@ -161,16 +166,20 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
                 pass  # incomplete or damaged: rebuild below
 
     source = data.path or default_corpus.describe()
-    sources = {"train": lambda: _load_documents(data, data.path)}
+    reads: dict[str, ReadReport] = {}
+    sources = {"train": lambda: _load_documents(data, data.path, reads, "train")}
     if data.valid_path:
-        sources["valid"] = lambda: _load_documents(data, data.valid_path)
+        sources["valid"] = lambda: _load_documents(data, data.valid_path, reads, "valid")
     input_bytes = sum(entry[1] for role in inputs.values() if role for entry in role)
     result = pipeline.run(cfg, folder, key, sources, given, folder / TOKENIZER_FILE, input_bytes)
     tok = result.tokenizer
     train, val = TokenFile(folder / "train.bin"), TokenFile(folder / "val.bin")
     report, val_report = result.report, result.val_report
+    files, val_files = reads.get("train"), reads.get("valid")
     summary = {
         "source": str(source),
+        "files": files.to_dict() if files else None,
+        "validation_files": val_files.to_dict() if val_files else None,
         "cleaning": report.to_dict(),
         "validation_cleaning": val_report.to_dict() if val_report else None,
         "train_documents": result.train_documents,
@@ -186,7 +195,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     atomic_write_json(manifest, {"key": key, "inputs": inputs, "tokenizer": tok.fingerprint(), "summary": summary})
     pipeline.remove_work(folder)
     if not quiet:
-        _print_summary(summary, report)
+        _print_summary(summary, report, [r for r in (files, val_files) if r is not None])
     return PreparedData(folder, tok, train, val, summary, reused=False)
 
 
@@ -196,8 +205,11 @@ def _decontam_summary(result: dict | None) -> dict | None:
     return {k: v for k, v in result.items() if k != "contaminated"} | {"first": result["contaminated"][:20]}
 
 
-def _print_summary(summary: dict, report: CleanReport) -> None:
+def _print_summary(summary: dict, report: CleanReport, reads: list[ReadReport]) -> None:
     console.print(f"[green]prepare[/green]: {summary['source']}")
+    for read in reads:
+        for line in read.summary_lines():
+            console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
     for line in report.summary_lines():
         console.print(f"  {line}")
     console.print(

@@ -16,10 +16,12 @@ import os
 import re
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from lmforge.config import text_codec
+from lmforge.data.encoding import Decoded, decode
 from lmforge.errors import DataError
 
 TEXT_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".text")
@@ -69,65 +71,96 @@ def _require_format(path: Path) -> tuple[str, bool]:
     return fmt
 
 
-def _scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
-    """(supported files, other files) under root, skipping hidden files and folders."""
+Skipped = tuple[Path, str]  # a file (or hidden folder) left out of a read, and why
+
+
+def _skip_reason(path: Path) -> str | None:
+    """Why a file found in a folder or by a pattern is left out, or None to read it."""
+    if not path.is_file():
+        return "not a regular file"
+    if _format_of(path) is None:
+        ext = os.path.splitext(path.name)[1].lower()
+        return f"unsupported extension {ext}" if ext else "no file extension"
+    try:
+        if path.stat().st_size == 0:
+            return "empty"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None
+
+
+def _scan_folder(root: Path) -> tuple[list[Path], list[Skipped]]:
+    """(files to read, files left out with the reason) under root; hidden files and folders are left out."""
     found: list[Path] = []
-    others: list[Path] = []
+    skipped: list[Skipped] = []
     for folder, dirnames, filenames in os.walk(root):
+        dirnames.sort()
         # Prune hidden folders in place so os.walk never descends into e.g. .git.
+        skipped.extend((Path(folder) / d, "hidden folder") for d in dirnames if d.startswith("."))
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for name in filenames:
-            if name.startswith("."):
-                continue
+        for name in sorted(filenames):
             path = Path(folder) / name
-            if not path.is_file():
-                continue
-            (found if _format_of(path) else others).append(path)
+            reason = "hidden" if name.startswith(".") else _skip_reason(path)
+            if reason is None:
+                found.append(path)
+            else:
+                skipped.append((path, reason))
     # Sort by path components so the order is stable and folder-aware on every platform.
     found.sort(key=lambda p: p.relative_to(root).parts)
-    return found, others
+    skipped.sort(key=lambda item: item[0].relative_to(root).parts)
+    return found, skipped
 
 
-def _no_supported_files(where: str, others: list[Path]) -> DataError:
-    if not others:
+def _no_usable_files(where: str, skipped: list[Skipped]) -> DataError:
+    if not skipped:
         return DataError(f"{where}: no files found. Check the data path.")
-    examples = ", ".join(p.name for p in others[:5])
+    reasons: dict[str, list[str]] = {}
+    for path, reason in skipped:
+        reasons.setdefault(reason, []).append(path.name)
+    shown = "; ".join(f"{reason}: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}"
+                      for reason, names in reasons.items())
     return DataError(
-        f"{where}: found {len(others)} file(s) (e.g. {examples}) but none with a supported extension: "
+        f"{where}: found {len(skipped)} file(s) but none to read ({shown}). Supported extensions: "
         f"{_supported_text()}. Convert the data or point the data path at the right files."
     )
 
 
-def _files_from_glob(pattern: str) -> list[Path]:
+def _files_from_glob(pattern: str) -> tuple[list[Path], list[Skipped]]:
     found: list[Path] = []
-    others: list[Path] = []
+    skipped: list[Skipped] = []
     for match in sorted(glob.glob(pattern, recursive=True)):
         path = Path(match)
         if path.is_dir():
-            inner, inner_others = _scan_folder(path)
+            inner, inner_skipped = _scan_folder(path)
             found.extend(inner)
-            others.extend(inner_others)
-        elif path.is_file():
-            (found if _format_of(path) else others).append(path)
+            skipped.extend(inner_skipped)
+        else:
+            reason = _skip_reason(path)
+            if reason is None:
+                found.append(path)
+            else:
+                skipped.append((path, reason))
     if not found:
-        if not others:
+        if not skipped:
             raise DataError(f"{pattern}: the pattern matched no files (searched from {Path.cwd()}).")
-        raise _no_supported_files(pattern, others)
+        raise _no_usable_files(pattern, skipped)
     # A folder match and a file match can name the same file twice (e.g. "data/**").
-    return list(dict.fromkeys(found))
+    return list(dict.fromkeys(found)), list(dict.fromkeys(skipped))
 
 
-def find_files(path: str | Path) -> list[Path]:
-    """Data files for a file, folder (recursive) or glob pattern (``**`` allowed)."""
+def scan(path: str | Path) -> tuple[list[Path], list[Skipped]]:
+    """(files to read, files left out with the reason) for a file, folder (recursive) or glob
+    pattern (``**`` allowed). A file named directly is always read; in folders and patterns hidden,
+    empty and unsupported files are left out."""
     raw = str(path)
     candidate = Path(path)
     if candidate.is_file():
-        return [candidate]
+        return [candidate], []
     if candidate.is_dir():
-        found, others = _scan_folder(candidate)
+        found, skipped = _scan_folder(candidate)
         if not found:
-            raise _no_supported_files(raw, others)
-        return found
+            raise _no_usable_files(raw, skipped)
+        return found, skipped
     if any(ch in raw for ch in "*?["):
         return _files_from_glob(raw)
     raise DataError(
@@ -135,100 +168,72 @@ def find_files(path: str | Path) -> list[Path]:
     )
 
 
+def find_files(path: str | Path) -> list[Path]:
+    """Data files for a file, folder (recursive) or glob pattern (``**`` allowed)."""
+    return scan(path)[0]
+
+
 # ---------------------------------------------------------------------------
-# Decoding
-
-_UTF8_BOM = b"\xef\xbb\xbf"
-# Byte-order marks, longest first: a UTF-32 LE BOM begins with the UTF-16 LE one.
-_BOMS: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xfe\x00\x00", "utf-32-le"),
-    (b"\x00\x00\xfe\xff", "utf-32-be"),
-    (b"\xff\xfe", "utf-16-le"),
-    (b"\xfe\xff", "utf-16-be"),
-)
-# Control bytes that never occur in text. Tab, newlines, VT, FF, backspace and ESC are left out:
-# they do turn up in real text files (page breaks, overstrike, terminal colours).
-_BINARY_BYTES = bytes([*range(0x00, 0x08), *range(0x0E, 0x1B), *range(0x1C, 0x20), 0x7F])
-_BINARY_CHARS = re.compile("[\x00-\x07\x0e-\x1a\x1c-\x1f\x7f]")
-_MAX_BINARY_FRACTION = 0.01
-# BOM-less UTF-16: the NUL high bytes of ASCII characters must be common on one side and rare on
-# the other. CJK-heavy text has fewer NULs, hence the low share.
-_MIN_UTF16_NUL_SHARE = 0.05
-_TRIED = "UTF-8, UTF-16 (LE/BE), GB18030"
+# What a read took in
 
 
-def _looks_binary(text: str) -> bool:
-    return len(_BINARY_CHARS.findall(text)) > _MAX_BINARY_FRACTION * max(len(text), 1)
+@dataclass
+class ReadReport:
+    """Files read, files left out and why, and files not read as plain UTF-8: filled in as a read
+    goes on, printed by `prepare` and `classify train`, stored in their summaries."""
+
+    path: str
+    files: list[Path] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    decoded: dict[str, list[str]] = field(default_factory=dict)  # "cp1252 (detected)" -> files
+
+    def note_decoding(self, path: Path, decoded: Decoded) -> None:
+        if text_codec(decoded.encoding) != "utf-8":
+            self.decoded.setdefault(f"{decoded.encoding} ({decoded.how})", []).append(str(path))
+
+    def summary_lines(self, limit: int | None = 20) -> list[str]:
+        """One line for the count, then one per encoding and per reason a file was left out."""
+        lines = [f"files: {len(self.files):,} read from {self.path}"
+                 + (f", {len(self.skipped):,} skipped" if self.skipped else "")]
+        for how, names in self.decoded.items():
+            lines.append(f"decoded as {how}: {_listing(names, limit)}")
+        reasons: dict[str, list[str]] = {}
+        for path, reason in self.skipped:
+            reasons.setdefault(reason, []).append(str(path))
+        for reason, names in reasons.items():
+            lines.append(f"skipped ({reason}): {_listing(names, limit)}")
+        return lines
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "files_read": len(self.files),
+                "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
+                "decoded": self.decoded}
 
 
-def _guess_utf16(data: bytes) -> str | None:
-    """The UTF-16 codec for BOM-less data whose NUL bytes fit UTF-16, else None."""
-    units = len(data) // 2
-    if units == 0 or len(data) % 2:
-        return None
-    even, odd = data[0::2].count(0), data[1::2].count(0)
-    # ASCII in UTF-16 LE puts the NUL high byte at odd offsets; BE at even ones.
-    codec, major, minor = ("utf-16-le", odd, even) if odd > even else ("utf-16-be", even, odd)
-    if major < _MIN_UTF16_NUL_SHARE * units or minor * 4 > major:
-        return None
-    try:
-        text = data.decode(codec)
-    except UnicodeDecodeError:
-        return None
-    return None if _looks_binary(text) else codec
+def _listing(names: list[str], limit: int | None) -> str:
+    if limit is None or len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit:,} more"
 
 
-def _binary_error(source: str, count: int, total: int, has_nul: bool) -> DataError:
-    # Mostly-CJK UTF-16 without a BOM has too few NUL bytes to be recognised; say so.
-    hint = " If it is UTF-16 text without a byte-order mark, re-save it as UTF-8." if has_nul else ""
-    return DataError(
-        f"{source}: looks like a binary file, not text ({count} of {total} bytes are control bytes "
-        f"such as NUL; tried {_TRIED}). Remove it from the data path, or convert it to UTF-8 text.{hint}"
-    )
+T = TypeVar("T")
 
 
-def decode_bytes(data: bytes, source: str) -> str:
-    """Decode text bytes: UTF-8 (BOM stripped), UTF-16/32 (with BOM, or BOM-less UTF-16), GB18030.
+class ReadStream(Iterator[T]):
+    """Documents or records of one read, streamed file by file; `report` fills in as it goes."""
 
-    Never replaces characters: data that fits none of these raises DataError.
-    """
-    if data.startswith(_UTF8_BOM):
-        data = data[len(_UTF8_BOM):]
-    else:
-        for bom, codec in _BOMS:
-            if data.startswith(bom):
-                try:
-                    return data[len(bom):].decode(codec)
-                except UnicodeDecodeError as exc:
-                    # A UTF-32 LE BOM may just be a UTF-16 LE BOM followed by a NUL; keep looking.
-                    if codec.startswith("utf-32"):
-                        continue
-                    raise DataError(
-                        f"{source}: starts with a {codec.upper()} byte-order mark but is not valid "
-                        f"{codec.upper()} (byte {exc.start}). Re-save the file as UTF-8."
-                    ) from None
-    if 0 in data:
-        codec = _guess_utf16(data)
-        if codec is not None:
-            return data.decode(codec)
-    # Bytes below 0x20 mean the same in UTF-8 and GB18030, so this check is encoding-independent.
-    binary = len(data) - len(data.translate(None, _BINARY_BYTES))
-    if binary > _MAX_BINARY_FRACTION * len(data):
-        raise _binary_error(source, binary, len(data), 0 in data)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        utf8_error = exc
-    try:
-        return data.decode("gb18030")
-    except UnicodeDecodeError:
-        pass
-    line = data.count(b"\n", 0, utf8_error.start) + 1
-    raise DataError(
-        f"{source}: could not be decoded as text (tried {_TRIED}; first invalid UTF-8 byte on "
-        f"line {line}). Convert the file to UTF-8 (e.g. iconv -f ENCODING -t UTF-8), or remove it "
-        "if it is not text."
-    )
+    def __init__(self, items: Iterator[T], report: ReadReport):
+        self._items, self.report = items, report
+
+    def __iter__(self) -> ReadStream[T]:
+        return self
+
+    def __next__(self) -> T:
+        return next(self._items)
+
+
+# ---------------------------------------------------------------------------
+# Reading bytes
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -249,8 +254,10 @@ def _read_bytes(path: Path) -> bytes:
         ) from None
 
 
-def _read_text(path: Path) -> str:
-    return decode_bytes(_read_bytes(path), str(path))
+def _read_text(path: Path, encoding: str, report: ReadReport) -> str:
+    decoded = decode(_read_bytes(path), str(path), encoding)
+    report.note_decoding(path, decoded)
+    return decoded.text
 
 
 # ---------------------------------------------------------------------------
@@ -432,11 +439,17 @@ def _missing_column(source: str, field: str, columns: list[str]) -> DataError:
 def _csv_rows(text: str, source: str, delimiter: str, require: str | None) -> Iterator[tuple[dict, int]]:
     csv.field_size_limit(_CSV_FIELD_LIMIT)
     # newline="" hands line endings to the csv module, which needs them for quoted multi-line fields.
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    # strict: a quote left open would otherwise swallow every later row into one field, silently.
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    previous = 0
     try:
         header = next(reader, None)
         if header is None:
             return
+        twice = sorted({name for name in header if header.count(name) > 1})
+        if twice:
+            raise DataError(f"{source}:1: column {twice[0]!r} appears twice in the header, so its values would "
+                            "overwrite each other; rename one of them")
         if require is not None and require not in header:
             raise _missing_column(f"{source}:1", require, header)
         previous = reader.line_num
@@ -451,6 +464,9 @@ def _csv_rows(text: str, source: str, delimiter: str, require: str | None) -> It
                 )
             yield dict(zip(header, row)), line
     except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            raise DataError(f"{source}:{previous + 1}: a quoted field opened on this line is never closed (the file "
+                            "ends inside it). Close the quote, or double a quote inside a quoted field (\"\").") from None
         raise DataError(
             f"{source}:{reader.line_num}: malformed row ({exc}). Fix the quoting on this line."
         ) from None
@@ -480,7 +496,7 @@ def _parquet_rows(path: Path, gzipped: bool, columns: list[str] | None) -> Itera
             line += 1
 
 
-def _rows(path: Path, require: str | None) -> Iterator[tuple[dict | str, int]]:
+def _rows(path: Path, require: str | None, encoding: str, report: ReadReport) -> Iterator[tuple[dict | str, int]]:
     """Rows of one record file. ``require``: a column that must exist (checked up front when the
     format has a header or schema; parquet then reads only that column)."""
     ext, gzipped = _require_format(path)
@@ -488,11 +504,12 @@ def _rows(path: Path, require: str | None) -> Iterator[tuple[dict | str, int]]:
     if ext == ".parquet":
         yield from _parquet_rows(path, gzipped, [require] if require is not None else None)
     elif ext == ".jsonl":
-        yield from _jsonl_rows(_read_text(path), source)
+        yield from _jsonl_rows(_read_text(path, encoding, report), source)
     elif ext == ".json":
-        yield from _json_rows(_read_text(path), source)
+        yield from _json_rows(_read_text(path, encoding, report), source)
     elif ext in (".csv", ".tsv"):
-        yield from _csv_rows(_read_text(path), source, "," if ext == ".csv" else "\t", require)
+        text = _read_text(path, encoding, report)
+        yield from _csv_rows(text, source, "," if ext == ".csv" else "\t", require)
     else:
         raise DataError(
             f"{source}: {ext} files hold plain text, not records with fields. "
@@ -521,37 +538,46 @@ def _document_from_row(row: dict | str, text_field: str, source: str, line: int)
 # Public readers
 
 
-def _documents(files: list[Path], text_field: str, doc_split: str) -> Iterator[Document]:
-    for path in files:
+def _documents(text_field: str, doc_split: str, encoding: str, report: ReadReport) -> Iterator[Document]:
+    for path in report.files:
         ext, _ = _require_format(path)
         if ext in TEXT_EXTENSIONS:
-            yield from _text_documents(_read_text(path), str(path), doc_split)
+            yield from _text_documents(_read_text(path, encoding, report), str(path), doc_split)
         else:
-            for row, line in _rows(path, text_field):
+            for row, line in _rows(path, text_field, encoding, report):
                 yield _document_from_row(row, text_field, str(path), line)
 
 
-def read_documents(path: str | Path, text_field: str = "text", doc_split: str = "auto") -> Iterator[Document]:
-    """Documents from every data file under ``path``, streamed file by file.
+def _start(path: str | Path) -> ReadReport:
+    files, skipped = scan(path)
+    return ReadReport(str(path), files, skipped)
+
+
+def read_documents(path: str | Path, text_field: str = "text", doc_split: str = "auto",
+                   encoding: str = "auto") -> ReadStream[Document]:
+    """Documents from every data file under ``path``, streamed file by file; the stream's `report`
+    says which files were read, which were left out and why, and how they were decoded.
 
     Path and file-type errors are raised at once; content errors when the file is reached.
+    `encoding` is 'auto' (detect per file) or a codec name used for every text file.
     """
     if doc_split not in DOC_SPLITS:
         raise DataError(f"doc_split: unknown value {doc_split!r}. Use one of: {', '.join(DOC_SPLITS)}.")
-    files = find_files(path)
-    for file in files:
+    report = _start(path)
+    for file in report.files:
         _require_format(file)
-    return _documents(files, text_field, doc_split)
+    return ReadStream(_documents(text_field, doc_split, encoding, report), report)
 
 
-def read_texts(path: str | Path, text_field: str = "text", doc_split: str = "auto") -> list[str]:
-    return [doc.text for doc in read_documents(path, text_field, doc_split)]
+def read_texts(path: str | Path, text_field: str = "text", doc_split: str = "auto",
+               encoding: str = "auto") -> list[str]:
+    return [doc.text for doc in read_documents(path, text_field, doc_split, encoding)]
 
 
-def _records(files: list[Path]) -> Iterator[tuple[dict, str, int]]:
-    for path in files:
+def _records(encoding: str, report: ReadReport) -> Iterator[tuple[dict, str, int]]:
+    for path in report.files:
         source = str(path)
-        for row, line in _rows(path, None):
+        for row, line in _rows(path, None, encoding, report):
             if not isinstance(row, dict):
                 raise DataError(
                     f"{source}:{line}: expected a record with fields, got a plain string. "
@@ -560,14 +586,15 @@ def _records(files: list[Path]) -> Iterator[tuple[dict, str, int]]:
             yield row, source, line
 
 
-def iter_records(path: str | Path) -> Iterator[tuple[dict, str, int]]:
-    """(record, source, line) for every row of the jsonl/json/csv/tsv/parquet files under ``path``."""
-    files = find_files(path)
-    for file in files:
+def iter_records(path: str | Path, encoding: str = "auto") -> ReadStream[tuple[dict, str, int]]:
+    """(record, source, line) for every row of the jsonl/json/csv/tsv/parquet files under ``path``;
+    the stream's `report` lists the files read and left out."""
+    report = _start(path)
+    for file in report.files:
         ext, _ = _require_format(file)
         if ext in TEXT_EXTENSIONS:
             raise DataError(
                 f"{file}: {ext} files hold plain text, not records with fields. "
                 f"Use one of {', '.join(RECORD_EXTENSIONS)} (optionally .gz) for records."
             )
-    return _records(files)
+    return ReadStream(_records(encoding, report), report)

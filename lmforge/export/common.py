@@ -13,7 +13,8 @@ from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import ConfigError, DataError
 from lmforge.export.arch import Link
 from lmforge.export.safetensors_io import SafetensorsReader
-from lmforge.lm.model import read_run_config, read_shape
+from lmforge.export.quantized import QuantizedWeights
+from lmforge.lm.model import read_quant_spec, read_run_config, read_shape
 from lmforge.trainer.checkpoint import read_sharded_weights, run_weights_path
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
@@ -48,7 +49,7 @@ class Run:
     model: ModelConfig  # resolved
     vocab_size: int
     tokenizer: Tokenizer
-    weights: SafetensorsReader | ConsolidatedReader
+    weights: SafetensorsReader | QuantizedWeights | ConsolidatedReader
 
     def tensor(self, link: Link) -> torch.Tensor:
         """The lmforge tensor of a link; zeros for a bias the model does not have."""
@@ -71,14 +72,18 @@ class Run:
 
 
 def open_run(folder: str | Path) -> Run:
+    """A run folder to export; a quantized run's weights read under the float model's names."""
     folder = Path(folder)
     cfg = read_run_config(folder)
     model, vocab = read_shape(folder / "model.json")
     tok = Tokenizer.load(folder / "data" / "tokenizer.json")
+    quant = read_quant_spec(folder)
     path = run_weights_path(folder)
     if path.is_dir():  # the shards of a sharded checkpoint (verified against their checksums)
-        return Run(folder, cfg, model, vocab, tok, ConsolidatedReader(path, read_sharded_weights(path.parent)))
-    return Run(folder, cfg, model, vocab, tok, SafetensorsReader(path))
+        weights = ConsolidatedReader(path, read_sharded_weights(path.parent))
+    else:
+        weights = SafetensorsReader(path) if quant is None else QuantizedWeights(path, quant)
+    return Run(folder, cfg, model, vocab, tok, weights)
 
 
 def target_dtype(run: Run, dtype: str) -> torch.dtype:

@@ -1,6 +1,9 @@
 """Export a run to one GGUF file that llama.cpp (and so Ollama) runs: weights, shape and tokenizer.
 
-    lmforge export RUN --to gguf --out model.gguf --dtype f32|f16|bf16|q8_0
+    lmforge export RUN --to gguf --out model.gguf --dtype f32|f16|bf16|q8_0|q4_1
+
+A quantized run (lmforge quantize) goes in as the GGUF type that holds its integers as they are:
+int8 rows as q8_0, int4 groups as q4_1 (see export/quantized.py).
 
 The architecture is the model's family (`arch.family_of`): qwen3, qwen2, llama or gpt2. llama.cpp
 rotates interleaved pairs in its `llama` architecture, so q and k rows are permuted there; Qwen
@@ -23,7 +26,9 @@ from lmforge.errors import ConfigError
 from lmforge.export.arch import family_of, links_for, permute_rope
 from lmforge.export.common import Run, check_out_file, open_run
 
-GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0")
+GGUF_DTYPES = ("f32", "f16", "bf16", "q8_0", "q4_1")
+# A quantized run (lmforge quantize) exports to the GGUF type that holds its integers as they are.
+QUANTIZED_GGUF = {"int8": "q8_0", "int4": "q4_1"}
 EXPORTABLE = ("retrain with --tokenizer.kind bpe --tokenizer.pretokenizer qwen2 (or llama3, gpt2), "
               "or export to Hugging Face with --to hf")
 
@@ -102,16 +107,16 @@ def _check_llama_cpp_arch(run: Run, family: str) -> None:
 
 
 def _ggml_type(shape: tuple[int, ...], dtype: str):
-    """The GGML type of a tensor: 1-D ones (norms, biases) stay f32, as llama.cpp expects; q8_0 needs
-    rows that are whole blocks of 32, else f16."""
+    """The GGML type of a tensor: 1-D ones (norms, biases) stay f32, as llama.cpp expects; q8_0 and
+    q4_1 need rows that are whole blocks of 32, else f16."""
     import gguf
 
     q = gguf.GGMLQuantizationType
     if len(shape) == 1 or dtype == "f32":
         return q.F32
-    if dtype == "f16" or (dtype == "q8_0" and shape[-1] % 32):
+    if dtype == "f16" or (dtype in ("q8_0", "q4_1") and shape[-1] % 32):
         return q.F16
-    return q.BF16 if dtype == "bf16" else q.Q8_0
+    return {"bf16": q.BF16, "q8_0": q.Q8_0, "q4_1": q.Q4_1}[dtype]
 
 
 def _tensor_array(t: torch.Tensor, qtype, rows_per_chunk: int = 8192) -> np.ndarray:
@@ -137,17 +142,27 @@ def _tensor_array(t: torch.Tensor, qtype, rows_per_chunk: int = 8192) -> np.ndar
     return out
 
 
-def export_gguf(run_dir: str | Path, out: str | Path, dtype: str = "f16", overwrite: bool = False) -> dict:
-    """Write the GGUF file `out` for the run in `run_dir`; returns a summary."""
+def export_gguf(run_dir: str | Path, out: str | Path, dtype: str | None = None, overwrite: bool = False) -> dict:
+    """Write the GGUF file `out` for the run in `run_dir`; returns a summary. `dtype` None: f16, or
+    for a quantized run the type that holds its integers exactly (q8_0 for int8, q4_1 for int4)."""
     try:
         import gguf
     except ImportError:
         raise ConfigError("GGUF export needs the gguf package: pip install 'lmforge[export]' (or pip install gguf)") \
             from None
 
+    run = open_run(run_dir)
+    method = getattr(run.weights, "method", None)
+    if method is not None:
+        exact = QUANTIZED_GGUF[method]
+        if dtype not in (None, exact):
+            raise ConfigError(f"--dtype {dtype}: {run_dir} is quantized ({method}); GGUF holds its weights exactly "
+                              f"as {exact} (the default for it). For another type export the run it was quantized "
+                              "from")
+        dtype = exact
+    dtype = dtype or "f16"
     if dtype not in GGUF_DTYPES:
         raise ConfigError(f"--dtype {dtype!r} is not one of {', '.join(GGUF_DTYPES)} for GGUF")
-    run = open_run(run_dir)
     family = family_of(run.model, "gguf")
     _check_llama_cpp_arch(run, family)
     pre = pre_name(run.tokenizer)
@@ -174,7 +189,8 @@ def _write_metadata(writer, run: Run, family: str, dtype: str, pre: str) -> None
 
     s, tok = run.model, run.tokenizer
     file_types = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
+                  "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                  "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}
     writer.add_name(re.sub(r"[^\w.-]+", "-", run.folder.resolve().name))
     writer.add_file_type(file_types[dtype])
     writer.add_context_length(s.context_len)
@@ -209,34 +225,47 @@ def _write_metadata(writer, run: Run, family: str, dtype: str, pre: str) -> None
 
 
 def _tensors(run: Run, family: str, meta: bool):
-    """(GGUF name, tensor) in file order; with meta=True only their shapes."""
+    """(GGUF name, tensor, GGML type name of a quantized run's blocks or None) in file order; with
+    meta=True only their shapes. A quantized run's block tensors are rows of bytes, one per weight
+    row, so row splits and rotary permutations apply to them as to the weights."""
+    ggml_type = getattr(run.weights, "ggml_type", lambda name: None)
     links = links_for(run.model, family, run.vocab_size)
     run.check_covered(links)
     for link in links:
-        t = torch.empty(link.shape, device="meta") if meta else run.tensor(link)
+        blocks = ggml_type(link.lm)
+        if meta:
+            t = torch.empty(link.shape, device="meta")
+        else:
+            t = run.weights.ggml(link.lm) if blocks else run.tensor(link)
         for k, (name, part) in enumerate(zip(link.gguf, link.split(t))):
             if link.rope_heads and link.rope_heads[k] and not meta:
                 part = permute_rope(part, link.rope_heads[k])
-            yield name, part
+            yield name, part, blocks
     if family == "gpt2" and run.model.tied_embeddings:
         # llama.cpp's gpt2 reads an output matrix of its own; tied, it is the embedding again.
         shape = (run.vocab_size, run.model.d_model)
-        yield "output.weight", torch.empty(shape, device="meta") if meta else run.weights.read("embed.weight")
+        blocks = ggml_type("embed.weight")
+        t = torch.empty(shape, device="meta") if meta else run.weights.ggml("embed.weight") if blocks \
+            else run.weights.read("embed.weight")
+        yield "output.weight", t, blocks
 
 
 def _write_tensors(writer, run: Run, family: str, dtype: str) -> int:
     """Tensor infos first, then the data one tensor at a time, so the model is never held whole."""
     import gguf
 
-    for name, t in _tensors(run, family, meta=True):
-        qtype = _ggml_type(tuple(t.shape), dtype)
+    def qtype_of(t: torch.Tensor, blocks: str | None):
+        return gguf.GGMLQuantizationType[blocks] if blocks else _ggml_type(tuple(t.shape), dtype)
+
+    for name, t, blocks in _tensors(run, family, meta=True):
+        qtype = qtype_of(t, blocks)
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         writer.add_tensor_info(name, tuple(t.shape), np.dtype(np.float32), t.numel() // block * size, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
-    for _, t in _tensors(run, family, meta=False):
-        writer.write_tensor_data(_tensor_array(t, _ggml_type(tuple(t.shape), dtype)))
+    for _, t, blocks in _tensors(run, family, meta=False):
+        writer.write_tensor_data(t.numpy() if blocks else _tensor_array(t, qtype_of(t, None)))
     return sum(torch.Size(run.weights.shape(n)).numel() for n in run.weights.names())
 
 

@@ -19,8 +19,18 @@ from lmforge.models.gpt import GPT, LEGACY_SHAPE_DEFAULTS
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, seed: int) -> GPT:
+    from lmforge.errors import TrainingError
+    from lmforge.trainer.step import is_oom_error
+
     torch.manual_seed(seed)
-    return GPT(cfg, vocab_size)
+    try:
+        return GPT(cfg, vocab_size)
+    except (RuntimeError, MemoryError) as e:
+        if not is_oom_error(e):
+            raise
+        params = cfg.block_params() + vocab_size * cfg.d_model
+        raise TrainingError(f"the model (about {params:,} parameters, {4 * params / 2**30:.1f} GiB in fp32) does not "
+                            "fit in memory; make it smaller (model.n_layer, model.d_model, model.context_len)") from None
 
 
 def save_shape(model: GPT, path: Path) -> None:
@@ -62,24 +72,18 @@ def read_shape(path: Path) -> tuple[ModelConfig, int]:
 
 
 def read_run_config(run_dir: Path):
-    """The Config a run folder was made with (its config.yaml); one-line errors for a missing or damaged file."""
-    import yaml
-
+    """The Config a run folder was made with (its config.yaml); one-line errors for a missing folder, a
+    folder that is not a run, a damaged config, or a run of another kind."""
     from lmforge.config import Config, from_dict
+    from lmforge.config import read_run_config as read_config_tree
     from lmforge.runs import guess_kind
 
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
     kind = guess_kind(run_dir) if run_dir.is_dir() else None
     if kind not in (None, "lm"):
         raise DataError(f"{run_dir} holds an lmforge {kind} run, not a language model"
                         + ("; use `lmforge classify eval/predict` with it" if kind == "classify" else ""))
-    if not cfg_path.is_file():
-        raise DataError(f"{run_dir} is not an lmforge run folder (no config.yaml); pass the folder given as --out")
-    try:
-        return from_dict(Config, yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {}, source=str(cfg_path))
-    except yaml.YAMLError as e:
-        raise DataError(f"{cfg_path} is damaged (not valid YAML: {str(e).splitlines()[0]})") from None
+    return from_dict(Config, read_config_tree(run_dir, "lm"), source=str(run_dir / "config.yaml"))
 
 
 def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[GPT, Tokenizer, dict]:
@@ -94,10 +98,48 @@ def load_run_model(run_dir: Path, device: torch.device | str = "cpu") -> tuple[G
     cfg = read_run_config(run_dir)
     tok = Tokenizer.load(run_dir / "data" / "tokenizer.json")
     model = model_from_shape(run_dir / "model.json")
+    quant = read_quant_spec(run_dir)
+    if quant is not None:
+        rebuild_quantized(model, quant, run_dir / "quant.json")
     weights, tensors = run_weights(run_dir)
     apply_weights(model, tensors, weights)
     model.to(device).eval()
-    return model, tok, {"config": cfg, "weights": str(weights)}
+    return model, tok, {"config": cfg, "weights": str(weights), "quant": quant}
+
+
+def read_quant_spec(folder: Path) -> dict | None:
+    """The quantization spec (quant.json) of a quantized run or classifier member; None if not quantized."""
+    path = Path(folder) / "quant.json"
+    if not path.is_file():
+        return None
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DataError(f"{path} is unreadable ({e}); the quantized run is damaged") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path} does not describe a quantization (expected a JSON object)")
+    return spec
+
+
+def refuse_quantized(run_dir: str | Path, what: str) -> None:
+    """ConfigError when the run is quantized: training (`what`) needs the float weights it came from."""
+    quant = read_quant_spec(Path(run_dir))
+    if quant is not None:
+        from lmforge.errors import ConfigError
+
+        raise ConfigError(f"{run_dir} is quantized ({quant.get('method')}); {what} needs float weights: use the run "
+                          f"it was quantized from ({quant.get('source', 'the original run')}), then quantize again")
+
+
+def rebuild_quantized(model: torch.nn.Module, quant: dict, source: Path) -> None:
+    """Give a freshly built float model the quantized modules recorded in `source` (quant.json)."""
+    from lmforge.models.quant import rebuild
+
+    try:
+        rebuild(model, quant)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{source} does not match the model ({e}); re-run `lmforge quantize` on the original "
+                        "run") from None
 
 
 # Fields a training that starts from another model (`init`) may set for itself: neither changes a weight's
@@ -125,6 +167,7 @@ def check_init(cfg: ModelConfig, init_dir: str | Path) -> int:
     """ConfigError unless `cfg` has the shape of the init model; returns its vocabulary size."""
     from lmforge.errors import ConfigError
 
+    refuse_quantized(init_dir, "training from it (init)")
     init_cfg, vocab = read_shape(Path(init_dir) / "model.json")
     mine = cfg.resolved()
     for name in ModelConfig.__dataclass_fields__:

@@ -12,7 +12,7 @@ import torch
 
 from lmforge import runs
 from lmforge.atomic import atomic_write_json
-from lmforge.config import Config, from_dict, save_config, to_dict
+from lmforge.config import Config, from_dict, read_run_config, save_config, to_dict
 from lmforge.errors import ConfigError, DataError
 from lmforge.lm.model import apply_init_weights, build_model, check_init, init_weights, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
@@ -86,16 +86,8 @@ def _runtime_choices(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, task
 
 
 def load_run_config(run_dir: Path) -> Config:
-    import yaml
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"cannot resume: {path} not found; pass the run folder given as --out")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is damaged (not valid YAML: {str(e).splitlines()[0]})") from None
-    return from_dict(Config, tree, source=str(path)).validate()
+    tree = read_run_config(run_dir, "lm")
+    return from_dict(Config, tree, source=str(Path(run_dir) / "config.yaml")).validate()
 
 
 @dataclass
@@ -222,7 +214,8 @@ def prepare_run(cfg: Config, overwrite: bool = False, quiet: bool = False):
 
 
 def train(cfg: Config | None = None, resume: str | Path | None = None, progress: bool = True,
-          on_eval=None, overwrite: bool = False, use_prepared_data: bool = False) -> TrainResult:
+          on_eval=None, overwrite: bool = False, use_prepared_data: bool = False, claimed: bool = False,
+          init_state: dict | None = None, wrap_task=None) -> TrainResult:
     """Prepare data (or reuse it), build the model, train, evaluate, save, print samples.
 
     A new run claims cfg.out (empty: a new dated folder under runs/); a folder holding another run
@@ -231,6 +224,12 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     `cfg` then holds the settings asked for (None: the run's own): the changes in RESUMABLE are
     honoured and recorded, any other is refused. `on_eval(step, record)` is passed to the training
     loop (called after every evaluation; used by `lmforge tune`).
+
+    For the compression commands: `claimed` says cfg.out is a run folder the caller has just claimed
+    (lmforge.runs.claim) and put its own files in (a student's linked data, a pruned shape).
+    `init_state` (a state dict) starts training from those weights instead of a fresh initialization
+    (pruning's recovery); a resumed run takes its checkpoint's. `wrap_task(task, rt)` returns the
+    task the loop trains, built around the LM task (distillation adds the teacher's loss term).
     """
     plan = None
     if resume is not None:
@@ -251,7 +250,7 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         def open_folder() -> tuple[str, str]:
             if plan is not None:
                 return str(plan.run_dir), _record_resume(plan, progress)
-            path = runs.claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
+            path = Path(cfg.out) if claimed else runs.claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)
             return str(path), (runs.read_info(path) or {}).get("run_id")
 
         out, run_id = on_main(open_folder, rt)
@@ -259,7 +258,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
         changed = {name for name, _, _ in plan.changes} if plan else set()
         resume_steps = plan is not None and not plan.from_start
         with rank_logs(rt, Path(out)):
-            result = _train(cfg, rt, Path(out), run_id, resume_steps, progress, on_eval, changed)
+            result = _train(cfg, rt, Path(out), run_id, resume_steps, progress, on_eval, changed, init_state,
+                            wrap_task)
     except BaseException as e:
         shutdown(rt)
         if rt.distributed and is_dist_failure(e):
@@ -286,7 +286,8 @@ def _load_data(cfg: Config, resume: bool, quiet: bool):
 
 
 def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: bool, progress: bool,
-           on_eval=None, changed: set[str] = frozenset()) -> TrainResult:
+           on_eval=None, changed: set[str] = frozenset(), init_state: dict | None = None,
+           wrap_task=None) -> TrainResult:
     if rt.is_main:
         if not resume:
             save_config(cfg, run_dir / "config.yaml")
@@ -300,10 +301,13 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
     # Continued pretraining or fine-tuning (--init) takes the init run's shape (its vocabulary may have
     # more rows than its tokenizer has ids, as Qwen's does) and weights.
     vocab_size = check_init(cfg.model, cfg.init) if cfg.init else data.tokenizer.vocab_size
-    layout, model = _build(cfg, rt, run_dir, resume, vocab_size, examples_per_step)
+    layout, model = _build(cfg, rt, run_dir, resume, vocab_size, examples_per_step,
+                           None if resume else init_state)
     micro_bs, accum = plan_batches(examples_per_step, cfg.train.micro_batch_size, rt.dp_size)
     task = LMTask(model, data.train, data.val, token_byte_lengths(data.tokenizer), examples_per_step,
                   cfg.seed, cfg.eval.max_tokens)
+    if wrap_task is not None:
+        task = wrap_task(task, rt)
     rt.precision, precision_why, compile_model, compile_why = _runtime_choices(cfg, rt, run_dir, resume, task, micro_bs,
                                                                                 changed)
     if rt.is_main:
@@ -337,7 +341,8 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
     )
 
 
-def _build(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, vocab_size: int, examples_per_step: int):
+def _build(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, vocab_size: int, examples_per_step: int,
+           init_state: dict | None = None):
     """Decide how the model is spread over the processes (see trainer.parallelize), then build it."""
     def make():
         return build_model(cfg.model, vocab_size, cfg.seed)
@@ -358,12 +363,14 @@ def _build(cfg: Config, rt: Runtime, run_dir: Path, resume: bool, vocab_size: in
                               "model (train.parallel fsdp, tensor parallelism); use bf16 on a GPU that has it, or fp32")
         layout.param_dtype = torch.bfloat16 if precision == "bf16" else None
     model = parallelize.build_model(make, layout, rt)
-    if cfg.init:
-        path, tensors = init_weights(model.cfg, cfg.init)
+    if cfg.init or init_state is not None:  # --init's run, or given weights (pruning's recovery)
+        path, tensors = init_weights(model.cfg, cfg.init) if cfg.init else ("the given weights", init_state)
         if parallelize.is_sharded(model):
             parallelize.load_whole_weights(model, tensors, path)
-        else:
+        elif cfg.init:
             apply_init_weights(model, tensors, path)
+        else:
+            model.load_state_dict(tensors)
     return layout, model
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 
 import torch
 
-from lmforge.config import SampleConfig
+from lmforge.config import MAX_COUNT, MAX_SEED, SampleConfig, check_option, is_int, is_number
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.models.gpt import GPT, KVCache
 
@@ -96,7 +96,7 @@ def generate_ids(
             # Out of context: restart the cache from the most recent half-window of tokens, so
             # the re-encoding cost is paid once per T/2 tokens rather than every token.
             cache = KVCache(model.cfg.n_layer)
-            pending = ids[-(T // 2) :]
+            pending = ids[-max(1, T // 2) :]
         x = torch.tensor([pending], dtype=torch.long, device=device)
         logits = model(x, cache=cache)[0, -1]
         nxt = pick_token(logits, temperature, top_k, top_p, gen)
@@ -143,6 +143,19 @@ def sample_text(
     return prompt + tok.decode(ids)
 
 
+def check_generate_options(cfg: SampleConfig, seed: int) -> None:
+    """`lmforge generate`'s options, checked before the model is loaded; errors name the option."""
+    check_option(is_int(cfg.max_new_tokens) and 0 <= cfg.max_new_tokens <= MAX_COUNT, "--max-new-tokens",
+                 cfg.max_new_tokens, "must be an integer >= 0")
+    check_option(is_number(cfg.temperature) and cfg.temperature >= 0, "--temperature", cfg.temperature,
+                 "must be a finite number >= 0 (0: always the most likely token)")
+    check_option(is_int(cfg.top_k) and 0 <= cfg.top_k <= MAX_COUNT, "--top-k", cfg.top_k, "must be an integer >= 0 (0: off)")
+    check_option(is_number(cfg.top_p) and 0 < cfg.top_p <= 1, "--top-p", cfg.top_p, "must be in (0, 1] (1: off)")
+    check_option(is_int(cfg.num_samples) and 1 <= cfg.num_samples <= 10_000, "--num-samples", cfg.num_samples,
+                 "must be an integer in [1, 10000]")
+    check_option(is_int(seed) and 0 <= seed <= MAX_SEED, "--seed", seed, f"must be an integer in [0, {MAX_SEED}]")
+
+
 def generate(
     run_dir: str | Path,
     prompt: str | None = None,
@@ -153,13 +166,23 @@ def generate(
 ) -> list[str]:
     """Generate from a trained run folder. With `prompt=None` the prompt is read from stdin."""
     from lmforge.lm.model import load_run_model
+    from lmforge.trainer.runtime import check_device
 
     cfg = cfg or SampleConfig()
+    check_generate_options(cfg, seed)
+    check_device(device)
     if prompt is None:
         prompt = sys.stdin.read()
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes the terminal's locale could not decode arrive as surrogates
+        from lmforge.errors import ConfigError
+
+        raise ConfigError(f"the prompt (--prompt or standard input) is not valid text at character {e.start + 1}; "
+                          "pass UTF-8 text (check the terminal's locale, e.g. LANG=C.UTF-8)") from None
     model, tok, _ = load_run_model(Path(run_dir), device)
     texts = []
-    for i in range(max(1, cfg.num_samples)):
+    for i in range(cfg.num_samples):
         if stream:
             sys.stdout.write(prompt)
             sys.stdout.flush()
@@ -170,7 +193,7 @@ def generate(
 
             text = sample_text(model, tok, prompt, cfg, seed=seed + i, device=device, stream=write)
             sys.stdout.write("\n")
-            if i + 1 < max(1, cfg.num_samples):
+            if i + 1 < cfg.num_samples:
                 sys.stdout.write("-" * 40 + "\n")
             sys.stdout.flush()
         else:

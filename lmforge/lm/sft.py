@@ -329,11 +329,12 @@ def reply_samples(model: GPT, fmt: ChatFormat, convs: list[list[dict]], cfg: Cha
 
 def _sft(cfg: SFTConfig, rt: Runtime, resume: bool, progress: bool) -> SFTResult:
     from lmforge.console import print_summary
-    from lmforge.lm.model import load_run_model, model_from_shape
+    from lmforge.lm.model import load_run_model, model_from_shape, refuse_quantized
     from lmforge.trainer.loop import fit, seed_everything
     from lmforge.trainer.step import plan_batches
 
     run_dir = Path(cfg.out)
+    refuse_quantized(cfg.base, "chat fine-tuning")
     base_model, base_tok, info = load_run_model(Path(cfg.base), rt.device)
     tok = add_chat_tokens(base_tok)
     fmt = ChatFormat(tok)

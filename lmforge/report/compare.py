@@ -14,8 +14,24 @@ LM_COLUMNS = ("steps", "train_loss", "val_loss", "val_bpb", "tokens_per_s", "wal
 CLF_COLUMNS = ("split", "accuracy", "macro_f1", "wall_s", "members")
 
 
-def compare(runs: list[str | Path], out_png: str | Path) -> dict:
+# Written into the plot's PNG Software field: a later compare may replace its own plot, never another file.
+PLOT_SOFTWARE = "lmforge compare"
+
+
+def check_plot_path(out_png: str | Path, overwrite: bool = False) -> None:
+    """Refuse an --out that exists and is not a plot an earlier `lmforge compare` wrote (unless overwrite)."""
+    from lmforge.runs import check_output
+
+    out = Path(out_png)
+    if not overwrite and out.is_file() and out.stat().st_size < 2**26:
+        if PLOT_SOFTWARE.encode() in out.read_bytes():
+            return
+    check_output(out, [], overwrite=overwrite, option="--out")
+
+
+def compare(runs: list[str | Path], out_png: str | Path, overwrite: bool = False) -> dict:
     """{'rows': [...], 'plot': path}; each row is a run's name, kind, status and key figures."""
+    check_plot_path(out_png, overwrite)
     paths = [Path(r) for r in runs]
     for p in paths:
         if run_kind(p) is None:
@@ -32,7 +48,7 @@ def compare(runs: list[str | Path], out_png: str | Path) -> dict:
     out_png = Path(out_png)
     plot = None
     if any(c["train"] or c["val"] for c in curves.values()):
-        atomic_write_bytes(out_png, figures.overlay(curves, "loss by step"))
+        atomic_write_bytes(out_png, figures.overlay(curves, "loss by step", PLOT_SOFTWARE))
         plot = str(out_png)
     return {"rows": rows, "plot": plot}
 

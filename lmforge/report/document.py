@@ -44,12 +44,12 @@ class Section:
     blocks: list = field(default_factory=list)
 
 
-def figure_png(fig) -> bytes:
-    """A matplotlib figure as PNG bytes (the figure is closed)."""
+def figure_png(fig, software: str | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed); `software` goes in the PNG's Software field."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", metadata={"Software": software} if software else None)
     plt.close(fig)
     return buf.getvalue()
 

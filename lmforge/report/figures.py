@@ -56,7 +56,7 @@ def roc_and_calibration(y: np.ndarray, proba: np.ndarray, names: list[str]) -> l
                        limits=(0, 1, 0, 1))) if c]
 
 
-def overlay(curves: dict[str, dict[str, list[tuple[int, float]]]], title: str) -> bytes:
+def overlay(curves: dict[str, dict[str, list[tuple[int, float]]]], title: str, software: str | None = None) -> bytes:
     """One plot of several runs: validation loss solid, training loss faint, one colour per run."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
@@ -74,4 +74,4 @@ def overlay(curves: dict[str, dict[str, list[tuple[int, float]]]], title: str) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return figure_png(fig)
+    return figure_png(fig, software)

@@ -356,8 +356,10 @@ def load_verified(path: Path) -> dict[str, torch.Tensor]:
 
 def apply_weights(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
     missing, unexpected = model.load_state_dict(tensors, strict=False)
-    # Tied weights are saved once; anything else missing is a real mismatch.
+    # Tied weights (and a quantized model's shared int8 tables) are saved once; anything else
+    # missing is a real mismatch.
     tied = {n for n, p in model.named_parameters(remove_duplicate=False)} - set(dict(model.named_parameters()))
+    tied |= {n for n, b in model.named_buffers(remove_duplicate=False)} - set(dict(model.named_buffers()))
     missing = [m for m in missing if m not in tied]
     if missing or unexpected:
         raise TrainingError(

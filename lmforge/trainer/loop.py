@@ -231,13 +231,13 @@ class _Fit:
         self.micro_bs, self.accum = smaller, per_rank // smaller
         self.oom_backoffs += 1
 
-    def check_finite(self, train_loss: float) -> None:
-        if math.isfinite(train_loss):
+    def check_finite(self, loss: float, what: str = "loss") -> None:
+        if math.isfinite(loss):
             return
         last = ckpt.latest_checkpoint(self.run_dir)
         where = f"the last good checkpoint is {last}" if last else "no checkpoint was saved yet"
         raise TrainingError(
-            f"loss became {train_loss} at step {self.state.step}; {where}. Lower optim.lr, raise "
+            f"{what} became {loss} at step {self.state.step}; {where}. Lower optim.lr, raise "
             "schedule.warmup_steps, or use runtime.precision fp32/bf16 instead of fp16.")
 
     def keep_time(self) -> bool:
@@ -266,6 +266,8 @@ class _Fit:
     def record_eval(self, metrics: dict[str, float], on_best) -> bool:
         """Track the best validation loss; True when early stopping says stop."""
         s = self.state
+        # The last optimizer step can break the weights after the last training loss was checked.
+        self.check_finite(metrics["val_loss"], "validation loss")
         if metrics["val_loss"] < s.best_val:
             s.best_val, s.bad_evals = metrics["val_loss"], 0
             if on_best is not None:

@@ -7,7 +7,7 @@ orthogonalized together with fused `baddbmm` steps: 11.1 ms against 18.9 ms per 
 The update rule is torch's: Nesterov momentum, five quintic Newton-Schulz iterations,
 decoupled weight decay, and the update scaled to AdamW's RMS (0.2 * sqrt(max(rows, cols))),
 so one learning rate and schedule can drive both optimizers (Muon still does best at about 2.5x
-AdamW's rate; see `lmforge.auto.planner.rule_lr`).
+AdamW's rate; see `lmforge.auto.choices.rule_lr`).
 """
 
 from __future__ import annotations

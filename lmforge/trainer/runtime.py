@@ -79,6 +79,27 @@ class Runtime:
             dist.barrier()
 
 
+def check_device(name: str, option: str = "--device") -> torch.device:
+    """The torch device for a --device option (cpu, cuda, cuda:N, mps); a ConfigError, not a torch
+    traceback, for a name that is not a device or a device this machine does not have."""
+    from lmforge.config import check_option
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        device = None
+    check_option(device is not None and device.type in ("cpu", "cuda", "mps"), option, name,
+                 "not a device; use cpu, cuda or cuda:N (or mps on a Mac)")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        check_option(count > 0, option, name, "no CUDA device is available on this machine; use --device cpu")
+        check_option(device.index is None or device.index < count, option, name,
+                     f"this machine has {count} CUDA device(s), numbered from 0")
+    if device.type == "mps":
+        check_option(torch.backends.mps.is_available(), option, name, "MPS is not available on this machine")
+    return device
+
+
 def init_runtime(device: str = "auto", threads: int = 0, timeout_s: float = 1800.0) -> Runtime:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK) and join the process group.
 
