@@ -378,8 +378,8 @@ def _sft(cfg: SFTConfig, rt: Runtime, resume: bool, progress: bool) -> SFTResult
             atomic_write_json(run_dir / "sft_start.json", {"val_loss": first_val, "samples": before})
         rt.barrier()
 
-    def save_best(m: torch.nn.Module) -> None:
-        ckpt.save_weights(m.state_dict(), run_dir / "model.safetensors")
+    def save_best(weights: dict[str, torch.Tensor]) -> None:
+        ckpt.save_weights(weights, run_dir / "model.safetensors", run_dir=run_dir)
 
     result = fit(task, cfg.train, cfg.optim, cfg.schedule, cfg.eval, rt, run_dir, resume=resume,
                  meta={"task": "sft", "base": str(cfg.base)}, on_best=save_best, progress=progress)
