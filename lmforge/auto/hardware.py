@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from lmforge.trainer.memory import available_ram
+
 
 @dataclass
 class Hardware:
@@ -57,31 +59,6 @@ def usable_cores() -> int:
     except (OSError, ValueError):
         pass
     return n
-
-
-def available_ram() -> int:
-    avail = 0
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    if not avail:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            avail = 4 * 2**30
-    try:  # a container's memory limit
-        limit = open("/sys/fs/cgroup/memory.max", encoding="ascii").read().strip()
-        used = int(open("/sys/fs/cgroup/memory.current", encoding="ascii").read().strip())
-        if limit != "max":
-            avail = min(avail, int(limit) - used)
-    except (OSError, ValueError):
-        pass
-    return max(avail, 0)
 
 
 def cpu_name() -> str:

@@ -7,6 +7,7 @@ never holds the corpus in RAM.  The header is written last and carries the token
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -303,24 +304,32 @@ def encode_corpus(
         workers, chunks = _auto_workers(chunks, tokenizer)
     encoded = _serial(chunks, tokenizer, dtype) if workers <= 1 else _parallel(chunks, tokenizer, dtype, workers)
     num_tokens = num_docs = num_bytes = 0
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with _replacing(out) as f:
             for arr, nbytes, ndocs in encoded:
                 f.write(arr.tobytes())
                 num_tokens += len(arr)
                 num_bytes += nbytes
                 num_docs += ndocs
+    finally:
+        encoded.close()  # stops worker processes now, not whenever the generator is collected
+    return _finish(out, tokenizer, dtype, num_tokens, num_docs, num_bytes)
+
+
+@contextlib.contextmanager
+def _replacing(out: Path) -> Iterator[Any]:
+    """A binary file that replaces `out` only once it is complete and on disk (a temporary beside it)."""
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, out)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        encoded.close()  # stops worker processes now, not whenever the generator is collected
     fsync_dir(out.parent)
-    return _finish(out, tokenizer, dtype, num_tokens, num_docs, num_bytes)
 
 
 def _finish(out: Path, tokenizer: Tokenizer, dtype: str, num_tokens: int, num_docs: int, num_bytes: int) -> TokenFile:
@@ -357,21 +366,12 @@ def write_token_parts(parts: Iterable[tuple[Path, int, int]], tokenizer: Tokeniz
     itemsize = _np_dtype(dtype).itemsize
     header_path(out).unlink(missing_ok=True)
     num_tokens = num_docs = num_bytes = 0
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            for path, ndocs, nbytes in parts:
-                with open(path, "rb") as part:
-                    while block := part.read(1 << 22):
-                        f.write(block)
-                        num_tokens += len(block) // itemsize
-                num_docs += ndocs
-                num_bytes += nbytes
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(out.parent)
+    with _replacing(out) as f:
+        for path, ndocs, nbytes in parts:
+            with open(path, "rb") as part:
+                while block := part.read(1 << 22):
+                    f.write(block)
+                    num_tokens += len(block) // itemsize
+            num_docs += ndocs
+            num_bytes += nbytes
     return _finish(out, tokenizer, dtype, num_tokens, num_docs, num_bytes)

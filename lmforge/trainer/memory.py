@@ -69,7 +69,8 @@ def estimate(n_params: int, n_layer: int, d_model: int, context_len: int, vocab_
                                            tensor_parallel, bytes_per_value))
 
 
-def _available_ram() -> int:
+def available_ram() -> int:
+    """Bytes this machine (or its container's memory limit) can still give."""
     avail = 0
     try:
         with open("/proc/meminfo", encoding="ascii") as f:
@@ -118,6 +119,6 @@ def device_memory(device: torch.device, local_processes: int = 1) -> int:
     this node's processes (and within a per-process limit, when one is set)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
-    share = _available_ram() // max(1, local_processes)
+    share = available_ram() // max(1, local_processes)
     room = _rlimit_room()
     return share if room is None else min(share, room)
