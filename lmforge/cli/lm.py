@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from lmforge.cli.options import add_config_options, make_config, overrides_from
+from lmforge.cli.options import add_config_options, add_sampling_options, make_config, overrides_from
 
 COMMANDS = ("train", "prepare", "eval", "generate", "config")
 
@@ -53,10 +53,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("generate", help="sample text from a trained run, streaming to the terminal")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--prompt", help="text to continue; read from stdin when omitted")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=0.95)
+    add_sampling_options(p)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")

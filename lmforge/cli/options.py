@@ -103,3 +103,11 @@ def check_resume_args(args: argparse.Namespace) -> None:
     if getattr(args, "out", None) and Path(args.out).resolve() != Path(args.resume).resolve():
         raise ConfigError(f"--resume continues the run in {args.resume}; drop --out {args.out} (or start a new "
                           "run with --out instead of --resume)")
+
+
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """The sampling options shared by `generate` and `chat`."""
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=0.95)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from lmforge.cli.options import add_sampling_options
+
 COMMANDS = ("serve", "chat", "sft", "report", "compare", "ui")
 
 
@@ -21,10 +23,7 @@ def add_commands(sub) -> None:
     p = sub.add_parser("chat", help="chat in the terminal with a run fine-tuned by `lmforge sft`")
     p.add_argument("run", metavar="RUN_DIR")
     p.add_argument("--system", help="system message that starts the conversation")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=0.95)
+    add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 
