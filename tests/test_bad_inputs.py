@@ -542,7 +542,22 @@ SUBPROCESS = [
     case("exit-path", "unknown-option", "train --optim.lrr 1", "Did you mean --optim.lr", subprocess=True),
 ]
 
-CASES = DATA_FILES + MORE_DATA + CONFIG + CLASSIFY + GENERATION + SERVING + DAMAGED + PREPARE + CLI + SUBPROCESS
+# Inputs added with compression, streaming prepare, quality filters and classifier time budgets.
+LATER = [
+    case("prepare", "filter-language-unknown", P + " --filter.languages en,xx", "filter.languages", "xx",
+         files={"d.txt": TEXT}),
+    case("prepare", "shard-mb-zero", P + " --data.shard_mb 0", "data.shard_mb", files={"d.txt": TEXT}),
+    case("prepare", "filter-negative", P + " --filter.min_words -1", "filter.min_words", files={"d.txt": TEXT}),
+    case("compress", "quantize-missing-run", "quantize gone --method int8", "gone"),
+    case("compress", "quantize-unknown-method", "quantize lm --method int3", "--method", "invalid choice",
+         runs=("lm",)),
+    case("compress", "prune-missing-run", "prune gone --keep 0.5", "gone"),
+    case("compress", "distill-missing-teacher", "distill --teacher gone", "gone"),
+    case("classify", "time-unreadable", CLF + " --time banana", "banana", files={"d.jsonl": jsonl(labeled())}),
+]
+
+CASES = (DATA_FILES + MORE_DATA + CONFIG + CLASSIFY + GENERATION + SERVING + DAMAGED + PREPARE + CLI + SUBPROCESS
+         + LATER)
 
 
 @parametrize(CASES)

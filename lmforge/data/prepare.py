@@ -17,6 +17,7 @@ from lmforge.config import Config, DataConfig
 from lmforge.data import default_corpus
 from lmforge.data import pipeline
 from lmforge.data.clean import CleanReport
+from lmforge.data.quality import parse_languages
 from lmforge.data.readers import ReadReport, find_files, read_documents
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.data.tokens import TokenFile, cache_key
@@ -142,6 +143,8 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
     """Build (or reuse) RUN/data for this config and return handles to it."""
     if not cfg.out:
         raise ConfigError("config field 'out' is empty: name the run folder the prepared data goes in")
+    if cfg.filter.languages:
+        parse_languages(cfg.filter.languages)  # refuses an unknown code before any work
     folder = Path(cfg.out) / "data"
     folder.mkdir(parents=True, exist_ok=True)
     data = cfg.data

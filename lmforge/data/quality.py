@@ -111,7 +111,21 @@ def _word_checks(cfg: FilterConfig, text: str, word_list: list[str], shingle_wor
 
 
 def parse_languages(languages: str) -> set[str]:
-    return {code.strip().lower() for code in languages.split(",") if code.strip()}
+    """The codes of filter.languages; a code the language model does not know is refused (it would drop
+    every document)."""
+    from py3langid.langid import classify
+
+    from lmforge.errors import ConfigError
+
+    codes = {code.strip().lower() for code in languages.split(",") if code.strip()}
+    classify("")  # loads the model the first time
+    from py3langid.langid import IDENTIFIER
+
+    unknown = sorted(codes - set(IDENTIFIER.nb_classes))
+    if unknown:
+        raise ConfigError(f"config field 'filter.languages': {', '.join(unknown)} is not a language code the "
+                          "language detector knows; use ISO 639-1 codes such as en, zh, fr, de")
+    return codes
 
 
 def reject_reason(text: str, cfg: FilterConfig, shingle_words: int = 5) -> str | None:
