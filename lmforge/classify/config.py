@@ -25,6 +25,51 @@ MODEL_KINDS = ("auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "en
 NEURAL_KINDS = ("bilstm", "fasttext", "transformer", "gpt")
 
 
+AUGMENT_METHODS = ("swap", "delete", "insert", "synonym", "noise")
+
+
+@dataclass
+class AugmentConfig:
+    """Offline text augmentation of the training texts (never validation or test texts): each training text
+    gets `copies` altered copies with its label, made by word swaps, deletions, insertions, synonyms from word
+    vectors, or character noise. Words are the units classify splits text into (jieba words for Chinese; single
+    characters with text.tokenizer char)."""
+
+    methods: str = ""
+    """Comma-separated methods, each copy made by one of them (picked per copy): swap (exchange two words),
+    delete (drop words), insert (repeat a word, or with vectors one of its synonyms, elsewhere in the text),
+    synonym (replace words by near neighbours in data.augment.vectors), noise (drop, repeat or exchange
+    characters inside words); empty: no augmentation (the default: see the README for where it helps)."""
+    copies: int = 1
+    """Altered copies added per training text (the original is always kept)."""
+    strength: float = 0.1
+    """Share of a text's words each method changes (at least one word): swaps, deletions, insertions,
+    replacements or misspelt words per word of the text."""
+    seed: int = -1
+    """Seed of the alterations (each copy depends only on this seed and its source text, so a text gets the
+    same copies in every fold); -1: the run's seed."""
+    vectors: str | None = None
+    """Word vectors for 'synonym' (and synonym insertion): a word2vec/GloVe text file such as one written by
+    `lmforge classify vectors`; empty: text.vectors when that is a file."""
+    min_similarity: float = 0.5
+    """Cosine similarity a neighbour needs to count as a synonym (distributional neighbours of a sentiment
+    word can be its opposite; a high bar keeps fewer of them)."""
+
+    def method_list(self) -> list[str]:
+        return [m.strip() for m in self.methods.split(",") if m.strip()]
+
+    def validate(self) -> None:
+        for m in self.method_list():
+            check(m in AUGMENT_METHODS, "data.augment.methods",
+                  f"{m!r} is not one of {', '.join(AUGMENT_METHODS)}")
+        check(1 <= self.copies <= 100, "data.augment.copies", "must be in [1, 100]")
+        check(0.0 < self.strength <= 0.5, "data.augment.strength", "must be in (0, 0.5]")
+        check(self.seed >= -1, "data.augment.seed", "must be >= 0, or -1 for the run's seed")
+        check(self.vectors is None or bool(self.vectors.strip()), "data.augment.vectors",
+              "is blank; give a word-vector file or leave it out")
+        check(-1.0 <= self.min_similarity < 1.0, "data.augment.min_similarity", "must be in [-1, 1)")
+
+
 @dataclass
 class ClassifyDataConfig:
     path: str | None = None
@@ -47,6 +92,12 @@ class ClassifyDataConfig:
     """Weight the loss by inverse class frequency (n / (classes * count)), so rare classes count as much as common ones."""
     skew_warning_ratio: float = 3.0
     """Warn when the most common class outnumbers the rarest by this factor or more."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    decontam_ngram: int = 13
+    """Report test and validation records (from --test/--valid files) sharing a run of this many words (each
+    CJK character a word) with a training text; 0: off."""
+    decontam_remove: bool = False
+    """Also leave those records out of validation and scoring (otherwise only count them)."""
 
     def validate(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
@@ -57,6 +108,9 @@ class ClassifyDataConfig:
               f"is the text field ({self.text_field!r}) too; the label must be another field")
         check_paths({"data.path": self.path, "data.valid_path": self.valid_path, "data.test_path": self.test_path})
         check_encoding(self.encoding, "data.encoding")
+        check(self.decontam_ngram == 0 or 5 <= self.decontam_ngram <= 1000, "data.decontam_ngram",
+              "must be 0 (off) or in [5, 1000]")
+        validate_sections(self, "data.")
 
 
 @dataclass

@@ -280,3 +280,25 @@ def bucketed_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Genera
 def label_distribution(y: np.ndarray, labels: LabelMap) -> dict[str, int]:
     counts = Counter(int(v) for v in y)
     return {str(labels.names[c]): counts.get(c, 0) for c in range(len(labels))}
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def contamination(train: Labeled, held: Labeled, n: int, role: str) -> dict:
+    """Which records of a held-out file (test or validation) share a run of n words (each CJK character a
+    word) with a training text, or equal one (case and spacing aside: short texts have no n-word run).
+
+    The n-gram search is the language-model side's (lmforge.data.decontam); returns counts, the records'
+    positions in `held` ("records") and up to three examples with file and line.
+    """
+    from lmforge.data.decontam import overlap
+
+    found = set(overlap(train.texts, held.texts, n, sum(len(t) for t in held.texts))["contaminated"])
+    seen = {_plain(t) for t in train.texts}
+    exact = {i for i, t in enumerate(held.texts) if _plain(t) in seen}
+    bad = sorted(found | exact)
+    examples = [{"where": _at(held, i), "text": held.texts[i][:160]} for i in bad[:3]]
+    return {"role": role, "file": held.path, "records": len(held), "contaminated": len(bad), "exact_copies": len(exact),
+            "ngram_words": n, "examples": examples, "indices": bad}

@@ -351,5 +351,6 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     member = NeuralMember(kind, inputs, model)
     facts = {"params": n_params, "steps": result.steps, "train_s": time.perf_counter() - t0, "fit_s": result.wall_s,
              "stop_reason": result.stop_reason, "best_val_loss": result.best_val_loss,
-             "truncated": enc.truncated, "precision": rt.precision, "vectors_found": vectors_found}
+             "truncated": enc.truncated, "precision": rt.precision, "vectors_found": vectors_found,
+             "training_texts": len(enc.ids)}
     return member, facts

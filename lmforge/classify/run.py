@@ -25,9 +25,10 @@ import numpy as np
 
 from lmforge import runs
 from lmforge.atomic import atomic_write_json, atomic_write_text
+from lmforge.classify.augment import Units, augment_texts, check_vectors
 from lmforge.classify.config import NEURAL_KINDS, ClassifyConfig
-from lmforge.classify.data import (Labeled, LabelMap, kfold_splits, label_distribution, read_labeled, skew_message,
-                                   stratified_split)
+from lmforge.classify.data import (Labeled, LabelMap, contamination, kfold_splits, label_distribution, read_labeled,
+                                   skew_message, stratified_split)
 from lmforge.classify.members import load_member, train_linear, train_neural, train_vectors
 from lmforge.classify.plan import MIN_SLOT_S, BudgetClock, ClassifyPlan, plan_budget, scoring_reserve_s
 from lmforge.classify.stacking import combine, out_of_fold, tune_weights
@@ -138,6 +139,7 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
                           "the linear model needs word or character n-grams")
     if cfg.text.tokenizer == "bpe" and not cfg.text.bpe_path and "gpt" not in cfg.model.member_kinds():
         raise ConfigError("config field 'text.bpe_path': tokenizer 'bpe' needs a tokenizer.json or an lmforge run folder")
+    check_vectors(cfg.data.augment, cfg.text.vectors)
     return cfg.validate(), plan
 
 
@@ -182,6 +184,18 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
     members, val_probas, facts = [], [], {}
     names = cfg.model.member_names()
     vectors_cache = {} if vectors_cache is None else vectors_cache  # vectors from the texts, shared
+    if cfg.data.augment.method_list():
+        # Copies are made here, from the training part only (after the validation split or fold was cut),
+        # so that no copy of a held-out text is trained on; vectors come from the texts as written.
+        if (cfg.text.vectors == "train" and not resume
+                and any(k in ("bilstm", "transformer") for k in cfg.model.member_kinds())):
+            train_vectors(cfg, train.texts, vectors_cache, log)
+        n_before = len(train)
+        texts, y = augment_training(cfg, train.texts, y)
+        train = Labeled(texts, list(y))
+        if refit_linear_on is not None:
+            refit_linear_on = augment_training(cfg, *refit_linear_on)
+        log(f"augmentation ({cfg.data.augment.methods}): {n_before:,} training texts -> {len(train):,}")
     for i, (kind, name) in enumerate(zip(cfg.model.member_kinds(), names)):
         folder = run_dir / name
         t0 = time.perf_counter()
@@ -189,7 +203,7 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
             if rt.is_main:  # scikit-learn runs in one process; the others wait at the next barrier
                 until = clock.linear_search_until() if clock is not None else None
                 member = train_linear(cfg, train.texts, y, n_classes, folder, log, until)
-                facts[name] = {"train_s": time.perf_counter() - t0, "C": member.model.C}
+                facts[name] = {"train_s": time.perf_counter() - t0, "C": member.model.C, "training_texts": len(train)}
                 val_p = _timed_predict(member, val.texts, rt, clock, name)
             if clock is not None:
                 clock.linear_done(time.perf_counter() - t0)
@@ -200,6 +214,7 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
                 fixed = replace(cfg, model=replace(cfg.model, linear=replace(cfg.model.linear, C=member.model.C)))
                 member = train_linear(fixed, refit_linear_on[0], refit_linear_on[1], n_classes, folder, log)
                 facts[name]["train_s"] += time.perf_counter() - t1
+                facts[name]["training_texts"] = len(refit_linear_on[0])
                 if clock is not None:
                     clock.linear_done(time.perf_counter() - t1)
         else:
@@ -224,6 +239,14 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
             val_probas.append(val_p)
     weights = tune_weights(val_probas, val_y) if rt.is_main else []
     return members, val_probas, weights, facts
+
+
+def augment_training(cfg: ClassifyConfig, texts: list[str], y: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """Training texts with data.augment's altered copies appended (their labels too)."""
+    t = cfg.text
+    units = Units(t.language, t.tokenizer, t.lowercase, t.strip_html)
+    out, out_y, _ = augment_texts(texts, y, cfg.data.augment, units, cfg.seed, t.vectors)
+    return out, out_y
 
 
 def _timed_predict(member, texts: list[str], rt: Runtime, clock: BudgetClock | None, name: str) -> np.ndarray:
@@ -480,6 +503,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
            on_eval=None, t_start: float | None = None) -> ClassifyResult:
     t_start = time.perf_counter() if t_start is None else t_start
     train, valid, test, labels = _read(cfg)
+    decontam, valid, test = _decontaminate(cfg, train, valid, test)
     if cfg.train.run_budget_s > 0:
         _warm_imports(cfg)
     cfg, plan = plan_run(cfg, train.texts, time.perf_counter() - t_start)
@@ -509,6 +533,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
             ("model", cfg.model.kind + (f" of {cfg.model.members}" if cfg.model.kind == "ensemble" else "")),
             ("weights", f"out-of-fold, {cfg.model.stack_folds} folds" if cfg.model.stacking == "oof"
              else "validation split"),
+            *_augment_rows(cfg), *_decontam_rows(cfg, decontam),
         ])
         if plan is not None:
             print_summary("time plan", plan.rows)
@@ -550,7 +575,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         return ClassifyResult(run_dir, None, None, cv)
     with ckpt.guard_writes(run_dir):
         result = _score(cfg, rt, run_dir, members, val_probas, weights, facts, labels, val_set, val_y, test, test_y,
-                        cv, t_start, stacking, reads)
+                        cv, t_start, stacking, reads, {"decontamination": decontam, "augment": _augment_facts(cfg)})
     finals = [str(c.relative_to(run_dir)) for c in (ckpt.latest_checkpoint(d) for d in runs.member_dirs(run_dir))
               if c is not None]
     runs.update_info(run_dir, status="finished", final_checkpoints=finals)
@@ -562,7 +587,7 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
 
 def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas, weights, facts, labels: LabelMap,
            val_set: Labeled, val_y, test: Labeled | None, test_y, cv, t_start: float,
-           stacking: dict | None = None, reads=()) -> ClassifyResult:
+           stacking: dict | None = None, reads=(), extra: dict | None = None) -> ClassifyResult:
     """Validation and test metrics of the ensemble (and its members); ensemble.json, metrics.json, the plot."""
     kinds = cfg.model.member_names()
     atomic_write_json(run_dir / "ensemble.json", {"members": kinds, "kinds": cfg.model.member_kinds(),
@@ -593,9 +618,63 @@ def _score(cfg: ClassifyConfig, rt: Runtime, run_dir: Path, members, val_probas,
     atomic_write_json(run_dir / "metrics.json", {"valid": result.valid, "test": result.test, "cv": cv,
                                                       "members": kinds, "weights": weights, "train_s": train_s,
                                                       "member_facts": facts, "stacking": stacking,
-                                                      "files": [read.to_dict() for read in reads]})
+                                                      "files": [read.to_dict() for read in reads],
+                                                      **(extra or {})})
     log_final(cfg.train.track, run_dir, {**flat_metrics(result.valid, "valid"), **flat_metrics(result.test, "test")})
     return result
+
+
+def _decontaminate(cfg: ClassifyConfig, train: Labeled, valid: Labeled | None, test: Labeled | None):
+    """({role: what data.decontam_ngram found in the --test/--valid file}, valid, test), the contaminated
+    records left out of the latter with data.decontam_remove."""
+    d = cfg.data
+    found: dict = {}
+    if not d.decontam_ngram:
+        return found, valid, test
+    kept = {}
+    for role, held in (("test", test), ("valid", valid)):
+        if held is None:
+            kept[role] = None
+            continue
+        r = contamination(train, held, d.decontam_ngram, role)
+        bad = set(r.pop("indices"))
+        r["removed"] = bool(d.decontam_remove and bad)
+        found[role] = r
+        if r["removed"]:
+            if len(bad) == len(held):
+                raise DataError(f"{held.path}: every record shares a {d.decontam_ngram}-word run with the training "
+                                f"data ({d.path}), so --data.decontam_remove would leave nothing to score; check "
+                                "that the files differ")
+            held = held.subset([i for i in range(len(held)) if i not in bad])
+        kept[role] = held
+    return found, kept["valid"], kept["test"]
+
+
+def _decontam_rows(cfg: ClassifyConfig, found: dict) -> list[tuple[str, str]]:
+    rows = []
+    for role, r in found.items():
+        what = (f"{r['contaminated']:,} of {r['records']:,} records share a {r['ngram_words']}-word run with (or "
+                f"equal) a training text" + (", left out" if r["removed"] else
+                                             ", kept (--data.decontam_remove true leaves them out)"
+                                             if r["contaminated"] else ""))
+        rows.append((f"{role} overlap", what))
+    return rows
+
+
+def _augment_facts(cfg: ClassifyConfig) -> dict | None:
+    a = cfg.data.augment
+    if not a.method_list():
+        return None
+    return {"methods": a.method_list(), "copies": a.copies, "strength": a.strength,
+            "seed": cfg.seed if a.seed < 0 else a.seed}
+
+
+def _augment_rows(cfg: ClassifyConfig) -> list[tuple[str, str]]:
+    a = cfg.data.augment
+    if not a.method_list():
+        return []
+    return [("augmentation", f"{a.methods}: {a.copies} altered cop{'y' if a.copies == 1 else 'ies'} of each training "
+                             f"text (strength {a.strength}); validation and test texts untouched")]
 
 
 def _check_split(cfg: ClassifyConfig, y, fit_idx, val_idx, n_classes: int) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -340,11 +340,18 @@ def load_vectors(path: str | Path, vocab: Vocab) -> tuple[np.ndarray, int]:
 
     Only the vocabulary's words are kept while reading, so a large file needs little memory.
     """
+    words, rows = read_vectors(path, lambda word, _line: word in vocab.index)
+    return vectors_matrix(words, rows, vocab)
+
+
+def read_vectors(path: str | Path, keep: Callable[[str, int], bool],
+                 field_name: str = "text.vectors") -> tuple[list[str], np.ndarray]:
+    """(words, their vectors) of a GloVe or word2vec text file, for the words `keep(word, line number)` accepts."""
     import gzip
 
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config field 'text.vectors': {p} not found")
+        raise ConfigError(f"config field '{field_name}': {p} not found")
     opener = gzip.open if p.name.endswith(".gz") else open
     words: list[str] = []
     rows: list[np.ndarray] = []
@@ -360,7 +367,7 @@ def load_vectors(path: str | Path, vocab: Vocab) -> tuple[np.ndarray, int]:
             if len(parts) - 1 != dim:
                 raise DataError(f"{p}:{line_no}: {len(parts) - 1} numbers where earlier lines had {dim}; "
                                 "is this a GloVe/word2vec text file?")
-            if parts[0] not in vocab.index:
+            if not keep(parts[0], line_no):
                 continue
             try:
                 rows.append(np.asarray(parts[1:], dtype=np.float32))
@@ -370,4 +377,4 @@ def load_vectors(path: str | Path, vocab: Vocab) -> tuple[np.ndarray, int]:
             words.append(parts[0])
     if not dim:
         raise DataError(f"{p}: no vectors found; expected lines 'word v1 v2 ...' (GloVe or word2vec text format)")
-    return vectors_matrix(words, np.stack(rows) if rows else np.zeros((0, dim), np.float32), vocab)
+    return words, np.stack(rows) if rows else np.zeros((0, dim), np.float32)

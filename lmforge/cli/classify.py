@@ -14,7 +14,8 @@ COMMANDS = ("classify",)
 # Shortcut options and the config field each sets.
 _SHORTCUTS = {"data": "data.path", "valid": "data.valid_path", "test": "data.test_path",
               "text_field": "data.text_field", "label_field": "data.label_field", "out": "out",
-              "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold", "track": "train.track"}
+              "folds": "eval.folds", "model": "model.kind", "threshold": "eval.threshold", "track": "train.track",
+              "augment": "data.augment.methods"}
 
 
 def add_commands(sub) -> None:
@@ -47,6 +48,9 @@ def add_commands(sub) -> None:
     t.add_argument("--time", metavar="DURATION",
                    help="wall-clock budget of the whole run, e.g. 10m: plans which models to train, how long, and "
                         "how to weigh them, and ends within it (train.run_budget_s)")
+    t.add_argument("--augment", metavar="METHODS",
+                   help="add altered copies of the training texts, made by these comma-separated methods: swap, "
+                        "delete, insert, synonym (needs --data.augment.vectors), noise (data.augment.methods)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
