@@ -554,6 +554,18 @@ LATER = [
     case("compress", "prune-missing-run", "prune gone --keep 0.5", "gone"),
     case("compress", "distill-missing-teacher", "distill --teacher gone", "gone"),
     case("classify", "time-unreadable", CLF + " --time banana", "banana", files={"d.jsonl": jsonl(labeled())}),
+    case("classify", "augment-unknown-method", CLF + " --augment swap,shuffle", "data.augment.methods", "shuffle",
+         files={"d.jsonl": jsonl(labeled())}),
+    case("classify", "augment-synonym-without-vectors", CLF + " --augment synonym", "data.augment.vectors",
+         "classify vectors", files={"d.jsonl": jsonl(labeled())}),
+    case("classify", "augment-vectors-missing", CLF + " --augment synonym --data.augment.vectors gone.txt",
+         "data.augment.vectors", "gone.txt", files={"d.jsonl": jsonl(labeled())}),
+    case("classify", "augment-copies-zero", CLF + " --augment swap --data.augment.copies 0", "data.augment.copies",
+         files={"d.jsonl": jsonl(labeled())}),
+    case("classify", "augment-strength-above-half", CLF + " --augment noise --data.augment.strength 0.9",
+         "data.augment.strength", files={"d.jsonl": jsonl(labeled())}),
+    case("classify", "decontam-ngram-too-short", CLF + " --data.decontam_ngram 2", "data.decontam_ngram",
+         files={"d.jsonl": jsonl(labeled())}),
 ]
 
 CASES = (DATA_FILES + MORE_DATA + CONFIG + CLASSIFY + GENERATION + SERVING + DAMAGED + PREPARE + CLI + SUBPROCESS

@@ -139,7 +139,6 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
                           "the linear model needs word or character n-grams")
     if cfg.text.tokenizer == "bpe" and not cfg.text.bpe_path and "gpt" not in cfg.model.member_kinds():
         raise ConfigError("config field 'text.bpe_path': tokenizer 'bpe' needs a tokenizer.json or an lmforge run folder")
-    check_vectors(cfg.data.augment, cfg.text.vectors)
     return cfg.validate(), plan
 
 
@@ -368,6 +367,7 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
     elif cfg is None:
         raise ConfigError("train_classifier() needs a config or resume=RUN_DIR")
     cfg.validate()
+    check_vectors(cfg.data.augment, cfg.text.vectors)  # before the run folder is claimed
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
         if resumed is None:
