@@ -5,8 +5,10 @@
 
 For each seed a seeded sample of --n-train labeled training texts is drawn; every condition trains on that
 same sample with the same run seed, so the conditions differ only by augmentation (paired comparison).
-Conditions: `none`; `eda` (swap, delete, insert, noise); `eda+synonym` (the same plus synonyms from word
-vectors); or any single method name. Synonyms come from PPMI-SVD vectors (`lmforge classify vectors`'
+Conditions: `none`; `eda` (swap, delete, insert, noise; neural members only, the default); `eda+synonym` (the
+same plus synonyms from word vectors); `eda+linear`, `eda+synonym+linear` (the linear model's texts augmented
+too: data.augment.linear); `none-same-steps` (no augmentation, as many optimizer steps as with it); or any
+single method name. Synonyms come from PPMI-SVD vectors (`lmforge classify vectors`'
 code) trained once on the unlabeled texts of the dataset's whole training file (never its test texts).
 
 Splits as in benchmarks/classify.py: SST-2 is scored on its dev set (872) and validated on its labeled
@@ -30,7 +32,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-CONDITIONS = {"none": "", "eda": "swap,delete,insert,noise", "eda+synonym": "swap,delete,insert,noise,synonym"}
+EDA = "swap,delete,insert,noise"
+# condition -> (methods, also augment the linear model's texts)
+CONDITIONS = {"none": ("", False), "eda": (EDA, False), "eda+synonym": (EDA + ",synonym", False),
+              "eda+linear": (EDA, True), "eda+synonym+linear": (EDA + ",synonym", True), "none-same-steps": ("", False)}
+# 'none-same-steps': no augmentation, but epochs x (copies + 1), so the neural member takes as many
+# optimizer steps as with augmentation (epochs count passes over the augmented set): a control that
+# tells the copies' effect from that of longer training.
 
 
 def files(root: Path, name: str) -> dict[str, Path]:
@@ -56,13 +64,14 @@ def make_vectors(records: list[dict], out: Path, dim: int) -> tuple[Path, float]
     return out, time.perf_counter() - t0
 
 
-def run_one(sample: Path, paths: dict, out: Path, seed: int, methods: str, members: str, copies: int,
+def run_one(sample: Path, paths: dict, out: Path, seed: int, condition: tuple[str, bool], members: str, copies: int,
             vectors: Path | None, epochs: float) -> dict:
     from lmforge.classify.config import ClassifyConfig
     from lmforge.classify.run import train_classifier
     from lmforge.config import load_config
 
-    over = {"out": str(out), "seed": seed, "data.path": str(sample), "data.test_path": str(paths["test"]),
+    methods, linear = condition
+    over = {"out": str(out), "data.augment.linear": linear, "seed": seed, "data.path": str(sample), "data.test_path": str(paths["test"]),
             "model.kind": "ensemble", "model.members": members, "model.stacking": "split",
             "runtime.threads": 1, "train.epochs": epochs, "data.augment.methods": methods,
             "data.augment.copies": copies}
@@ -109,7 +118,7 @@ def main() -> None:
             paths = files(root, name)
             records = read_jsonl(paths["train"])
             vectors = None
-            if any("synonym" in CONDITIONS.get(c, c) for c in conditions):
+            if any("synonym" in CONDITIONS.get(c, (c,))[0] for c in conditions):
                 vectors, vec_s = make_vectors(records, tmp / f"{name}.vectors.txt", args.vectors_dim)
                 print(f"{name}: word vectors from {len(records):,} unlabeled training texts in {vec_s:.0f}s", flush=True)
             per: dict[str, list[dict]] = {c: [] for c in conditions}
@@ -119,8 +128,9 @@ def main() -> None:
                 sample = tmp / f"{name}.{seed}.jsonl"
                 sample.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in chosen), encoding="utf-8")
                 for c in conditions:
-                    r = run_one(sample, paths, tmp / f"run-{name}-{c}-{seed}", seed, CONDITIONS.get(c, c),
-                                args.members, args.copies, vectors, args.epochs)
+                    epochs = args.epochs * (args.copies + 1) if c == "none-same-steps" else args.epochs
+                    r = run_one(sample, paths, tmp / f"run-{name}-{c}-{seed}", seed, CONDITIONS.get(c, (c, False)),
+                                args.members, args.copies, vectors, epochs)
                     per[c].append(r)
                     members = ", ".join(f"{k} {v:.4f}" for k, v in r["members"].items())
                     print(f"{name} seed {seed} {c:12s} accuracy {r['accuracy']:.4f} ({members}) {r['wall_s']:.0f}s",

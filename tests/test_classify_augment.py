@@ -140,7 +140,8 @@ def test_stacking_folds_never_train_on_copies_of_their_held_out_texts(tmp_path, 
     over = tiny_overrides(tmp_path / "run", **{"data.path": str(train), "model.kind": "ensemble",
                                                "model.members": "linear,fasttext", "model.stacking": "oof",
                                                "model.stack_folds": 2, "train.epochs": 2, "model.linear.C": 1.0,
-                                               "data.augment.methods": "swap", "data.augment.copies": 2})
+                                               "data.augment.methods": "swap", "data.augment.copies": 2,
+                                               "data.augment.linear": True})
     train_classifier(load_config(None, over, cls=ClassifyConfig), progress=False)
     originals = {r["text"] for r in records}
     assert len(calls) == 3 and len(folds_seen) == 1  # the final members, then one call per fold
@@ -184,3 +185,20 @@ def test_classify_reports_and_removes_contaminated_test_records(tmp_path):
     result = train_classifier(load_config(None, tiny_overrides(tmp_path / "b", **base, **{
         "data.decontam_remove": True}), cls=ClassifyConfig), progress=False)
     assert result.test["n"] == len(clean) + len(long) - planted
+
+
+def test_linear_model_trains_on_the_texts_as_given_unless_asked(tmp_path, monkeypatch):
+    records = sentiment_records(60, seed=0)
+    train = write_jsonl(tmp_path / "train.jsonl", records)
+    trained = []
+    real_linear = clf_run.train_linear
+    monkeypatch.setattr(clf_run, "train_linear", lambda cfg, texts, *a, **k: trained.append(list(texts))
+                        or real_linear(cfg, texts, *a, **k))
+    over = tiny_overrides(tmp_path / "run", **{"data.path": str(train), "model.kind": "ensemble",
+                                               "model.members": "linear,fasttext", "train.epochs": 1,
+                                               "model.linear.C": 1.0, "data.augment.methods": "delete,noise"})
+    result = train_classifier(load_config(None, over, cls=ClassifyConfig), progress=False)
+    originals = [r["text"] for r in records]
+    assert len(trained) == 2 and all(set(t) <= set(originals) for t in trained)  # split part, then all texts
+    assert result.member_facts["fasttext"]["training_texts"] == 2 * len(trained[0])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["augment"]["linear"] is False

@@ -183,29 +183,22 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
     members, val_probas, facts = [], [], {}
     names = cfg.model.member_names()
     vectors_cache = {} if vectors_cache is None else vectors_cache  # vectors from the texts, shared
+    linear_part = (train, y, refit_linear_on)
     if cfg.data.augment.method_list():
-        # Copies are made here, from the training part only (after the validation split or fold was cut),
-        # so that no copy of a held-out text is trained on; vectors come from the texts as written.
-        if (cfg.text.vectors == "train" and not resume
-                and any(k in ("bilstm", "transformer") for k in cfg.model.member_kinds())):
-            train_vectors(cfg, train.texts, vectors_cache, log)
-        n_before = len(train)
-        texts, y = augment_training(cfg, train.texts, y)
-        train = Labeled(texts, list(y))
-        if refit_linear_on is not None:
-            refit_linear_on = augment_training(cfg, *refit_linear_on)
-        log(f"augmentation ({cfg.data.augment.methods}): {n_before:,} training texts -> {len(train):,}")
+        train, y, linear_part = _augment_part(cfg, train, y, refit_linear_on, resume, vectors_cache, log)
     for i, (kind, name) in enumerate(zip(cfg.model.member_kinds(), names)):
         folder = run_dir / name
         t0 = time.perf_counter()
         if kind == "linear":
             if rt.is_main:  # scikit-learn runs in one process; the others wait at the next barrier
                 until = clock.linear_search_until() if clock is not None else None
-                member = train_linear(cfg, train.texts, y, n_classes, folder, log, until)
-                facts[name] = {"train_s": time.perf_counter() - t0, "C": member.model.C, "training_texts": len(train)}
+                member = train_linear(cfg, linear_part[0].texts, linear_part[1], n_classes, folder, log, until)
+                facts[name] = {"train_s": time.perf_counter() - t0, "C": member.model.C,
+                               "training_texts": len(linear_part[0])}
                 val_p = _timed_predict(member, val.texts, rt, clock, name)
             if clock is not None:
                 clock.linear_done(time.perf_counter() - t0)
+            refit_linear_on = linear_part[2]
             if rt.is_main and refit_linear_on is not None:
                 # The validation part only serves to weigh the members: the linear model (seconds
                 # to fit) is refitted on all the labeled training data, with the C just chosen.
@@ -238,6 +231,27 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
             val_probas.append(val_p)
     weights = tune_weights(val_probas, val_y) if rt.is_main else []
     return members, val_probas, weights, facts
+
+
+def _augment_part(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, refit: tuple[list[str], np.ndarray] | None,
+                  resume: bool, vectors_cache: dict, log):
+    """(training texts, labels) of the neural members with data.augment's copies, and (texts, labels, refit
+    data) of the linear model: the same, or the texts as given unless data.augment.linear.
+
+    Copies are made here, from the training part only (after the validation split or fold was cut), so no
+    copy of a held-out text is trained on; word vectors from the texts come from the texts as written.
+    """
+    if (cfg.text.vectors == "train" and not resume
+            and any(k in ("bilstm", "transformer") for k in cfg.model.member_kinds())):
+        train_vectors(cfg, train.texts, vectors_cache, log)
+    texts, aug_y = augment_training(cfg, train.texts, y)
+    augmented = Labeled(texts, list(aug_y))
+    log(f"augmentation ({cfg.data.augment.methods}): {len(train):,} training texts -> {len(augmented):,}"
+        + ("" if cfg.data.augment.linear or "linear" not in cfg.model.member_kinds() else
+           " (neural members; the linear model trains on the texts as given)"))
+    if not cfg.data.augment.linear:
+        return augmented, aug_y, (train, y, refit)
+    return augmented, aug_y, (augmented, aug_y, augment_training(cfg, *refit) if refit is not None else None)
 
 
 def augment_training(cfg: ClassifyConfig, texts: list[str], y: np.ndarray) -> tuple[list[str], np.ndarray]:
@@ -515,9 +529,13 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
     if done is not None:
         return done
     resume = resumed is not None
-    warn = skew_message(y, labels, cfg.data.skew_warning_ratio)
-    if warn and rt.is_main:
-        console.print(f"[yellow]warning:[/yellow] {cfg.data.path}: {warn}")
+    if (cfg.data.augment.method_list() and not cfg.data.augment.linear and cfg.model.member_kinds() == ["linear"]
+            and rt.is_main):
+        warn("data.augment.methods changes nothing here: the linear model trains on the texts as given "
+                  "unless data.augment.linear is true")
+    skew = skew_message(y, labels, cfg.data.skew_warning_ratio)
+    if skew and rt.is_main:
+        console.print(f"[yellow]warning:[/yellow] {cfg.data.path}: {skew}")
     reads = [part.report for part in (train, valid, test) if part is not None and part.report is not None]
     if progress and rt.is_main:
         for read in reads:
@@ -665,7 +683,7 @@ def _augment_facts(cfg: ClassifyConfig) -> dict | None:
     a = cfg.data.augment
     if not a.method_list():
         return None
-    return {"methods": a.method_list(), "copies": a.copies, "strength": a.strength,
+    return {"methods": a.method_list(), "copies": a.copies, "strength": a.strength, "linear": a.linear,
             "seed": cfg.seed if a.seed < 0 else a.seed}
 
 
@@ -673,8 +691,9 @@ def _augment_rows(cfg: ClassifyConfig) -> list[tuple[str, str]]:
     a = cfg.data.augment
     if not a.method_list():
         return []
+    who = "every member" if a.linear else "the neural members"
     return [("augmentation", f"{a.methods}: {a.copies} altered cop{'y' if a.copies == 1 else 'ies'} of each training "
-                             f"text (strength {a.strength}); validation and test texts untouched")]
+                             f"text (strength {a.strength}) for {who}; validation and test texts untouched")]
 
 
 def _check_split(cfg: ClassifyConfig, y, fit_idx, val_idx, n_classes: int) -> None:
