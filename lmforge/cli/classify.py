@@ -50,7 +50,8 @@ def add_commands(sub) -> None:
                         "how to weigh them, and ends within it (train.run_budget_s)")
     t.add_argument("--augment", metavar="METHODS",
                    help="add altered copies of the training texts, made by these comma-separated methods: swap, "
-                        "delete, insert, synonym (needs --data.augment.vectors), noise (data.augment.methods)")
+                        "delete, insert, synonym (needs --data.augment.vectors), noise; for the neural members (the linear "
+                        "model too with --data.augment.linear true) (data.augment.methods)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
