@@ -2,6 +2,7 @@
 
     python benchmarks/augment.py --data-root ../shared/data [--datasets sst2,chnsenticorp] [--seeds 5]
         [--n-train 1000] [--conditions none,eda,eda+synonym] [--members linear,fasttext] [--copies 1]
+    python benchmarks/augment.py --data-root ../shared/data --decontam 13   # classify's decontamination counts
 
 For each seed a seeded sample of --n-train labeled training texts is drawn; every condition trains on that
 same sample with the same run seed, so the conditions differ only by augmentation (paired comparison).
@@ -88,6 +89,26 @@ def run_one(sample: Path, paths: dict, out: Path, seed: int, condition: tuple[st
             "weights": result.weights}
 
 
+def decontam_report(root: Path, n: int) -> dict:
+    """What `classify train` reports as contaminated in each held-out file of the three datasets."""
+    from lmforge.classify.data import contamination, read_labeled
+
+    out = {}
+    pairs = {"sst2 dev": ("sst2/train.jsonl", "sst2/dev.jsonl"), "sst2 test": ("sst2/train.jsonl", "sst2/test.jsonl"),
+             "chnsenticorp test": ("chnsenticorp/train.jsonl", "chnsenticorp/test.jsonl"),
+             "imdb test": ("imdb/train.jsonl.gz", "imdb/test.jsonl.gz")}
+    for name, (train, held) in pairs.items():
+        a, b = read_labeled(root / train, "text", "label"), read_labeled(root / held, "text", "label")
+        t0 = time.perf_counter()
+        r = contamination(a, b, n, "test")
+        seconds = time.perf_counter() - t0
+        out[name] = {"records": r["records"], "contaminated": r["contaminated"], "exact_copies": r["exact_copies"],
+                     "seconds": seconds}
+        print(f"{name}: {r['contaminated']:,} of {r['records']:,} records ({r['exact_copies']:,} exact copies) "
+              f"in {seconds:.1f}s", flush=True)
+    return out
+
+
 def mean_std(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
@@ -103,7 +124,12 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=1)
     ap.add_argument("--epochs", type=float, default=3.0)
     ap.add_argument("--vectors-dim", type=int, default=100)
+    ap.add_argument("--decontam", type=int, metavar="N", default=0,
+                    help="instead: count each dataset's test records sharing an N-word run with its training file")
     args = ap.parse_args()
+    if args.decontam:
+        print(json.dumps({"decontam_ngram": args.decontam, "files": decontam_report(Path(args.data_root), args.decontam)}))
+        return
 
     import torch
 
