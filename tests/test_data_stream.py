@@ -174,10 +174,13 @@ def test_decontamination_reports_and_removes_leaked_validation_text(tmp_path: Pa
 
 
 RUN_PREPARE = textwrap.dedent("""
-    import json, resource, sys
+    import json, os, resource, sys
     from lmforge.config import Config
+    from lmforge.data import readers
     from lmforge.data.prepare import prepare
     if __name__ == "__main__":
+        for name in ("STREAM_MIN_BYTES", "STREAM_BLOCK_BYTES"):  # small, so that a small test file is "huge"
+            setattr(readers, name, int(os.environ.get(name, getattr(readers, name))))
         cfg = Config()
         cfg.data.path, cfg.out = sys.argv[1], sys.argv[2]
         cfg.tokenizer.kind, cfg.tokenizer.train_sample_mb = "char", 1
@@ -190,12 +193,12 @@ RUN_PREPARE = textwrap.dedent("""
 
 
 def _prepare_process(tmp_path: Path, data: Path, out: Path, workers: int, shard_mb: float, near: bool,
-                     decontam_ngram: int = 0):
+                     decontam_ngram: int = 0, env: dict | None = None):
     script = tmp_path / "run_prepare.py"
     script.write_text(RUN_PREPARE, encoding="utf-8")
     return subprocess.Popen([sys.executable, str(script), str(data), str(out), str(workers), str(shard_mb),
                              "1" if near else "0", str(decontam_ngram)], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            env=os.environ | {"PYTHONPATH": str(REPO)})
+                            env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}))
 
 
 def _big_corpus(folder: Path, megabytes: int) -> Path:
@@ -229,6 +232,73 @@ def test_peak_memory_does_not_grow_with_corpus(tmp_path: Path) -> None:
     assert TokenFile(tmp_path / "out-big" / "data" / "train.bin").num_bytes_utf8 > 3 * limit_mb * 1_000_000
     # Holding the corpus would add well over 15 MB (Python strings of 15 MB of extra text).
     assert peaks[1] - peaks[0] < limit_mb, peaks
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_one_huge_file(tmp_path: Path) -> None:
+    """A corpus that is a single file is streamed too: read in blocks, cut at paragraph breaks."""
+    limit_mb = 4
+    peaks, files = [], []
+    for name, megabytes in (("small", 1), ("big", 6 * limit_mb)):
+        parts = sorted(_big_corpus(tmp_path / name, megabytes).glob("part-*.txt"))
+        single = tmp_path / f"{name}.txt"
+        with single.open("wb") as f:
+            for part in parts:
+                f.write(part.read_bytes())
+        files.append(single)
+        env = {"STREAM_MIN_BYTES": str(256 << 10), "STREAM_BLOCK_BYTES": str(256 << 10)}
+        proc = _prepare_process(tmp_path, single, tmp_path / f"one-{name}", 1, 1.0, False, 0, env)
+        stdout, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0
+        peaks.append(json.loads(stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024)
+    assert files[1].stat().st_size > 6 * limit_mb * 1_000_000
+    assert TokenFile(tmp_path / "one-big" / "data" / "train.bin").num_bytes_utf8 > 3 * limit_mb * 1_000_000
+    # Reading the file whole adds about 25 MB here (its bytes and the decoded string, measured).
+    assert peaks[1] - peaks[0] < limit_mb, peaks
+
+
+@pytest.mark.slow
+def test_datatrove_engine_gives_the_local_engines_output(planted, tmp_path: Path) -> None:
+    """Two datatrove workers (its LocalPipelineExecutor) running lmforge's clean, decontamination and encode
+    tasks write the same files as the local engine."""
+    pytest.importorskip("datatrove")
+    path, _ = planted
+    fields = {"clean__near_dedup": True, "filter__min_words": 90, "data__val_fraction": 0.2,
+              "clean__decontam_ngram": 13}
+    local = prepare(_cfg(path, tmp_path / "local", data__num_workers=1, **fields), quiet=True)
+    cfg = _cfg(path, tmp_path / "dt", data__num_workers=2, data__engine="datatrove", data__tasks=3,
+               data__logging_dir=str(tmp_path / "dt-logs"), **fields)
+    dt = prepare(cfg, quiet=True)
+    assert _outputs(tmp_path / "local") == _outputs(tmp_path / "dt")
+    cleaning = dt.summary["cleaning"]
+    assert cleaning == local.summary["cleaning"] and cleaning["removed_near_duplicate"] > 0
+    assert dt.summary["decontamination"] == local.summary["decontamination"]
+    # datatrove ran the stages (cleaning, decontamination scan, encoding), each as 3 tasks, all completed.
+    stages = sorted(p.name for p in (tmp_path / "dt-logs").iterdir())
+    assert stages == ["01-clean_task", "02-decontam_task", "03-encode_task"]
+    shards = []
+    for stage in stages:
+        assert len(list((tmp_path / "dt-logs" / stage / "completions").iterdir())) == 3
+        stats = json.loads((tmp_path / "dt-logs" / stage / "stats.json").read_text(encoding="utf-8"))
+        shards.append(stats[0]["stats"]["shards"])
+    assert shards[0] == shards[2] >= 6  # every shard cleaned and encoded by datatrove's tasks
+    assert not (tmp_path / "dt" / "data" / pipeline.WORK_DIR).exists()
+
+
+def test_engine_options_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    from lmforge.data import engine
+    from lmforge.errors import ConfigError
+
+    data = Config().data
+    data.engine, data.executor = "datatrove", "slurm"
+    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="sbatch"):
+        engine.check_available(data)
+    data.executor = "ray"
+    real = engine.importlib.util.find_spec
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None if name == "ray" else real(name))
+    with pytest.raises(ConfigError, match="ray is not installed"):
+        engine.check_available(data)
 
 
 @pytest.mark.slow
