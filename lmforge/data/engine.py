@@ -15,6 +15,7 @@ whole shard keeps that unit, and with it byte-identical output for any engine, e
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import pickle
@@ -134,8 +135,10 @@ class DatatroveRunner:
             from datatrove.executor import LocalPipelineExecutor
 
             # spawn-like start: forking after HF tokenizers started threads can deadlock.
-            LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(self.workers, tasks), logging_dir=logs,
-                                  skip_completed=False, start_method="forkserver").run()
+            executor = LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(self.workers, tasks),
+                                             logging_dir=logs, skip_completed=False, start_method="forkserver")
+            with _console_to(Path(logs) / "console.log"):
+                executor.run()
         elif data.executor == "ray":
             from datatrove.executor import RayPipelineExecutor
 
@@ -163,6 +166,27 @@ class DatatroveRunner:
                                                      for i in range(count)):
                 raise DataError(f"Slurm job {job} (stage {name}) ended before every shard was done; see the logs "
                                 f"in {logs}/logs and {logs}/slurm_logs, then re-run prepare to resume")
+
+
+@contextlib.contextmanager
+def _console_to(path: Path) -> Iterator[None]:
+    """Send what datatrove prints (a dozen lines per task, from this process and the workers it starts) to
+    `path` instead of the terminal, where lmforge's own summary goes; its per-task logs stay in the log folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as f:
+            os.dup2(f.fileno(), 2)
+            try:
+                yield
+            except Exception as exc:
+                raise DataError(f"a datatrove task failed ({type(exc).__name__}: {exc}); see {path}") from exc
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _slurm_job_alive(job: str) -> bool:
