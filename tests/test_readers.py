@@ -441,3 +441,25 @@ def test_big_text_file_is_streamed_into_the_same_documents(tmp_path: Path, monke
     assert [d.text for d in read_documents(path, encoding="cp1252")] == ["café", "naïve au bord de l'eau"]
     assert len(streamed) == 401
     assert [d.text for d in read_documents(path)] == ["café", "naïve au bord de l'eau"] and len(streamed) == 401
+
+
+def test_big_jsonl_file_is_streamed_into_the_same_records(tmp_path: Path, monkeypatch) -> None:
+    import random
+
+    from lmforge.data import readers
+
+    rng = random.Random(1)
+    path = tmp_path / "t.jsonl"
+    for _ in range(150):
+        lines = [rng.choice(['{"text": "a b"}', '{"text": "中文 é\\\\n"}', "", "  ", '"plain"', '{"text": ""}\r'])
+                 for _ in range(rng.randint(0, 12))]
+        path.write_text("\n".join(lines) + rng.choice(["", "\n"]), encoding="utf-8")
+        monkeypatch.setattr(readers, "STREAM_MIN_BYTES", 1 << 40)
+        whole = [(d.text, d.line) for d in read_documents(path)]
+        monkeypatch.setattr(readers, "STREAM_MIN_BYTES", -1)
+        monkeypatch.setattr(readers, "STREAM_BLOCK_BYTES", rng.randint(1, 9))
+        assert [(d.text, d.line) for d in read_documents(path)] == whole
+    # An error names the same line either way.
+    path.write_text('{"text": "ok"}\n\n{"text": broken}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"t\.jsonl:3: invalid JSON"):
+        list(read_documents(path))

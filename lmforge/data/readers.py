@@ -315,8 +315,9 @@ def _text_documents(text: str, source: str, doc_split: str) -> Iterator[Document
         yield Document(text, source, 1)
 
 
-# Plain-text files bigger than this are read in blocks of STREAM_BLOCK_BYTES, documents cut at paragraph
-# breaks as they arrive, so one huge file needs no more memory than its longest paragraph and a block.
+# Plain-text and JSON Lines files bigger than this are read in blocks of STREAM_BLOCK_BYTES, documents cut at
+# paragraph breaks (or lines) as they arrive, so one huge file needs no more memory than its longest
+# document and a block.
 STREAM_MIN_BYTES = 64 << 20
 STREAM_BLOCK_BYTES = 4 << 20
 
@@ -335,21 +336,42 @@ def _blocks(path: Path, skip: int = 0) -> Iterator[bytes]:
                         "not compressed.") from None
 
 
-def _streamed_text(path: Path, encoding: str, doc_split: str, report: ReadReport) -> Iterator[Document] | None:
-    """The documents of a big plain-text file, read block by block; None when it is read whole instead (small,
-    one document per file, or an encoding only the whole file tells)."""
+def _streamed_pieces(path: Path, encoding: str, report: ReadReport) -> Iterator[str] | None:
+    """The text of a big file, decoded block by block; None when it is read whole instead (small, or an encoding
+    only the whole file tells)."""
     try:
         big = path.stat().st_size > STREAM_MIN_BYTES
     except OSError:
         return None  # the whole-file read says what is wrong
-    if doc_split == "file" or not big:
+    if not big:
         return None
     found = stream_codec(_blocks(path), encoding)  # a first pass over the bytes: decode() without holding them
     if found is None:
         return None
     codec, how, skip = found
     report.note_decoding(path, Decoded("", encoding if how == "--data.encoding" else codec, how))
-    return _paragraph_stream(_decoded_blocks(path, codec, skip), str(path))
+    return _decoded_blocks(path, codec, skip)
+
+
+def _streamed_text(path: Path, encoding: str, doc_split: str, report: ReadReport) -> Iterator[Document] | None:
+    if doc_split == "file":
+        return None
+    pieces = _streamed_pieces(path, encoding, report)
+    return None if pieces is None else _paragraph_stream(pieces, str(path))
+
+
+def _streamed_jsonl(pieces: Iterator[str], source: str) -> Iterator[tuple[dict | str, int]]:
+    """What `_jsonl_rows` yields for the concatenation of `pieces`: the complete lines of each piece at once."""
+    buf, line = "", 1
+    for piece in pieces:
+        buf += piece
+        cut = buf.rfind("\n")
+        if cut < 0:
+            continue
+        yield from _jsonl_rows(buf[:cut], source, line)
+        line += buf.count("\n", 0, cut) + 1
+        buf = buf[cut + 1 :]
+    yield from _jsonl_rows(buf, source, line)
 
 
 def _decoded_blocks(path: Path, codec: str, skip: int) -> Iterator[str]:
@@ -428,9 +450,9 @@ def _json_error(source: str, exc: json.JSONDecodeError, line_offset: int = 0) ->
     )
 
 
-def _jsonl_rows(text: str, source: str) -> Iterator[tuple[dict | str, int]]:
+def _jsonl_rows(text: str, source: str, first_line: int = 1) -> Iterator[tuple[dict | str, int]]:
     decoder = json.JSONDecoder()
-    start, line = 0, 1
+    start, line = 0, first_line
     while start <= len(text):
         end = text.find("\n", start)
         if end == -1:
@@ -584,7 +606,11 @@ def _rows(path: Path, require: str | None, encoding: str, report: ReadReport) ->
     if ext == ".parquet":
         yield from _parquet_rows(path, gzipped, [require] if require is not None else None)
     elif ext == ".jsonl":
-        yield from _jsonl_rows(_read_text(path, encoding, report), source)
+        pieces = _streamed_pieces(path, encoding, report)
+        if pieces is not None:
+            yield from _streamed_jsonl(pieces, source)
+        else:
+            yield from _jsonl_rows(_read_text(path, encoding, report), source)
     elif ext == ".json":
         yield from _json_rows(_read_text(path, encoding, report), source)
     elif ext in (".csv", ".tsv"):
