@@ -285,6 +285,55 @@ def test_datatrove_engine_gives_the_local_engines_output(planted, tmp_path: Path
     assert not (tmp_path / "dt" / "data" / pipeline.WORK_DIR).exists()
 
 
+FAKE_SBATCH = textwrap.dedent("""\
+    #!{python}
+    # A one-machine stand-in for Slurm's sbatch: runs every index of the script's job array, one after the
+    # other, as Slurm would on the nodes (SLURM_ARRAY_TASK_ID set), then reports a job id.
+    import os, re, subprocess, sys
+    script = open(sys.argv[-1], encoding="utf-8").read()
+    array = re.search(r"#SBATCH --array=0-(\\d+)", script)
+    env = dict(os.environ, SLURM_NODELIST="localhost", RUN_OFFSET="0")
+    pipeline = "launch_pickled_pipeline" in script  # else datatrove's stats merge, which is skipped
+    for index in range(int(array.group(1)) + 1 if array and pipeline else 0):
+        subprocess.run(["bash", sys.argv[-1]], env=dict(env, SLURM_ARRAY_TASK_ID=str(index)), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print("Submitted batch job 4242")
+""")
+FAKE_SRUN = textwrap.dedent("""\
+    #!{python}
+    # srun -l -n 1 launch_pickled_pipeline PATH: run datatrove's launcher with the test's Python.
+    import sys
+    from datatrove.tools.launch_pickled_pipeline import main
+    sys.argv = sys.argv[sys.argv.index("launch_pickled_pipeline"):]
+    main()
+""")
+
+
+@pytest.mark.slow
+def test_datatrove_slurm_executor_gives_the_local_engines_output(planted, tmp_path: Path, monkeypatch) -> None:
+    """The Slurm path end to end on one machine: datatrove writes and submits its sbatch job arrays (to a
+    stand-in sbatch that runs each array index as Slurm would), lmforge waits for the shards' results."""
+    pytest.importorskip("datatrove")
+    path, _ = planted
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("squeue", "#!/bin/sh\n"),
+                       ("scontrol", "#!/bin/sh\necho localhost\n")):  # scontrol show hostnames
+        (bin_dir / name).write_text(text.replace("{python}", sys.executable), encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    fields = {"clean__near_dedup": True, "data__val_fraction": 0.2}
+    prepare(_cfg(path, tmp_path / "local", data__num_workers=1, **fields), quiet=True)
+    cfg = _cfg(path, tmp_path / "slurm", data__engine="datatrove", data__executor="slurm", data__tasks=2,
+               data__slurm_partition="test", data__logging_dir=str(tmp_path / "logs"), **fields)
+    prepare(cfg, quiet=True)
+    assert _outputs(tmp_path / "local") == _outputs(tmp_path / "slurm")
+    script = (tmp_path / "logs" / "01-clean_task" / "launch_script.slurm").read_text(encoding="utf-8")
+    assert "#SBATCH --partition=test" in script and "#SBATCH --array=0-1" in script
+    assert len(list((tmp_path / "logs" / "02-encode_task" / "completions").iterdir())) == 2
+
+
 def test_engine_options_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
     from lmforge.data import engine
     from lmforge.errors import ConfigError
