@@ -67,7 +67,8 @@ class DataConfig:
     Either gives the same token files."""
     executor: Literal["local", "slurm", "ray"] = "local"
     """With data.engine datatrove: 'local' (data.num_workers processes on this machine), 'slurm' (a Slurm job array
-    per stage; the run folder must be on a file system every node sees) or 'ray' (the Ray cluster ray.init finds)."""
+    per stage; the run folder must be on a file system every node sees) or 'ray' (the Ray cluster RAY_ADDRESS names,
+    else one started here)."""
     tasks: int = 0
     """With data.engine datatrove: datatrove tasks the shards are dealt to (task r takes shards r, r+tasks, ...);
     0 = one task per shard."""

@@ -140,7 +140,11 @@ class DatatroveRunner:
             with _console_to(Path(logs) / "console.log"):
                 executor.run()
         elif data.executor == "ray":
+            import ray
             from datatrove.executor import RayPipelineExecutor
+
+            if not ray.is_initialized():
+                ray.init()  # the cluster RAY_ADDRESS names, else one on this machine
 
             RayPipelineExecutor(pipeline, tasks=tasks, workers=self.workers, logging_dir=logs, skip_completed=False,
                                 cpus_per_task=data.slurm_cpus_per_task,
