@@ -187,6 +187,7 @@ RUN_PREPARE = textwrap.dedent("""
         cfg.data.num_workers, cfg.data.shard_mb = int(sys.argv[3]), float(sys.argv[4])
         cfg.clean.near_dedup = sys.argv[5] == "1"
         cfg.clean.decontam_ngram = int(sys.argv[6])
+        cfg.data.engine = os.environ.get("LMFORGE_TEST_ENGINE", "local")
         prepare(cfg, quiet=True)
         print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """)
@@ -258,22 +259,34 @@ def test_peak_memory_does_not_grow_with_one_huge_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_datatrove_engine_gives_the_local_engines_output(planted, tmp_path: Path) -> None:
-    """Two datatrove workers (its LocalPipelineExecutor) running lmforge's clean, decontamination and encode
-    tasks write the same files as the local engine."""
+def test_datatrove_engine_resumes_and_gives_the_local_engines_output(planted, tmp_path: Path) -> None:
+    """A datatrove prepare killed while its workers clean, run again with two datatrove workers (its
+    LocalPipelineExecutor) doing lmforge's clean, decontamination and encode tasks, writes the local engine's files."""
     pytest.importorskip("datatrove")
     path, _ = planted
-    fields = {"clean__near_dedup": True, "filter__min_words": 90, "data__val_fraction": 0.2,
-              "clean__decontam_ngram": 13}
-    local = prepare(_cfg(path, tmp_path / "local", data__num_workers=1, **fields), quiet=True)
-    cfg = _cfg(path, tmp_path / "dt", data__num_workers=2, data__engine="datatrove", data__tasks=3,
+    out = tmp_path / "dt"
+    proc = _prepare_process(tmp_path, path, out, 2, 0.02, True, 13, {"LMFORGE_TEST_ENGINE": "datatrove"})
+    work = out / "data" / pipeline.WORK_DIR
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(work.glob("train-*.done"))) < 4 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(work.glob("train-*.done")))
+    assert finished and not (work / "train.clean.done").exists(), "prepare finished before it could be killed"
+    fields = {"clean__near_dedup": True, "clean__decontam_ngram": 13, "data__shard_mb": 0.02}
+    cfg = _cfg(path, out, data__num_workers=2, data__engine="datatrove", data__tasks=3,
                data__logging_dir=str(tmp_path / "dt-logs"), **fields)
+    cfg.tokenizer.train_sample_mb = 1
     dt = prepare(cfg, quiet=True)
-    assert _outputs(tmp_path / "local") == _outputs(tmp_path / "dt")
+    cfg = _cfg(path, tmp_path / "local", data__num_workers=1, **fields)
+    cfg.tokenizer.train_sample_mb = 1
+    local = prepare(cfg, quiet=True)
+    assert _outputs(out) == _outputs(tmp_path / "local")
     cleaning = dt.summary["cleaning"]
     assert cleaning == local.summary["cleaning"] and cleaning["removed_near_duplicate"] > 0
     assert dt.summary["decontamination"] == local.summary["decontamination"]
-    # datatrove ran the stages (cleaning, decontamination scan, encoding), each as 3 tasks, all completed.
+    # datatrove ran the stages, each as 3 tasks; cleaning only the shards the killed run had not finished.
     stages = sorted(p.name for p in (tmp_path / "dt-logs").iterdir())
     assert stages == ["01-clean_task", "02-decontam_task", "03-encode_task"]
     shards = []
@@ -281,8 +294,8 @@ def test_datatrove_engine_gives_the_local_engines_output(planted, tmp_path: Path
         assert len(list((tmp_path / "dt-logs" / stage / "completions").iterdir())) == 3
         stats = json.loads((tmp_path / "dt-logs" / stage / "stats.json").read_text(encoding="utf-8"))
         shards.append(stats[0]["stats"]["shards"])
-    assert shards[0] == shards[2] >= 6  # every shard cleaned and encoded by datatrove's tasks
-    assert not (tmp_path / "dt" / "data" / pipeline.WORK_DIR).exists()
+    assert shards[0] == shards[2] - finished and shards[2] >= 15
+    assert not (out / "data" / pipeline.WORK_DIR).exists()
 
 
 FAKE_SBATCH = textwrap.dedent("""\

@@ -20,8 +20,10 @@ import importlib.util
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -67,12 +69,14 @@ class ShardTasks(PipelineStep):
     name = "lmforge shard tasks"
     type = "lmforge"
 
-    def __init__(self, stage: Path, init: Callable[[Any], None], state: Any) -> None:
+    def __init__(self, stage: Path, init: Callable[[Any], None], state: Any, watch_pid: int | None = None) -> None:
         super().__init__()
-        self.stage, self.init, self.state = str(stage), init, state
+        self.stage, self.init, self.state, self.watch_pid = str(stage), init, state, watch_pid
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the tasks are the parallelism
+        if self.watch_pid not in (None, os.getpid()):
+            threading.Thread(target=_exit_without, args=(self.watch_pid,), daemon=True).start()
         self.init(self.state)
         folder = Path(self.stage)
         for task in sorted(folder.glob("task-*.pkl")):
@@ -87,6 +91,19 @@ class ShardTasks(PipelineStep):
             task.unlink()  # the shard's raw text is no longer needed on disk
             self.stat_update("shards")
         yield from ()
+
+
+def _exit_without(pid: int) -> None:
+    # A killed prepare (SIGKILL, out of memory) cannot stop the executor's workers, which would go on cleaning
+    # shards nobody waits for, alongside the prepare that resumes.
+    while True:
+        time.sleep(1.0)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:
+            pass
 
 
 class DatatroveRunner:
@@ -107,8 +124,9 @@ class DatatroveRunner:
     def map(self, fn: Callable, tasks: Iterable[tuple]) -> Iterator[Any]:
         self.stages += 1
         name = f"{self.stages:02d}-{fn.__name__.strip('_')}"
-        stage = self.root / name
-        shutil.rmtree(stage, ignore_errors=True)  # a previous, interrupted attempt: its shards' markers remain
+        # A folder of this attempt's own: what a killed attempt left (its finished shards have their markers in
+        # the work folder, so their tasks are not written again) is removed with the others at the end.
+        stage = self.root / f"{name}.{os.getpid()}.{time.time_ns()}"
         stage.mkdir(parents=True)
         count = 0
         for index, args in enumerate(tasks):  # one shard at a time: memory stays bounded
@@ -127,7 +145,8 @@ class DatatroveRunner:
     def _execute(self, stage: Path, name: str, count: int) -> None:
         data = self.data
         tasks = min(data.tasks or count, count)
-        pipeline = [ShardTasks(stage, self.init, self.state)]
+        watch = os.getpid() if data.executor == "local" else None  # elsewhere the workers are on other machines
+        pipeline = [ShardTasks(stage, self.init, self.state, watch)]
         logs = str(self.logs / name)
         # skip_completed off: a stage's task list differs between attempts (finished shards drop out), so
         # datatrove's completion markers of an earlier attempt must not skip ranks; lmforge's markers do that.
@@ -137,7 +156,7 @@ class DatatroveRunner:
             # spawn-like start: forking after HF tokenizers started threads can deadlock.
             executor = LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(self.workers, tasks),
                                              logging_dir=logs, skip_completed=False, start_method="forkserver")
-            with _console_to(Path(logs) / "console.log"):
+            with _console_to(Path(logs) / "console.log"), _children_die_with_us():
                 executor.run()
         elif data.executor == "ray":
             import ray
@@ -170,6 +189,34 @@ class DatatroveRunner:
                                                      for i in range(count)):
                 raise DataError(f"Slurm job {job} (stage {name}) ended before every shard was done; see the logs "
                                 f"in {logs}/logs and {logs}/slurm_logs, then re-run prepare to resume")
+
+
+_forking = {"active": False, "hooked": False}
+
+
+def _die_with_parent() -> None:
+    if not _forking["active"]:
+        return
+    try:  # Linux: SIGTERM to this child when the process that forked it dies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def _children_die_with_us() -> Iterator[None]:
+    """Processes forked meanwhile (datatrove's multiprocess Manager) end when a killed prepare does, instead
+    of waiting forever for it; the pool workers, started by a forkserver, watch for that themselves."""
+    if not _forking["hooked"]:
+        os.register_at_fork(after_in_child=_die_with_parent)
+        _forking["hooked"] = True
+    _forking["active"] = True
+    try:
+        yield
+    finally:
+        _forking["active"] = False
 
 
 @contextlib.contextmanager
