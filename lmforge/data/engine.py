@@ -165,7 +165,9 @@ class DatatroveRunner:
             if not ray.is_initialized():
                 ray.init()  # the cluster RAY_ADDRESS names, else one on this machine
 
-            RayPipelineExecutor(pipeline, tasks=tasks, workers=self.workers, logging_dir=logs, skip_completed=False,
+            # Concurrency is the cluster's, not this machine's core count, unless data.num_workers says otherwise.
+            RayPipelineExecutor(pipeline, tasks=tasks, workers=data.num_workers or -1, logging_dir=logs,
+                                skip_completed=False,
                                 cpus_per_task=data.slurm_cpus_per_task,
                                 mem_per_cpu_gb=data.slurm_mem_per_cpu_gb).run()
         else:
