@@ -378,7 +378,7 @@ def _sft(cfg: SFTConfig, rt: Runtime, resume: bool, progress: bool) -> SFTResult
             atomic_write_json(run_dir / "sft_start.json", {"val_loss": first_val, "samples": before})
         rt.barrier()
 
-    def save_best(weights: dict[str, torch.Tensor]) -> None:
+    def save_best(weights: ckpt.WholeWeights) -> None:
         ckpt.save_weights(weights, run_dir / "model.safetensors", run_dir=run_dir)
 
     result = fit(task, cfg.train, cfg.optim, cfg.schedule, cfg.eval, rt, run_dir, resume=resume,
