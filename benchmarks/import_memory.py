@@ -31,7 +31,7 @@ def make_checkpoint(folder: Path, shard_mb: float) -> int:
 
     from lmforge.config import TokenizerConfig
     from lmforge.data.tokenizer import train_tokenizer
-    from lmforge.export.safetensors_io import SafetensorsWriter
+    from lmforge.trainer.safetensors_io import SafetensorsWriter
 
     d, ff, hd = SHAPE["hidden_size"], SHAPE["intermediate_size"], 64
     kv = SHAPE["num_key_value_heads"] * hd

@@ -316,7 +316,7 @@ def test_full_disk_while_saving_is_one_line_and_the_previous_checkpoint_stays(co
     def enospc(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", enospc)  # the weights write fails the same way
+    monkeypatch.setattr(ckpt.SafetensorsWriter, "write", enospc)  # the weights write fails the same way
     with pytest.raises(StorageError, match="cannot write .*: the disk is full; the previous checkpoint .*step_0000002"):
         lmforge.train(resume=run, progress=False)
     monkeypatch.undo()

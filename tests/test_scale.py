@@ -1,7 +1,7 @@
 """Scale-out: FSDP and tensor parallelism equal one process, sharded checkpoints resume on another number
 of processes, a kill during a sharded save, two-node rendezvous, and no silent hangs.
 
-Everything runs on this CPU over gloo with 1 or 2 processes and a tiny model, through the real CLI,
+Everything runs on this CPU over gloo with 1, 2 or 4 processes and a tiny model, through the real CLI,
 fp32, one thread per process: one-process runs inside the test process, several processes started
 with torchrun's variables (`launch`), and the two-node test under torchrun itself. Losses are compared step
 for step with one uninterrupted single-process run (`reference`); the schedule is constant after
@@ -341,6 +341,25 @@ def test_fsdp_matches_one_process_and_a_kill_in_its_save_leaves_a_checkpoint_tha
     assert lmforge(["train", "--resume", str(run)]) == 0
     assert_same_losses(run, reference, range(1, STEPS + 1))
     assert not list(ckpts.glob(".tmp_step_*"))
+
+
+@pytest.mark.slow
+def test_a_sharded_run_moves_from_four_processes_to_two_to_one_exactly(corpus, reference, tmp_path):
+    # FSDP on four processes to step 5, resumed on two to step 8, then on one to step 10: every step's
+    # loss is the uninterrupted one-process run's. The best weights, which rank 0 writes as each
+    # tensor is gathered (never the whole model at once), are the consolidated sharded checkpoint's.
+    from lmforge.trainer import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    launch(4, run_args(corpus, run, **{"train.parallel": "fsdp", "train.max_steps": 5}), timeout=300)
+    last = run / "checkpoints" / "step_0000005"
+    assert sorted(p.name for p in (last / "sharded").glob("*.distcp")) == [f"__{r}_0.distcp" for r in range(4)]
+    best, whole = ckpt.load_verified(run / "model.safetensors"), ckpt.read_sharded_weights(last)
+    assert sorted(best) == sorted(whole) and all(torch.equal(best[k], whole[k]) for k in best)
+    launch(2, ["train", "--resume", str(run), "--train.max_steps", "8"], timeout=180)
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_0000005", "step_0000008"]
+    assert lmforge(["train", "--resume", str(run), "--train.max_steps", str(STEPS)]) == 0
+    assert_same_losses(run, reference, range(1, STEPS + 1))
 
 
 @pytest.mark.slow

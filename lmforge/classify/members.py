@@ -339,7 +339,7 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     log(f"{folder.name}: {n_params:,} parameters, vocabulary {inputs.vocab_size:,}, {len(enc.ids):,} training "
         f"texts{cut}, {train_cfg.max_steps} steps of {task.examples_per_step}, {rt.precision} ({why})")
 
-    def save_best(weights: dict[str, torch.Tensor]) -> None:
+    def save_best(weights: ckpt.WholeWeights) -> None:
         ckpt.save_weights(weights, folder / "model.safetensors", run_dir=folder)
 
     result = fit(task, train_cfg, optim_cfg, schedule_cfg, eval_cfg, rt, folder, compile_model=cfg.runtime.compile == "on", resume=resume,

@@ -12,7 +12,7 @@ from lmforge.config import Config, ModelConfig
 from lmforge.data.tokenizer import Tokenizer
 from lmforge.errors import ConfigError, DataError
 from lmforge.export.arch import Link
-from lmforge.export.safetensors_io import SafetensorsReader
+from lmforge.trainer.safetensors_io import SafetensorsReader
 from lmforge.export.quantized import QuantizedWeights
 from lmforge.lm.model import read_quant_spec, read_run_config, read_shape
 from lmforge.trainer.checkpoint import read_sharded_weights, run_weights_path

@@ -19,7 +19,7 @@ from lmforge.atomic import atomic_write_text
 from lmforge.data.tokenizer import EOT_TOKEN, Tokenizer
 from lmforge.export.arch import HF_CLASS, family_of, hf_config, links_for
 from lmforge.export.common import TORCH_NAMES, Run, check_out_dir, dump_json, open_run, target_dtype
-from lmforge.export.safetensors_io import SafetensorsWriter
+from lmforge.trainer.safetensors_io import SafetensorsWriter
 
 GENERATION_FILE = "generation_config.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"

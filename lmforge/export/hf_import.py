@@ -23,7 +23,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.export.arch import Link, links_for, model_config_from_hf
 from lmforge.export.common import check_out_dir
 from lmforge.export.hf import CHAT_TEMPLATE_FILE, GENERATION_FILE
-from lmforge.export.safetensors_io import CheckpointReader, SafetensorsWriter, checkpoint_files
+from lmforge.trainer.safetensors_io import CheckpointReader, SafetensorsWriter, checkpoint_files
 from lmforge.models.gpt import GPT
 
 # Buffers some checkpoints carry that are no weights: rotary tables and GPT-2's causal masks.

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lmforge.errors import DataError
-from lmforge.export.safetensors_io import SafetensorsReader
+from lmforge.trainer.safetensors_io import SafetensorsReader
 
 # GGUF type of each quantized kind (llama.cpp's block formats).
 GGML_KIND = {"int8_linear": "Q8_0", "int8_embedding": "Q8_0", "int4_linear": "Q4_1"}

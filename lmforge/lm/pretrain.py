@@ -315,7 +315,7 @@ def _train(cfg: Config, rt: Runtime, run_dir: Path, run_id: str | None, resume: 
     if rt.is_main and progress:
         _print_header(cfg, rt, model, layout, (micro_bs, accum), (precision_why, compile_model, compile_why))
 
-    def save_best(weights: dict[str, torch.Tensor]) -> None:
+    def save_best(weights: ckpt.WholeWeights) -> None:
         ckpt.save_weights(weights, run_dir / "model.safetensors", run_dir=run_dir)
 
     meta = {"task": "lm", "run_id": run_id, "tokens_per_step": cfg.train.global_batch_tokens,

@@ -32,15 +32,15 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from lmforge.atomic import atomic_write_json, file_mode, fsync_dir, fsync_file, temp_dir, temp_file
+from lmforge.atomic import atomic_write_json, fsync_dir, fsync_file, temp_dir
 from lmforge.console import warn
 from lmforge.errors import DataError, LmforgeError, StorageError, TrainingError
+from lmforge.trainer.safetensors_io import SafetensorsWriter, WholeWeights
 
 DIGEST_KEY = "lmforge.tensors_sha256"
 CHECKSUMMED = ("model.safetensors", "state.pt")
@@ -63,12 +63,16 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _hash_tensor(h, name: str, t: torch.Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+    h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+
+
 def _digest(named: Iterable[tuple[str, torch.Tensor]]) -> str:
     h = hashlib.sha256()
     for name, t in named:
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().data)
+        _hash_tensor(h, name, t)
     return h.hexdigest()
 
 
@@ -118,37 +122,35 @@ def guard_writes(run_dir: Path):
         raise storage_error(e, Path(e.filename or run_dir), run_dir) from None
 
 
-def save_weights(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None,
-                 run_dir: Path | None = None) -> str:
-    """Weights as safetensors, atomically, with a digest of the tensors in the header. Tied weights are
-    stored once. Returns the file's sha256. A failed write (disk full, read-only) raises StorageError."""
+def save_weights(weights: Mapping[str, torch.Tensor] | WholeWeights, path: Path,
+                 metadata: dict[str, str] | None = None, run_dir: Path | None = None) -> str:
+    """Weights as safetensors, atomically, written tensor by tensor, with a digest of the tensors in
+    the header. Tied weights are stored once. Returns the file's sha256. A failed write (disk full,
+    read-only) raises StorageError."""
     path = Path(path)
-    seen: dict[int, str] = {}
-    tensors = {}
-    for name, t in state_dict.items():
-        key = t.data_ptr()
-        if key in seen:  # tied parameter: safetensors refuses shared storage
-            continue
-        seen[key] = name
-        tensors[name] = t.detach().to("cpu").contiguous()
-    meta = {**(metadata or {}), DIGEST_KEY: tensors_sha256(tensors)}
-    tmp = None
+    whole = weights if isinstance(weights, WholeWeights) else WholeWeights.of(weights)
+    tensors = iter(whole)
+    writer = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_file(path)
-        save_file(tensors, str(tmp), metadata=meta)
-        os.chmod(tmp, file_mode())  # safetensors writes a file of its own, private to its owner
-        fsync_file(tmp)
-        digest = file_sha256(tmp)
-        os.replace(tmp, path)
+        # The digest covers tensors the header precedes: a placeholder of its length, filled in at the end.
+        writer = SafetensorsWriter(path, whole.spec, {**(metadata or {}), DIGEST_KEY: "0" * 64})
+        h = hashlib.sha256()
+        for name, t in tensors:
+            t = t.detach().to("cpu").contiguous()
+            _hash_tensor(h, name, t)
+            writer.write(name, t)
+        writer.set_metadata(DIGEST_KEY, h.hexdigest())
+        writer.close()
     except BaseException as e:
-        if tmp is not None:
-            tmp.unlink(missing_ok=True)
+        if writer is not None:
+            writer.abort()
         if _is_io_error(e):
+            for _ in tensors:  # the other processes are still gathering: see them through, then fail
+                pass
             raise storage_error(e, path, run_dir if run_dir is not None else path.parent) from None
         raise
-    fsync_dir(path.parent)
-    return digest
+    return file_sha256(path)
 
 
 def checkpoint_dir(run_dir: Path) -> Path:

@@ -26,7 +26,7 @@ from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.budget import fit_to_budget
 from lmforge.trainer.metrics import MetricsLog
 from lmforge.trainer.optim import build_optimizer, lr_at, set_lr
-from lmforge.trainer.parallelize import Layout, full_state, is_sharded, sharded_state
+from lmforge.trainer.parallelize import Layout, is_sharded, sharded_state, whole_weights
 from lmforge.trainer.runtime import Runtime, Watchdog, all_reduce_mean, on_main, wrap_model
 from lmforge.trainer.step import (backoff_micro_batch, forward_backward, is_oom_error, make_scaler, optimizer_step,
                                   plan_batches)
@@ -271,9 +271,11 @@ class _Fit:
         if metrics["val_loss"] < s.best_val:
             s.best_val, s.bad_evals = metrics["val_loss"], 0
             if on_best is not None:
-                weights = full_state(self.model)  # every process: a sharded model gathers its shards
+                weights = whole_weights(self.model)
                 if self.rt.is_main:
-                    on_best(weights)
+                    on_best(weights)  # written as gathered: one whole tensor at a time
+                elif is_sharded(self.model):
+                    weights.drain()  # every process takes part in each tensor's gather
         else:
             s.bad_evals += 1
         return bool(self.eval_cfg.patience) and s.bad_evals >= self.eval_cfg.patience
@@ -367,7 +369,8 @@ def fit(
     layout: Layout | None = None,
 ) -> FitResult:
     """Train task.model in place. `on_best(weights)` is called on rank 0 with the whole weights
-    (a state dict) when validation improves. `layout` is how the model is spread over the processes
+    (`WholeWeights`, to be read once: a sharded model gathers each tensor as it is read) when validation
+    improves. `layout` is how the model is spread over the processes
     (trainer.parallelize; None: DDP or one process); a sharded layout saves sharded checkpoints.
 
     `on_eval(step, record)` is called on every rank after each evaluation, once the step's log line

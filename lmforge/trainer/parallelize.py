@@ -13,8 +13,9 @@ PyTorch's own stack: `fully_shard` (FSDP2), DTensor's `parallelize_module`, `tor
   model never exists in one process and FSDP matches one process from step 0.
 - `sharded_state` is what a sharded checkpoint stores, keyed alike for every layout (fused
   projections as their parts), so a checkpoint saved on N processes resumes on M, sharded or not.
-- `full_state` gathers the whole weights (best weights, samples); `clip_grad_norm` clips gradients
-  that are DTensors on several meshes.
+- `whole_weights` gathers the whole weights one tensor at a time (the best weights are written as
+  they are gathered, so no process holds the whole model); `full_state` gathers them all at once
+  (samples); `clip_grad_norm` clips gradients that are DTensors on several meshes.
 
 Tensor parallelism (Megatron-style, no sequence parallelism): the attention's q, k and v parts and
 the MLP's gate and up parts are split by output rows (each process keeps whole heads, and gate
@@ -36,6 +37,7 @@ import torch.nn as nn
 from lmforge.config import ModelConfig
 from lmforge.errors import ConfigError
 from lmforge.trainer import memory
+from lmforge.trainer.safetensors_io import WholeWeights
 from lmforge.trainer.runtime import Runtime, is_dtensor
 
 # The fused projections of a GPT block and the order of their parts (rows of the fused weight).
@@ -429,16 +431,49 @@ def _aliases(model: nn.Module) -> set[str]:
     return set(_alias_of(model))
 
 
+def whole_weights(model: nn.Module) -> WholeWeights:
+    """The whole weights, keyed as the unsharded model's, gathered one tensor at a time when read.
+    For a sharded model every process must read them all (each tensor is an all-gather); only rank
+    0 keeps what it reads, so writing them holds one whole tensor, never the whole model."""
+    if not is_sharded(model):
+        return WholeWeights.of(model.state_dict())
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    shards = get_model_state_dict(model)  # DTensors: nothing is gathered yet
+    repeats = _aliases(model)
+    sources: dict[str, list[str]] = {}  # a fused projection's key: its parts' keys, in order
+    for key in shards:
+        if key in repeats:
+            continue
+        m = _PART_KEY.match(key)
+        sources.setdefault(key if m is None else f"{m.group(1)}.{m.group(3)}", []).append(key)
+    for fused, keys in sources.items():
+        if len(keys) > 1:
+            order = FUSED[fused.rsplit(".", 2)[1]]
+            keys.sort(key=lambda k: order.index(_PART_KEY.match(k).group(2)))
+    names = sorted(sources)
+
+    def spec_of(name: str) -> tuple[str, torch.dtype, tuple[int, ...]]:
+        parts = [shards[k] for k in sources[name]]
+        return name, parts[0].dtype, (sum(p.shape[0] for p in parts), *parts[0].shape[1:])
+
+    def produce():
+        for name in names:
+            parts = [(p.full_tensor() if is_dtensor(p) else p).to("cpu") for p in (shards[k] for k in sources[name])]
+            yield name, parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+
+    return WholeWeights([spec_of(n) for n in names], produce)
+
+
 def full_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The whole weights, keyed as the unsharded model's. For a sharded model every process must
     call it (it gathers); rank 0 gets the weights on the CPU, the others an empty dict."""
     if not is_sharded(model):
         return model.state_dict()
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    import torch.distributed as dist
 
-    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    repeats = _aliases(model)
-    return fuse_state({k: v for k, v in state.items() if k not in repeats}) if state else {}
+    keep = dist.get_rank() == 0
+    return {name: t for name, t in whole_weights(model) if keep}
 
 
 def sharded_state(model: nn.Module, optimizer) -> tuple[dict, Callable[[], None]]:

@@ -16,11 +16,13 @@ import math
 import os
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator, Mapping
 
 import torch
 
-from lmforge.atomic import fsync_dir
+from lmforge.atomic import file_mode, fsync_dir
 from lmforge.errors import DataError
 
 DTYPES = {
@@ -119,13 +121,31 @@ class SafetensorsWriter:
             size = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
             header[name] = {"dtype": NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
             offset += size
-        raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
-        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+        self._header = header
+        raw = self._encoded_header()
         self._expected = [(name, dtype, tuple(shape)) for name, dtype, shape in spec]
         self._next = 0
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         self._file = os.fdopen(fd, "wb")
         self._file.write(struct.pack("<Q", len(raw)) + raw)
+
+    def _encoded_header(self) -> bytes:
+        raw = json.dumps(self._header, separators=(",", ":")).encode("utf-8")
+        return raw + b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+
+    def set_metadata(self, key: str, value: str) -> None:
+        """Replace a metadata value known only once every tensor is written (a digest of them); the
+        header is written first, so the new value must be as long as the placeholder it replaces."""
+        before = len(self._encoded_header())
+        self._header["__metadata__"][key] = value
+        raw = self._encoded_header()
+        if len(raw) != before:
+            self.abort()
+            raise ValueError(f"metadata {key}: the new value must be as long as its placeholder")
+        end = self._file.tell()
+        self._file.seek(8)
+        self._file.write(raw)
+        self._file.seek(end)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         want_name, dtype, shape = self._expected[self._next]
@@ -142,6 +162,8 @@ class SafetensorsWriter:
             self.abort()
             raise ValueError(f"{len(self._expected) - self._next} tensors were never written")
         self._file.flush()
+        # mkstemp makes the file private to its owner; the finished file gets the mode any other would.
+        os.chmod(self._tmp, file_mode())
         os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.path)
@@ -151,6 +173,39 @@ class SafetensorsWriter:
         if not self._file.closed:
             self._file.close()
         Path(self._tmp).unlink(missing_ok=True)
+
+
+@dataclass
+class WholeWeights:
+    """A model's whole weights produced one tensor at a time, in name order. A sharded model gathers
+    each tensor from its shards only when it is read (`trainer.parallelize.whole_weights`), so saving
+    its best weights never holds them all at once: every process must then read the whole sequence
+    (each read is a collective), and only rank 0's tensors are kept."""
+
+    spec: list[tuple[str, torch.dtype, tuple[int, ...]]]  # (name, dtype, shape), sorted by name
+    produce: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.produce()
+
+    def drain(self) -> None:
+        """Take part in every gather without keeping anything (the processes other than rank 0)."""
+        for _ in self:
+            pass
+
+    @classmethod
+    def of(cls, state_dict: Mapping[str, torch.Tensor]) -> WholeWeights:
+        """Tensors already whole; a tied parameter (shared storage, which safetensors refuses) once."""
+        seen: set[int] = set()
+        tensors = {}
+        for name, t in state_dict.items():
+            if t.data_ptr() in seen and t.numel():
+                continue
+            seen.add(t.data_ptr())
+            tensors[name] = t
+        names = sorted(tensors)
+        return cls([(n, tensors[n].dtype, tuple(tensors[n].shape)) for n in names],
+                   lambda: ((n, tensors[n]) for n in names))
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
