@@ -47,6 +47,9 @@ def add_commands(sub) -> None:
     t.add_argument("--time", metavar="DURATION",
                    help="wall-clock budget of the whole run, e.g. 10m: plans which models to train, how long, and "
                         "how to weigh them, and ends within it (train.run_budget_s)")
+    t.add_argument("--unlabeled", metavar="FILE", action="append",
+                   help="extra unlabeled text for the gpt model's in-domain pretraining: .txt/.md (one text per "
+                        "line) or records with the text field (repeatable; model.gpt.unlabeled)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
@@ -99,6 +102,8 @@ def config_from_args(args: argparse.Namespace) -> ClassifyConfig:
         value = getattr(args, attr, None)
         if value is not None:
             overrides[dotted] = value
+    if getattr(args, "unlabeled", None):
+        overrides["model.gpt.unlabeled"] = ",".join(args.unlabeled)
     if getattr(args, "time", None):
         from lmforge.durations import parse_duration
 
