@@ -2,7 +2,6 @@
 unfreezing) and the time plan that adds the member when the budget pays for it."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
