@@ -23,10 +23,11 @@ and stacking, never the training time itself.
 In-domain pretraining (a GPT pretrained on the training texts, then fine-tuned as a member; see
 classify.pretrain) is added last, and only when the budget still pays for it after the richest
 members and stacking have been chosen: its minimum is PRETRAIN_MIN_PASSES passes of pretraining
-plus MIN_EPOCHS['gpt'] epochs of fine-tuning per training, at conservative rates measured on a
-1,000-text SST-2 sample on the busy 2-core CPU (the default 4 x 128 GPT: about 8,000 words per
-second pretraining, 3,000 fine-tuning with 128-token texts, rounded down), plus a fixed
-PRETRAIN_FIXED_S for preparing the corpus, the tokenizer and the run folder. When added, it gets
+plus MIN_EPOCHS['gpt'] epochs of fine-tuning per training, at conservative rates read from
+`benchmarks/classify.py --max-train 1000 --models gpt-indomain --threads 1` on the busy 2-core CPU
+(the default 4 x 128 GPT: about 2,200 BPE tokens, about as many words, per second pretraining;
+about 1,000 words per second fine-tuning, evaluations included), plus a fixed PRETRAIN_FIXED_S for
+preparing the corpus, the tokenizer, the run folder and the language model's report. When added, it gets
 PRETRAIN_SHARE of the training time for pretraining (at most PRETRAIN_MAX_PASSES passes); the gpt
 member's fine-tuning then takes its slot from the clock like any neural model.
 """
@@ -37,8 +38,8 @@ import time
 from dataclasses import dataclass, field
 
 # Rough rates on a 2-core CPU, tokens x epochs per second (see the module docstring).
-TOKENS_PER_S = {"linear": 15_000.0, "fasttext": 100_000.0, "bilstm": 4_000.0, "gpt": 3_000.0}
-PRETRAIN_WORDS_PER_S = 8_000.0  # the in-domain GPT's pretraining (see the module docstring)
+TOKENS_PER_S = {"linear": 15_000.0, "fasttext": 100_000.0, "bilstm": 4_000.0, "gpt": 1_000.0}
+PRETRAIN_WORDS_PER_S = 2_000.0  # the in-domain GPT's pretraining (see the module docstring)
 PRETRAIN_MIN_PASSES = 3.0
 PRETRAIN_MAX_PASSES = 30.0
 PRETRAIN_FIXED_S = 15.0  # corpus, tokenizer, model, first step, final evaluation and report

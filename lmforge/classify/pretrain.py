@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from lmforge import runs
@@ -71,7 +72,9 @@ def lm_config(cfg: ClassifyConfig, folder: Path, corpus_bytes: int, seconds: flo
     lm.eval.interval = max(1, steps // 5)
     lm.eval.max_tokens = 65536
     lm.sample.num_samples = 0
-    lm.runtime = cfg.runtime
+    # 'auto' compiles runs of 1,000 steps or more, but a time-bounded pretraining on a CPU rarely
+    # repays the minute that compiling costs there: compile only when asked.
+    lm.runtime = replace(cfg.runtime, compile="on" if cfg.runtime.compile == "on" else "off")
     return lm
 
 
