@@ -139,3 +139,15 @@ def test_unlabeled_text_without_a_pretrained_gpt_is_refused(tmp_path):
         resolve_auto(cfg, ["a text"] * 10)
     cfg.model.gpt.pretrain = "on"
     assert resolve_auto(cfg, ["a text"] * 10).model.gpt.unlabeled
+
+
+def test_gpt_learning_rate_zero_picks_one_for_the_model_at_hand(tmp_path):
+    from lmforge.classify.run import resolve_auto
+
+    cfg = ClassifyConfig()
+    cfg.model.kind = "gpt"
+    assert resolve_auto(cfg, ["a text"] * 10).model.gpt.lr == 1e-3  # a small GPT pretrained here
+    cfg.model.gpt.run = str(tmp_path)
+    assert resolve_auto(cfg, ["a text"] * 10).model.gpt.lr == 1e-4  # a given, larger pretrained model
+    cfg.model.gpt.lr = 5e-4
+    assert resolve_auto(cfg, ["a text"] * 10).model.gpt.lr == 5e-4

@@ -172,8 +172,8 @@ class GPTHeadConfig:
     """Dropout on the pooled features."""
     freeze: bool = False
     """Train only the classification head (a linear probe), keeping the GPT's weights fixed."""
-    lr: float = 1e-4
-    """Peak learning rate of this model (AdamW) and of its classification head; it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
+    lr: float = 0.0
+    """Peak learning rate of the classification head (AdamW; the layers below train at lower rates, see layer_lr_decay); it decays to min(schedule.min_lr, lr/10) on schedule.kind. 0: 1e-4 for a given model.gpt.run (a large pretrained model), 1e-3 for a GPT pretrained here (small, from scratch; not tuned)."""
     layer_lr_decay: float = 2.6
     """Discriminative learning rates (ULMFiT): the top transformer block trains at lr / this, each block below at a further / this, the embeddings last; 1: one rate for all."""
     unfreeze: float = 0.3
@@ -192,7 +192,7 @@ class GPTHeadConfig:
     """Extra unlabeled text for in-domain pretraining (`--unlabeled FILE`, repeatable): comma-separated files, .txt/.md one text per line or records with data.text_field."""
 
     def validate(self) -> None:
-        check(0 < self.lr <= MAX_LR, "model.gpt.lr", f"must be in (0, {MAX_LR}]")
+        check(0 <= self.lr <= MAX_LR, "model.gpt.lr", f"must be in [0, {MAX_LR}] (0: chosen, see the help)")
         check(self.run is None or bool(self.run.strip()), "model.gpt.run", "is blank; give a run folder or leave it out")
         check(0.0 <= self.dropout < 1.0, "model.gpt.dropout", "must be in [0, 1)")
         check(1.0 <= self.layer_lr_decay <= 100 and math.isfinite(self.layer_lr_decay), "model.gpt.layer_lr_decay",

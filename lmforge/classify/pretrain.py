@@ -68,7 +68,8 @@ def lm_config(cfg: ClassifyConfig, folder: Path, corpus_bytes: int, seconds: flo
     lm.train.max_steps = steps
     lm.train.time_budget_s = seconds
     lm.train.track = cfg.train.track
-    lm.schedule.warmup_steps = min(100, steps // 10)
+    # Short: under a time limit on a CPU only a few hundred steps may fit, and the schedule is fitted to them.
+    lm.schedule.warmup_steps = min(30, steps // 10)
     lm.eval.interval = max(1, steps // 5)
     lm.eval.max_tokens = 65536
     lm.sample.num_samples = 0

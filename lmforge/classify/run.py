@@ -129,6 +129,8 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
     if len(cfg.model.member_kinds()) == 1:
         cfg.model.stacking = "split"  # one model: nothing to weigh
     g = cfg.model.gpt
+    if g.lr == 0:
+        g.lr = 1e-3 if g.pretrains() and not g.run else 1e-4
     if g.unlabeled and not ("gpt" in cfg.model.member_kinds() and g.pretrains()):
         why = ("the gpt model is pretrained only when model.gpt.run is not given, or with model.gpt.pretrain on"
                if "gpt" in cfg.model.member_kinds() else
