@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	else \
 		$(PY) -m pip install -q "$(TORCH_SPEC)" || $(PY) -m pip install -q "torch>=2.4"; \
 	fi
-	$(PY) -m pip install -q -e ".[test,export]"
+	$(PY) -m pip install -q -e ".[test,export,datatrove]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -1,14 +1,20 @@
 """Throughput and peak memory of `prepare`, per stage; near-duplicate recall on a generated corpus.
 
     python benchmarks/prepare.py --data PATH [--workers 0] [--near-dedup] [--gopher] [--tokenizer bpe]
+                                 [--engine local|datatrove] [--decontam 13] [--shard-mb 4]
     python benchmarks/prepare.py --generate 200 [--keep-corpus DIR] [--workers 0]
+    python benchmarks/prepare.py --data BIG.txt --read-only
+
+--read-only: only read PATH's documents, twice (a child process each): big plain-text files streamed in
+blocks as prepare does, then every file read whole as before; prints the peak RSS and seconds of each.
 
 --data: prepare PATH as `lmforge prepare` would (file, folder or glob). --generate MB: write a corpus of
 that many MB (lmforge.data.synthetic: distinct Zipf-word documents, 10% of them near-duplicates of an
 earlier one with 1% of the words edited) to a temporary folder, prepare it with near-duplicate removal,
 and score the removal against the planted pairs (recall; false positives among the distinct documents).
 Every prepare runs in a child process, so its peak RSS is its own (RSS of the main process and of the
-largest worker are reported apart). MB/s per stage is input megabytes over that stage's seconds;
+largest worker are reported apart; with --engine datatrove the workers are grandchildren,
+under datatrove's forkserver, and the worker figure may miss them). MB/s per stage is input megabytes over that stage's seconds;
 end-to-end includes starting Python and the workers. Prints a line per figure, then one JSON line.
 """
 
@@ -43,6 +49,9 @@ def child(case: dict) -> dict:
 
     cfg = Config()
     cfg.data.path, cfg.out, cfg.data.num_workers = case["data"], case["out"], case["workers"]
+    cfg.data.engine = case.get("engine", "local")
+    cfg.data.shard_mb = case.get("shard_mb", cfg.data.shard_mb)
+    cfg.clean.decontam_ngram = case.get("decontam", 0)
     cfg.tokenizer.kind = case["tokenizer"]
     cfg.clean.near_dedup = case["near_dedup"]
     for name, value in (GOPHER if case["gopher"] else {}).items():
@@ -71,6 +80,35 @@ def child(case: dict) -> dict:
         out["recall"] = float((~keep[duplicate]).mean()) if duplicate.any() else None
         out["false_positive_rate"] = float((~keep[~duplicate]).mean())
     return out
+
+
+def read_child(case: dict) -> dict:
+    from lmforge.data import readers
+
+    if case["mode"] == "whole":
+        readers.STREAM_MIN_BYTES = 1 << 62
+    t0 = time.perf_counter()
+    documents = chars = 0
+    for doc in readers.read_documents(case["data"]):
+        documents += 1
+        chars += len(doc.text)
+    return {"mode": case["mode"], "documents": documents, "chars": chars,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+def read_only(path: str) -> None:
+    results = []
+    for mode in ("streamed", "whole"):
+        proc = subprocess.run([sys.executable, __file__, "--child", json.dumps({"read": True, "mode": mode,
+                                                                               "data": path})],
+                              capture_output=True, text=True, cwd=ROOT)
+        if proc.returncode != 0:
+            raise SystemExit(f"reading failed:\n{proc.stderr[-3000:]}")
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{mode:9s} {results[-1]}")
+    assert results[0]["documents"] == results[1]["documents"] and results[0]["chars"] == results[1]["chars"]
+    print(json.dumps({"data": path, "read_only": results}))
 
 
 def run_case(case: dict) -> dict:
@@ -111,17 +149,28 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="bpe", choices=("bpe", "char"))
     parser.add_argument("--near-dedup", action="store_true", help="clean.near_dedup (always on with --generate)")
     parser.add_argument("--gopher", action="store_true", help="turn on the Gopher-style quality filters")
+    parser.add_argument("--engine", default="local", choices=("local", "datatrove"), help="data.engine")
+    parser.add_argument("--decontam", type=int, default=0, help="clean.decontam_ngram (0: off)")
+    parser.add_argument("--shard-mb", type=float, default=Config().data.shard_mb, help="data.shard_mb")
+    parser.add_argument("--read-only", action="store_true", help="only read --data, streamed and whole: peak RSS")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+        case = json.loads(args.child)
+        print(json.dumps(read_child(case) if case.get("read") else child(case)))
+        return
+    if args.read_only:
+        if not args.data:
+            parser.error("--read-only needs --data PATH")
+        read_only(args.data)
         return
     if bool(args.data) == bool(args.generate):
         parser.error("give one of --data PATH or --generate MB")
     scratch = Path(tempfile.mkdtemp(prefix="lmforge-prepare-bench-"))
     try:
         case = {"out": str(scratch / "run"), "workers": args.workers, "tokenizer": args.tokenizer,
-                "near_dedup": args.near_dedup or bool(args.generate), "gopher": args.gopher}
+                "near_dedup": args.near_dedup or bool(args.generate), "gopher": args.gopher, "engine": args.engine,
+                "decontam": args.decontam, "shard_mb": args.shard_mb}
         if args.generate:
             from lmforge.data.synthetic import write_corpus
 
@@ -139,7 +188,8 @@ def main() -> None:
     for name, value in result.items():
         print(f"{name:24s} {value}")
     print(json.dumps({"data": args.data or f"generated {args.generate} MB", "workers": args.workers,
-                      "shard_mb": Config().data.shard_mb,
+                      "engine": args.engine, "decontam": args.decontam,
+                      "shard_mb": args.shard_mb,
                       "tokenizer": args.tokenizer, **result}))
 
 

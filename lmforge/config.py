@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -60,6 +61,28 @@ class DataConfig:
     shard_mb: float = 4.0
     """Megabytes of raw text per work shard: prepare streams the corpus shard by shard (memory grows with this, not
     with the corpus), and a killed prepare resumes at the first shard not finished."""
+    engine: Literal["local", "datatrove"] = "local"
+    """What runs the per-shard work (cleaning, filtering, fingerprinting, encoding): 'local' (lmforge's own worker
+    processes) or 'datatrove' (datatrove's executors, see data.executor; needs `pip install lmforge[datatrove]`).
+    Either gives the same token files."""
+    executor: Literal["local", "slurm", "ray"] = "local"
+    """With data.engine datatrove: 'local' (data.num_workers processes on this machine), 'slurm' (a Slurm job array
+    per stage; the run folder must be on a file system every node sees) or 'ray' (the Ray cluster RAY_ADDRESS names,
+    else one started here)."""
+    tasks: int = 0
+    """With data.engine datatrove: datatrove tasks the shards are dealt to (task r takes shards r, r+tasks, ...);
+    0 = one task per shard."""
+    logging_dir: str | None = None
+    """With data.engine datatrove: folder for datatrove's logs, stats and completion markers (a subfolder per
+    stage); empty: RUN/data/work/datatrove-logs."""
+    slurm_partition: str = ""
+    """With data.executor slurm: the partition the job arrays are submitted to (required)."""
+    slurm_time: str = "04:00:00"
+    """With data.executor slurm: the time limit of each array task (HH:MM:SS)."""
+    slurm_cpus_per_task: int = 1
+    """With data.executor slurm or ray: CPUs given to each task."""
+    slurm_mem_per_cpu_gb: float = 2.0
+    """With data.executor slurm or ray: memory per CPU in GB (a task holds about 3 x data.shard_mb of text)."""
 
     def validate(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
@@ -70,6 +93,21 @@ class DataConfig:
         check(bool(self.text_field.strip()), "data.text_field", "must name a field, e.g. text")
         check_paths({"data.path": self.path, "data.valid_path": self.valid_path})
         check(self.shard_mb >= 0.01, "data.shard_mb", "must be >= 0.01")
+        check(0 <= self.tasks <= MAX_COUNT, "data.tasks", f"must be in [0, {MAX_COUNT}] (0: one per shard)")
+        if self.engine == "local":
+            for name, value, default in (("executor", self.executor, "local"), ("tasks", self.tasks, 0),
+                                         ("logging_dir", self.logging_dir, None),
+                                         ("slurm_partition", self.slurm_partition, "")):
+                check(value == default, f"data.{name}", "is only used with --data.engine datatrove; add that "
+                      "option or leave this one out")
+        check(self.logging_dir is None or bool(self.logging_dir.strip()), "data.logging_dir",
+              "is blank; give a folder, or leave it out")
+        check(self.executor != "slurm" or bool(self.slurm_partition.strip()), "data.slurm_partition",
+              "is required with --data.executor slurm: name the partition (sinfo lists them)")
+        check(re.fullmatch(r"(\d+-)?\d+(:\d\d){0,2}", self.slurm_time) is not None, "data.slurm_time",
+              f"{self.slurm_time!r} is not a Slurm time limit; write HH:MM:SS or D-HH:MM:SS")
+        check(1 <= self.slurm_cpus_per_task <= MAX_THREADS, "data.slurm_cpus_per_task", f"must be in [1, {MAX_THREADS}]")
+        check(0 < self.slurm_mem_per_cpu_gb <= 4096, "data.slurm_mem_per_cpu_gb", "must be in (0, 4096]")
         check_encoding(self.encoding, "data.encoding")
 
 

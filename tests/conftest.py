@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("LMFORGE_NO_PROGRESS", "1")
+# Plans made by tests are not remembered in the user's cache (nor recalled from it): a test that
+# needs the machine's plan memory points it at a folder of its own.
+os.environ["LMFORGE_PLAN_MEMORY"] = "off"
 
 WORDS = (
     "the king and queen walk in the garden while the bells ring over the quiet town and "

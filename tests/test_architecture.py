@@ -73,3 +73,14 @@ def test_no_function_over_80_lines(package):
                 if lines > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_help_needs_no_pytorch():
+    # `lmforge --help` and every command's help are argument definitions only: importing PyTorch would
+    # cost seconds of every start (it did, through the fine-tuning settings).
+    code = ("import sys\nfrom lmforge.cli import main\n"
+            "for args in (['--help'], ['train', '--help'], ['sft', '--help'], ['classify', 'train', '--help']):\n"
+            "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "False"

@@ -119,3 +119,41 @@ def test_a_kept_shape_is_reported_with_the_measurement():
         assert any("earlier plan" in c["measurement"] for c in again.close_calls)
     else:
         assert decisions(again)[:4] == decisions(first)[:4]
+
+
+def test_the_machine_remembers_a_plan_for_a_new_run_folder(corpus, tmp_path, monkeypatch):
+    # A plan is kept in the machine's plan memory under a key of its inputs, so the same command into
+    # a new run folder plans with the earlier plan as memory; another budget is other inputs.
+    from lmforge.auto import run as auto_run
+    from lmforge.auto.hysteresis import memory_dir
+
+    memory = tmp_path / "memory"
+    monkeypatch.setenv("LMFORGE_PLAN_MEMORY", str(memory))
+    seen, real = [], auto_run.make_plan
+
+    def spy(*args, previous=None, **kw):
+        seen.append(previous)
+        return real(*args, previous=previous, **kw)
+
+    monkeypatch.setattr(auto_run, "make_plan", spy)
+    fixed = {"data.path", "tokenizer.kind"}
+
+    def plan_into(name: str, budget_s: float):
+        cfg = Config()
+        cfg.data.path, cfg.tokenizer.kind, cfg.out = str(corpus), "char", str(tmp_path / name)
+        return auto_run.plan_run(cfg, budget_s, fixed=fixed, progress=False)
+
+    first = plan_into("a", 20)
+    [memo] = memory.glob("*.json")
+    assert json.loads(memo.read_text())["inputs"] == first.inputs
+    plan_into("b", 20)
+    plan_into("c", 25)
+    m = first.config.model
+    assert seen[0] is None and seen[1] is not None and seen[2] is None
+    assert seen[1].source == str(memo) and (seen[1].shape.n_layer, seen[1].shape.d_model) == (m.n_layer, m.d_model)
+    assert len(list(memory.glob("*.json"))) == 2
+    monkeypatch.setenv("LMFORGE_PLAN_MEMORY", "off")
+    assert memory_dir() is None
+    monkeypatch.delenv("LMFORGE_PLAN_MEMORY")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert memory_dir() == tmp_path / "cache" / "lmforge" / "plans"

@@ -174,28 +174,32 @@ def test_decontamination_reports_and_removes_leaked_validation_text(tmp_path: Pa
 
 
 RUN_PREPARE = textwrap.dedent("""
-    import json, resource, sys
+    import json, os, resource, sys
     from lmforge.config import Config
+    from lmforge.data import readers
     from lmforge.data.prepare import prepare
     if __name__ == "__main__":
+        for name in ("STREAM_MIN_BYTES", "STREAM_BLOCK_BYTES"):  # small, so that a small test file is "huge"
+            setattr(readers, name, int(os.environ.get(name, getattr(readers, name))))
         cfg = Config()
         cfg.data.path, cfg.out = sys.argv[1], sys.argv[2]
         cfg.tokenizer.kind, cfg.tokenizer.train_sample_mb = "char", 1
         cfg.data.num_workers, cfg.data.shard_mb = int(sys.argv[3]), float(sys.argv[4])
         cfg.clean.near_dedup = sys.argv[5] == "1"
         cfg.clean.decontam_ngram = int(sys.argv[6])
+        cfg.data.engine = os.environ.get("LMFORGE_TEST_ENGINE", "local")
         prepare(cfg, quiet=True)
         print(json.dumps({"peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
 """)
 
 
 def _prepare_process(tmp_path: Path, data: Path, out: Path, workers: int, shard_mb: float, near: bool,
-                     decontam_ngram: int = 0):
+                     decontam_ngram: int = 0, env: dict | None = None):
     script = tmp_path / "run_prepare.py"
     script.write_text(RUN_PREPARE, encoding="utf-8")
     return subprocess.Popen([sys.executable, str(script), str(data), str(out), str(workers), str(shard_mb),
                              "1" if near else "0", str(decontam_ngram)], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            env=os.environ | {"PYTHONPATH": str(REPO)})
+                            env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}))
 
 
 def _big_corpus(folder: Path, megabytes: int) -> Path:
@@ -229,6 +233,134 @@ def test_peak_memory_does_not_grow_with_corpus(tmp_path: Path) -> None:
     assert TokenFile(tmp_path / "out-big" / "data" / "train.bin").num_bytes_utf8 > 3 * limit_mb * 1_000_000
     # Holding the corpus would add well over 15 MB (Python strings of 15 MB of extra text).
     assert peaks[1] - peaks[0] < limit_mb, peaks
+
+
+@pytest.mark.slow
+def test_peak_memory_does_not_grow_with_one_huge_file(tmp_path: Path) -> None:
+    """A corpus that is a single file is streamed too: read in blocks, cut at paragraph breaks."""
+    limit_mb = 4
+    peaks, files = [], []
+    for name, megabytes in (("small", 1), ("big", 6 * limit_mb)):
+        parts = sorted(_big_corpus(tmp_path / name, megabytes).glob("part-*.txt"))
+        single = tmp_path / f"{name}.txt"
+        with single.open("wb") as f:
+            for part in parts:
+                f.write(part.read_bytes())
+        files.append(single)
+        env = {"STREAM_MIN_BYTES": str(256 << 10), "STREAM_BLOCK_BYTES": str(256 << 10)}
+        proc = _prepare_process(tmp_path, single, tmp_path / f"one-{name}", 1, 1.0, False, 0, env)
+        stdout, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0
+        peaks.append(json.loads(stdout.strip().splitlines()[-1])["peak_rss_kb"] / 1024)
+    assert files[1].stat().st_size > 6 * limit_mb * 1_000_000
+    assert TokenFile(tmp_path / "one-big" / "data" / "train.bin").num_bytes_utf8 > 3 * limit_mb * 1_000_000
+    # Reading the file whole adds about 25 MB here (its bytes and the decoded string, measured).
+    assert peaks[1] - peaks[0] < limit_mb, peaks
+
+
+@pytest.mark.slow
+def test_datatrove_engine_resumes_and_gives_the_local_engines_output(planted, tmp_path: Path) -> None:
+    """A datatrove prepare killed while its workers clean, run again with two datatrove workers (its
+    LocalPipelineExecutor) doing lmforge's clean, decontamination and encode tasks, writes the local engine's files."""
+    pytest.importorskip("datatrove")
+    path, _ = planted
+    out = tmp_path / "dt"
+    proc = _prepare_process(tmp_path, path, out, 2, 0.02, True, 13, {"LMFORGE_TEST_ENGINE": "datatrove"})
+    work = out / "data" / pipeline.WORK_DIR
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(work.glob("train-*.done"))) < 4 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(work.glob("train-*.done")))
+    assert finished and not (work / "train.clean.done").exists(), "prepare finished before it could be killed"
+    fields = {"clean__near_dedup": True, "clean__decontam_ngram": 13, "data__shard_mb": 0.02}
+    cfg = _cfg(path, out, data__num_workers=2, data__engine="datatrove", data__tasks=3,
+               data__logging_dir=str(tmp_path / "dt-logs"), **fields)
+    cfg.tokenizer.train_sample_mb = 1
+    dt = prepare(cfg, quiet=True)
+    cfg = _cfg(path, tmp_path / "local", data__num_workers=1, **fields)
+    cfg.tokenizer.train_sample_mb = 1
+    local = prepare(cfg, quiet=True)
+    assert _outputs(out) == _outputs(tmp_path / "local")
+    cleaning = dt.summary["cleaning"]
+    assert cleaning == local.summary["cleaning"] and cleaning["removed_near_duplicate"] > 0
+    assert dt.summary["decontamination"] == local.summary["decontamination"]
+    # datatrove ran the stages, each as 3 tasks; cleaning only the shards the killed run had not finished.
+    stages = sorted(p.name for p in (tmp_path / "dt-logs").iterdir())
+    assert stages == ["01-clean_task", "02-decontam_task", "03-encode_task"]
+    shards = []
+    for stage in stages:
+        assert len(list((tmp_path / "dt-logs" / stage / "completions").iterdir())) == 3
+        stats = json.loads((tmp_path / "dt-logs" / stage / "stats.json").read_text(encoding="utf-8"))
+        shards.append(stats[0]["stats"]["shards"])
+    assert shards[0] == shards[2] - finished and shards[2] >= 15
+    assert not (out / "data" / pipeline.WORK_DIR).exists()
+
+
+FAKE_SBATCH = textwrap.dedent("""\
+    #!{python}
+    # A one-machine stand-in for Slurm's sbatch: runs every index of the script's job array, one after the
+    # other, as Slurm would on the nodes (SLURM_ARRAY_TASK_ID set), then reports a job id.
+    import os, re, subprocess, sys
+    script = open(sys.argv[-1], encoding="utf-8").read()
+    array = re.search(r"#SBATCH --array=0-(\\d+)", script)
+    env = dict(os.environ, SLURM_NODELIST="localhost", RUN_OFFSET="0")
+    pipeline = "launch_pickled_pipeline" in script  # else datatrove's stats merge, which is skipped
+    for index in range(int(array.group(1)) + 1 if array and pipeline else 0):
+        subprocess.run(["bash", sys.argv[-1]], env=dict(env, SLURM_ARRAY_TASK_ID=str(index)), check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print("Submitted batch job 4242")
+""")
+FAKE_SRUN = textwrap.dedent("""\
+    #!{python}
+    # srun -l -n 1 launch_pickled_pipeline PATH: run datatrove's launcher with the test's Python.
+    import sys
+    from datatrove.tools.launch_pickled_pipeline import main
+    sys.argv = sys.argv[sys.argv.index("launch_pickled_pipeline"):]
+    main()
+""")
+
+
+@pytest.mark.slow
+def test_datatrove_slurm_executor_gives_the_local_engines_output(planted, tmp_path: Path, monkeypatch) -> None:
+    """The Slurm path end to end on one machine: datatrove writes and submits its sbatch job arrays (to a
+    stand-in sbatch that runs each array index as Slurm would), lmforge waits for the shards' results."""
+    pytest.importorskip("datatrove")
+    path, _ = planted
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("srun", FAKE_SRUN), ("squeue", "#!/bin/sh\n"),
+                       ("scontrol", "#!/bin/sh\necho localhost\n")):  # scontrol show hostnames
+        (bin_dir / name).write_text(text.replace("{python}", sys.executable), encoding="utf-8")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    fields = {"clean__near_dedup": True, "data__val_fraction": 0.2}
+    prepare(_cfg(path, tmp_path / "local", data__num_workers=1, **fields), quiet=True)
+    cfg = _cfg(path, tmp_path / "slurm", data__engine="datatrove", data__executor="slurm", data__tasks=2,
+               data__slurm_partition="test", data__logging_dir=str(tmp_path / "logs"), **fields)
+    prepare(cfg, quiet=True)
+    assert _outputs(tmp_path / "local") == _outputs(tmp_path / "slurm")
+    script = (tmp_path / "logs" / "01-clean_task" / "launch_script.slurm").read_text(encoding="utf-8")
+    assert "#SBATCH --partition=test" in script and "#SBATCH --array=0-1" in script
+    assert len(list((tmp_path / "logs" / "02-encode_task" / "completions").iterdir())) == 2
+
+
+def test_engine_options_refused_before_any_work(tmp_path: Path, monkeypatch) -> None:
+    from lmforge.data import engine
+    from lmforge.errors import ConfigError
+
+    data = Config().data
+    data.engine, data.executor = "datatrove", "slurm"
+    monkeypatch.setattr(engine.shutil, "which", lambda name: None)
+    with pytest.raises(ConfigError, match="sbatch"):
+        engine.check_available(data)
+    data.executor = "ray"
+    real = engine.importlib.util.find_spec
+    monkeypatch.setattr(engine.importlib.util, "find_spec", lambda name: None if name == "ray" else real(name))
+    with pytest.raises(ConfigError, match="ray is not installed"):
+        engine.check_available(data)
 
 
 @pytest.mark.slow

@@ -412,3 +412,54 @@ def test_cjk_utf16_without_bom_is_an_error_not_garbage() -> None:
     # Too few NUL bytes to recognise the encoding: an error with a hint beats a silent misread.
     with pytest.raises(DataError, match="UTF-16 text without a byte-order mark"):
         decode_bytes(CHINESE.encode("utf-16-le"), "zh.txt")
+
+
+def test_big_text_file_is_streamed_into_the_same_documents(tmp_path: Path, monkeypatch) -> None:
+    """A file above readers.STREAM_MIN_BYTES is read block by block; cut anywhere (inside a \\r\\n, a blank
+    line, a multi-byte character, a byte-order mark), it gives the documents and lines of the whole read."""
+    import random
+
+    from lmforge.data import readers
+
+    streamed: list[int] = []
+    real = readers._paragraph_stream
+    monkeypatch.setattr(readers, "_paragraph_stream", lambda *a: (streamed.append(1), real(*a))[1])
+    rng = random.Random(0)
+    pieces = ["word", "b", " ", "\t", "\r", "\n", "\r\n", "中文", "\n\n", " \n", "\r\n \r\n", "é"]
+    path = tmp_path / "t.txt"
+    for trial in range(400):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
+        path.write_bytes(("\ufeff" if trial % 7 == 0 else "").encode() + text.encode("utf-8"))
+        monkeypatch.setattr(readers, "STREAM_MIN_BYTES", 1 << 40)
+        whole = [(d.text, d.line) for d in read_documents(path)]
+        monkeypatch.setattr(readers, "STREAM_MIN_BYTES", -1)
+        monkeypatch.setattr(readers, "STREAM_BLOCK_BYTES", rng.randint(1, 9))
+        assert [(d.text, d.line) for d in read_documents(path)] == whole, (text, readers.STREAM_BLOCK_BYTES)
+    assert len(streamed) == 400
+    # --data.encoding is streamed too; a legacy encoding that must be detected is read whole.
+    path.write_bytes("caf\xe9\n\nna\xefve au bord de l'eau".encode("cp1252"))
+    assert [d.text for d in read_documents(path, encoding="cp1252")] == ["café", "naïve au bord de l'eau"]
+    assert len(streamed) == 401
+    assert [d.text for d in read_documents(path)] == ["café", "naïve au bord de l'eau"] and len(streamed) == 401
+
+
+def test_big_jsonl_file_is_streamed_into_the_same_records(tmp_path: Path, monkeypatch) -> None:
+    import random
+
+    from lmforge.data import readers
+
+    rng = random.Random(1)
+    path = tmp_path / "t.jsonl"
+    for _ in range(150):
+        lines = [rng.choice(['{"text": "a b"}', '{"text": "中文 é\\\\n"}', "", "  ", '"plain"', '{"text": ""}\r'])
+                 for _ in range(rng.randint(0, 12))]
+        path.write_text("\n".join(lines) + rng.choice(["", "\n"]), encoding="utf-8")
+        monkeypatch.setattr(readers, "STREAM_MIN_BYTES", 1 << 40)
+        whole = [(d.text, d.line) for d in read_documents(path)]
+        monkeypatch.setattr(readers, "STREAM_MIN_BYTES", -1)
+        monkeypatch.setattr(readers, "STREAM_BLOCK_BYTES", rng.randint(1, 9))
+        assert [(d.text, d.line) for d in read_documents(path)] == whole
+    # An error names the same line either way.
+    path.write_text('{"text": "ok"}\n\n{"text": broken}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"t\.jsonl:3: invalid JSON"):
+        list(read_documents(path))

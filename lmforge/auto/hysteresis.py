@@ -2,17 +2,25 @@
 
 A decision taken from a measurement near a threshold (two shapes whose predicted losses are within
 a few percent, a bf16 speed-up near 1.1x, passes over the corpus near the optimizer's limit) flips
-with a few percent of timing noise; no rule without memory avoids that everywhere. So a plan
-remembers: when the run folder holds the plan of an earlier run made for the same inputs (budget,
+with a few percent of timing noise; no rule without memory avoids that everywhere (measured with
+benchmarks/plan_stability.py: 11-18 of 91 cases change under +-5% noise without memory, 0 with).
+So a plan remembers: when there is a plan of an earlier run made for the same inputs (budget,
 corpus, machine, the settings the user fixed), a decision near its threshold keeps the earlier
 value, and changes only when the new measurement is clearly on the other side (a Schmitt
 trigger: the band to keep a decision is wider than the one to take it). Each kept decision is
 listed as a close call.
+
+The earlier plan is the run folder's plan.json, or else the machine's plan memory: every plan is
+also kept under a key of its inputs in $LMFORGE_PLAN_MEMORY (default $XDG_CACHE_HOME/lmforge/plans,
+i.e. ~/.cache/lmforge/plans; `off` turns it off), so the same command on the same machine keeps its
+plan in a new run folder too. Those files are lmforge's own: a few KB per (corpus, budget).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,18 +70,66 @@ def read_plan(run_dir: str | Path | None) -> dict | None:
     --overwrite removes it and the memory of the earlier plan would go with it."""
     if not run_dir:
         return None
+    return read_plan_file(Path(run_dir) / "plan.json")
+
+
+def memory_dir() -> Path | None:
+    """The machine's plan memory: $LMFORGE_PLAN_MEMORY ('off': none), else the user's cache folder."""
+    chosen = os.environ.get("LMFORGE_PLAN_MEMORY")
+    if chosen is not None:
+        return None if chosen.strip().lower() in ("", "off", "0", "none") else Path(chosen)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lmforge" / "plans"
+
+
+def _memory_file(inputs: dict) -> Path | None:
+    """The memory file of a plan made for `inputs`, keyed by what is known before the data is prepared."""
+    folder = memory_dir()
+    if folder is None:
+        return None
+    corpus = inputs["corpus"]
+    known = {k: inputs[k] for k in ("format", "budget_s", "hardware", "fixed")}
+    known["corpus"] = {"path": corpus.get("path"), "bytes": corpus.get("bytes")}
+    key = hashlib.sha256(json.dumps(known, sort_keys=True).encode()).hexdigest()[:24]
+    return folder / f"{key}.json"
+
+
+def recall(inputs: dict) -> tuple[dict | None, str]:
+    """The plan the machine remembers for these inputs (the doc, its file), or (None, '')."""
+    path = _memory_file(inputs)
+    if path is None:
+        return None, ""
+    return read_plan_file(path), str(path)
+
+
+def remember(doc: dict) -> None:
+    """Keep a plan in the machine's memory. A memory that cannot be written is only a lost hint."""
+    from lmforge.atomic import atomic_write_json
+
+    path = _memory_file(doc["inputs"]) if "inputs" in doc else None
+    if path is None:
+        return
     try:
-        d = json.loads((Path(run_dir) / "plan.json").read_text(encoding="utf-8"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"inputs": doc["inputs"], "config": doc["config"],
+                                 "estimates": {"micro_knee": doc.get("estimates", {}).get("micro_knee")}})
+    except OSError:
+        pass
+
+
+def read_plan_file(path: Path) -> dict | None:
+    try:
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
         return d if isinstance(d, dict) else None
     except (OSError, ValueError):
         return None
 
 
-def load_previous(run_dir: str | Path, inputs: dict, doc: dict | None = None) -> PreviousPlan | None:
-    """The earlier plan in `run_dir` (or `doc`, that plan read earlier) when it was made for these
-    inputs (`corpus` compared only on the keys given, so the tokenizer can be kept before the data is
-    prepared); else None."""
-    path = Path(run_dir) / "plan.json"
+def load_previous(run_dir: str | Path | None, inputs: dict, doc: dict | None = None,
+                  source: str | None = None) -> PreviousPlan | None:
+    """The earlier plan in `run_dir` (or `doc`, that plan read earlier, from `source`) when it was
+    made for these inputs (`corpus` compared only on the keys given, so the tokenizer can be kept
+    before the data is prepared); else None."""
+    path = source or str(Path(run_dir or ".") / "plan.json")
     d = doc if doc is not None else read_plan(run_dir)
     if d is None:
         return None
@@ -82,7 +138,7 @@ def load_previous(run_dir: str | Path, inputs: dict, doc: dict | None = None) ->
         same = (old["format"] == inputs["format"] and old["budget_s"] == inputs["budget_s"]
                 and old["hardware"] == inputs["hardware"] and old["fixed"] == inputs["fixed"]
                 and all(old["corpus"].get(k) == v for k, v in inputs["corpus"].items()))
-        return PreviousPlan.from_dict(d, str(path)) if same else None
+        return PreviousPlan.from_dict(d, path) if same else None
     except (ValueError, KeyError, TypeError):
         return None  # a plan this planner did not write: plan afresh
 

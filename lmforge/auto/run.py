@@ -9,7 +9,7 @@ from pathlib import Path
 
 from lmforge.auto.choices import plan_optimizer
 from lmforge.auto.hardware import probe_hardware
-from lmforge.auto.hysteresis import PreviousPlan, load_previous, plan_inputs, read_plan
+from lmforge.auto.hysteresis import PreviousPlan, load_previous, plan_inputs, read_plan, recall, remember
 from lmforge.auto.inputs import DataFacts, PlanOptions
 from lmforge.auto.plan import Plan, make_plan
 from lmforge.auto.timer import LMStepTimer
@@ -51,13 +51,20 @@ def plan_run(
     hw = probe_hardware(device)  # first: the tokenizer's vocabulary depends on the compute at hand
     t0 = time.perf_counter()
     corpus = corpus_identity(cfg)
-    earlier = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus), earlier_doc)
+    remembered = recall(plan_inputs(budget_s, hw.to_dict(), fixed, corpus))
+
+    def earlier_plan(inputs: dict) -> PreviousPlan | None:
+        """The run folder's earlier plan for these inputs, else the one this machine remembers."""
+        return load_previous(run_dir, inputs, earlier_doc) or (
+            load_previous(None, inputs, *remembered) if remembered[0] else None)
+
+    earlier = earlier_plan(plan_inputs(budget_s, hw.to_dict(), fixed, corpus))
     cfg, tokenizer_row, tokenizer_close = plan_tokenizer(cfg, hw, budget_s, fixed, earlier)
     data = prepare(cfg, quiet=not progress)
     prepare_s = time.perf_counter() - t0
     facts = DataFacts.from_prepared(data)
     corpus.update(asdict(facts))
-    previous = load_previous(run_dir, plan_inputs(budget_s, hw.to_dict(), fixed, corpus), earlier_doc)
+    previous = earlier_plan(plan_inputs(budget_s, hw.to_dict(), fixed, corpus))
     # A timing may take longer with a longer budget (bigger candidates), never a large share of it.
     timer = LMStepTimer(facts.vocab_size, hw.device, model=cfg.model, seed=cfg.seed, grad_clip=cfg.optim.grad_clip,
                         slow_s=max(0.25, budget_s / 400),
@@ -82,6 +89,7 @@ def plan_run(
     if tokenizer_close is not None:
         plan.close_calls.insert(0, tokenizer_close)
     plan.save(run_dir)
+    remember(plan.to_dict())
     if progress:
         console.print(plan.table())
         console.print(plan.candidates_table())
@@ -97,7 +105,9 @@ def corpus_identity(cfg: Config) -> dict:
         return {"path": None, "bytes": 0}
     from lmforge.data.readers import find_files
 
-    return {"path": str(cfg.data.path), "bytes": sum(f.stat().st_size for f in find_files(cfg.data.path))}
+    # Resolved: the same corpus named from another folder is the same input to the machine's memory.
+    return {"path": str(Path(cfg.data.path).resolve()),
+            "bytes": sum(f.stat().st_size for f in find_files(cfg.data.path))}
 
 
 def plan_tokenizer(cfg: Config, hw, budget_s: float, fixed,

@@ -28,7 +28,7 @@ def add_commands(sub) -> None:
     p.add_argument("--device", default="cpu")
 
     from lmforge.cli.options import add_config_options
-    from lmforge.lm.sft import SFTConfig
+    from lmforge.lm.sft_config import SFTConfig
 
     p = sub.add_parser("sft", help="fine-tune a trained run on conversations (OpenAI messages format) for chat")
     p.add_argument("base_run", nargs="?", metavar="RUN_DIR", help="the trained language-model run to fine-tune")
@@ -61,7 +61,7 @@ def add_commands(sub) -> None:
 def _sft_config(args: argparse.Namespace):
     from lmforge.cli.options import overrides_from
     from lmforge.config import load_config
-    from lmforge.lm.sft import SFTConfig
+    from lmforge.lm.sft_config import SFTConfig
 
     overrides = overrides_from(args)
     for value, dotted in ((args.base_run, "base"), (args.data, "data.path"), (args.out, "out"),

@@ -12,8 +12,10 @@ The detected codec must decode the whole file strictly, or the error says where 
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from lmforge.errors import DataError
@@ -473,3 +475,65 @@ def detect(sample: bytes, source: str, line: int) -> str:
         f"{source}: cannot tell its text encoding (not UTF-8 from line {line}; best guess {verdict.guess} at "
         f"{verdict.confidence:.0%} confidence{also}). {_HOW_TO_SET}."
     )
+
+
+# --- files too big to hold: the codec, checked block by block ---------------------------------------
+
+
+def stream_codec(blocks: Iterable[bytes], encoding: str = "auto") -> tuple[str, str, int] | None:
+    """(codec, how, bytes to skip at the start) with which `decode` would read the whole of the bytes
+    `blocks` yields, found without holding them; None when only `decode` on the whole can tell (BOM-less
+    UTF-16, a legacy encoding to detect) or when it would refuse them (its error message needs the whole).
+    Covers what large corpora are: UTF-8 with or without a byte-order mark, and any --data.encoding."""
+    from lmforge.config import text_codec
+
+    if encoding != "auto":
+        codec = text_codec(encoding)
+        if codec is None:
+            return None
+        how = "--data.encoding"
+    else:
+        codec, how = "utf-8", "utf-8"
+    decoder = codecs.getincrementaldecoder(codec)("strict")
+    skip, binary, total, chars, first = 0, 0, 0, 0, True
+    try:
+        for block in _at_least(blocks, 4):  # a byte-order mark is seen whole
+            if first:
+                first = False
+                if codec == "utf-8" and block.startswith(_UTF8_BOM):
+                    skip, block = len(_UTF8_BOM), block[len(_UTF8_BOM) :]
+                    how = "byte-order mark" if encoding == "auto" else how
+                elif encoding == "auto" and any(block.startswith(bom) for bom, _ in _BOMS):
+                    return None
+            if encoding == "auto":
+                if 0 in block:
+                    return None  # perhaps BOM-less UTF-16: decode() guesses on the whole
+                binary += len(block) - len(block.translate(None, _BINARY_BYTES))
+                total += len(block)
+                decoder.decode(block)
+            else:
+                text = decoder.decode(block)
+                binary += len(_BINARY_CHARS.findall(text))
+                chars += len(text)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return None
+    if encoding == "auto":
+        if binary > _MAX_BINARY_FRACTION * total:
+            return None
+    elif binary > _MAX_BINARY_FRACTION * max(chars, 1):
+        return None
+    return codec, how, skip
+
+
+def _at_least(blocks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """`blocks`, the first of them joined with the next ones until it holds `size` bytes (or all there is)."""
+    head = b""
+    blocks = iter(blocks)
+    for block in blocks:
+        head += block
+        if len(head) >= size:
+            break
+    if head:
+        yield head
+    yield from blocks

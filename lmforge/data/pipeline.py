@@ -36,7 +36,7 @@ import numpy as np
 
 from lmforge.atomic import atomic_write_bytes, atomic_write_json
 from lmforge.config import CleanConfig, Config, FilterConfig
-from lmforge.data import decontam
+from lmforge.data import decontam, engine
 from lmforge.data.clean import CleanReport, clean_counted, fingerprint, split_documents
 from lmforge.data.neardup import near_duplicates, signature
 from lmforge.data.quality import any_enabled, reject_reason
@@ -148,6 +148,11 @@ def _exit_with_parent(parent: int) -> None:
     while os.getppid() == parent:
         time.sleep(1.0)
     os._exit(1)
+
+
+def load_state(state: dict) -> None:
+    """Make `state` (configs) what the task functions below read: in a worker, or in a datatrove task."""
+    _worker.update(state)
 
 
 def _clean_task(base: Path, docs: list[str]) -> dict:
@@ -453,13 +458,18 @@ def run(cfg: Config, folder: Path, key: str, sources: dict[str, Callable[[], Ite
     workers = resolve_workers(data.num_workers, input_bytes)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    # One pool for cleaning and encoding: starting worker processes costs seconds each time.
-    with Runner(workers, {"clean": clean, "filter": cfg.filter}) as runner:
+    state = {"clean": clean, "filter": cfg.filter}
+    # One pool for cleaning and encoding: starting worker processes costs seconds each time. The datatrove
+    # engine runs the same task functions in its executors' processes (or on other machines) instead.
+    runner = (engine.DatatroveRunner(data, workers, state, load_state, work) if data.engine == "datatrove"
+              else Runner(workers, state))
+    with runner:
         return _run(cfg, folder, work, sources, given, tokenizer_path, runner, seconds, t0)
 
 
 def _run(cfg: Config, folder: Path, work: Path, sources: dict[str, Callable[[], Iterable[str]]],
-         given: Tokenizer | None, tokenizer_path: Path, runner: Runner, seconds: dict[str, float],
+         given: Tokenizer | None, tokenizer_path: Path, runner: Runner | engine.DatatroveRunner,
+         seconds: dict[str, float],
          t0: float) -> StreamResult:
     data, clean = cfg.data, cfg.clean
     shard_chars = max(1, int(data.shard_mb * 1_000_000))

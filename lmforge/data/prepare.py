@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lmforge.config import Config, DataConfig
 from lmforge.data import default_corpus
-from lmforge.data import pipeline
+from lmforge.data import engine, pipeline
 from lmforge.data.clean import CleanReport
 from lmforge.data.quality import parse_languages
 from lmforge.data.readers import ReadReport, find_files, read_documents
@@ -26,6 +26,8 @@ from lmforge.atomic import atomic_write_json
 from lmforge.console import console
 
 TOKENIZER_FILE = "tokenizer.json"
+ENGINE_FIELDS = ("engine", "executor", "tasks", "logging_dir", "slurm_partition", "slurm_time", "slurm_cpus_per_task",
+                 "slurm_mem_per_cpu_gb")
 
 
 def init_tokenizer(run_dir: str | Path) -> Tokenizer:
@@ -62,8 +64,9 @@ def _inputs(cfg: Config) -> dict:
 def _key(cfg: Config, inputs: dict, given: Tokenizer | None = None) -> str:
     """given: the tokenizer of the model the run starts from (--init), used instead of training one."""
     tokenizer = asdict(cfg.tokenizer) if given is None else {"init_tokenizer": given.fingerprint()}
-    # Neither the worker count nor the shard size changes the output.
-    return cache_key(inputs, asdict(cfg.data) | {"num_workers": 0, "shard_mb": 0}, asdict(cfg.clean),
+    # Neither the worker count, the shard size nor the engine and its options change the output.
+    same = {name: None for name in ENGINE_FIELDS}
+    return cache_key(inputs, asdict(cfg.data) | {"num_workers": 0, "shard_mb": 0} | same, asdict(cfg.clean),
                      asdict(cfg.filter), tokenizer, {"seed": cfg.seed, "version": 2})
 
 
@@ -145,6 +148,7 @@ def prepare(cfg: Config, quiet: bool = False) -> PreparedData:
         raise ConfigError("config field 'out' is empty: name the run folder the prepared data goes in")
     if cfg.filter.languages:
         parse_languages(cfg.filter.languages)  # refuses an unknown code before any work
+    engine.check_available(cfg.data)
     folder = Path(cfg.out) / "data"
     folder.mkdir(parents=True, exist_ok=True)
     data = cfg.data

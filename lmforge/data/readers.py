@@ -7,6 +7,7 @@ Every error names the file (and line or field) and says what to do about it.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import glob
 import gzip
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lmforge.config import text_codec
-from lmforge.data.encoding import Decoded, decode
+from lmforge.data.encoding import Decoded, decode, stream_codec
 from lmforge.errors import DataError
 
 TEXT_EXTENSIONS: tuple[str, ...] = (".txt", ".md", ".text")
@@ -314,6 +315,107 @@ def _text_documents(text: str, source: str, doc_split: str) -> Iterator[Document
         yield Document(text, source, 1)
 
 
+# Plain-text and JSON Lines files bigger than this are read in blocks of STREAM_BLOCK_BYTES, documents cut at
+# paragraph breaks (or lines) as they arrive, so one huge file needs no more memory than its longest
+# document and a block.
+STREAM_MIN_BYTES = 64 << 20
+STREAM_BLOCK_BYTES = 4 << 20
+
+
+def _blocks(path: Path, skip: int = 0) -> Iterator[bytes]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            f.seek(skip)
+            while block := f.read(STREAM_BLOCK_BYTES):
+                yield block
+    except (OSError, EOFError, zlib.error) as exc:
+        if isinstance(exc, OSError) and exc.strerror:
+            raise DataError(f"{path}: cannot be read ({exc.strerror}). Check that it exists and is readable.") from None
+        raise DataError(f"{path}: not a valid gzip file ({exc}). Re-compress it, or drop the .gz suffix if it is "
+                        "not compressed.") from None
+
+
+def _streamed_pieces(path: Path, encoding: str, report: ReadReport) -> Iterator[str] | None:
+    """The text of a big file, decoded block by block; None when it is read whole instead (small, or an encoding
+    only the whole file tells)."""
+    try:
+        big = path.stat().st_size > STREAM_MIN_BYTES
+    except OSError:
+        return None  # the whole-file read says what is wrong
+    if not big:
+        return None
+    found = stream_codec(_blocks(path), encoding)  # a first pass over the bytes: decode() without holding them
+    if found is None:
+        return None
+    codec, how, skip = found
+    report.note_decoding(path, Decoded("", encoding if how == "--data.encoding" else codec, how))
+    return _decoded_blocks(path, codec, skip)
+
+
+def _streamed_text(path: Path, encoding: str, doc_split: str, report: ReadReport) -> Iterator[Document] | None:
+    if doc_split == "file":
+        return None
+    pieces = _streamed_pieces(path, encoding, report)
+    return None if pieces is None else _paragraph_stream(pieces, str(path))
+
+
+def _streamed_jsonl(pieces: Iterator[str], source: str) -> Iterator[tuple[dict | str, int]]:
+    """What `_jsonl_rows` yields for the concatenation of `pieces`: the complete lines of each piece at once."""
+    buf, line = "", 1
+    for piece in pieces:
+        buf += piece
+        cut = buf.rfind("\n")
+        if cut < 0:
+            continue
+        yield from _jsonl_rows(buf[:cut], source, line)
+        line += buf.count("\n", 0, cut) + 1
+        buf = buf[cut + 1 :]
+    yield from _jsonl_rows(buf, source, line)
+
+
+def _decoded_blocks(path: Path, codec: str, skip: int) -> Iterator[str]:
+    decoder = codecs.getincrementaldecoder(codec)("strict")
+    for block in _blocks(path, skip):
+        yield decoder.decode(block)
+    yield decoder.decode(b"", final=True)
+
+
+_NON_BLANK = re.compile(r"[^ \t\f\v]")
+
+
+def _settled(text: str, at: int) -> bool:
+    """Whether a paragraph starts for certain at `at`: a non-blank character follows on its line, so more
+    text cannot turn the line into a blank one (which would lengthen the break before it)."""
+    return _NON_BLANK.search(text, at) is not None
+
+
+def _paragraph_stream(pieces: Iterator[str], source: str) -> Iterator[Document]:
+    """What `_text_documents` yields for the concatenation of `pieces`, without concatenating them."""
+    buf, line, started = "", 1, False
+    for piece in pieces:
+        buf += piece
+        if not started:
+            lead = _LEADING_BLANK_LINES.match(buf).end()  # type: ignore[union-attr]  # always matches
+            if not _settled(buf, lead):
+                continue  # blank so far: held until text starts (a blank file is one document)
+            line += _count_newlines(buf, 0, lead)
+            buf, started = buf[lead:], True
+        pos = 0
+        for brk in _PARAGRAPH_BREAK.finditer(buf):
+            if not _settled(buf, brk.end()):
+                break
+            yield Document(buf[pos : brk.start()], source, line)
+            line += _count_newlines(buf, pos, brk.end())
+            pos = brk.end()
+        buf = buf[pos:]
+    if not started:
+        yield from _text_documents(buf, source, "auto")
+        return
+    for paragraph, at in _paragraphs(buf):
+        yield Document(paragraph, source, line + at - 1)
+
+
 # ---------------------------------------------------------------------------
 # Records: JSON Lines, JSON, CSV/TSV, Parquet
 
@@ -348,9 +450,9 @@ def _json_error(source: str, exc: json.JSONDecodeError, line_offset: int = 0) ->
     )
 
 
-def _jsonl_rows(text: str, source: str) -> Iterator[tuple[dict | str, int]]:
+def _jsonl_rows(text: str, source: str, first_line: int = 1) -> Iterator[tuple[dict | str, int]]:
     decoder = json.JSONDecoder()
-    start, line = 0, 1
+    start, line = 0, first_line
     while start <= len(text):
         end = text.find("\n", start)
         if end == -1:
@@ -504,7 +606,11 @@ def _rows(path: Path, require: str | None, encoding: str, report: ReadReport) ->
     if ext == ".parquet":
         yield from _parquet_rows(path, gzipped, [require] if require is not None else None)
     elif ext == ".jsonl":
-        yield from _jsonl_rows(_read_text(path, encoding, report), source)
+        pieces = _streamed_pieces(path, encoding, report)
+        if pieces is not None:
+            yield from _streamed_jsonl(pieces, source)
+        else:
+            yield from _jsonl_rows(_read_text(path, encoding, report), source)
     elif ext == ".json":
         yield from _json_rows(_read_text(path, encoding, report), source)
     elif ext in (".csv", ".tsv"):
@@ -542,7 +648,11 @@ def _documents(text_field: str, doc_split: str, encoding: str, report: ReadRepor
     for path in report.files:
         ext, _ = _require_format(path)
         if ext in TEXT_EXTENSIONS:
-            yield from _text_documents(_read_text(path, encoding, report), str(path), doc_split)
+            streamed = _streamed_text(path, encoding, doc_split, report)
+            if streamed is not None:
+                yield from streamed
+            else:
+                yield from _text_documents(_read_text(path, encoding, report), str(path), doc_split)
         else:
             for row, line in _rows(path, text_field, encoding, report):
                 yield _document_from_row(row, text_field, str(path), line)

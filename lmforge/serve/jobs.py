@@ -84,14 +84,15 @@ class Jobs:
             cmd = cli + ["classify", "train", "--data", form.data, "--out", str(out)]
             if form.mode != "auto":
                 cmd += ["--config", form.mode]
-            if form.time:
-                cmd += ["--train.time_budget_s", str(parse_duration(form.time))]
+            if form.time:  # planned for the budget, as `classify train --time` does
+                parse_duration(form.time)  # a bad duration is refused here, before a job starts
+                cmd += ["--time", form.time]
             return cmd
         if form.task != "lm":
             raise ConfigError(f"task: {form.task!r} is not lm or classify")
         cmd = cli + ["train", "--out", str(out)] + (["--data", form.data] if form.data else [])
         if form.mode == "auto":
-            cmd += ["--auto", "--time", form.time or "5m"]
+            cmd += ["--auto"] + (["--time", form.time] if form.time else [])  # the CLI's default budget otherwise
         else:
             cmd += ["--config", form.mode] + (["--time", form.time] if form.time else [])
         return cmd
