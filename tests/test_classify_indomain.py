@@ -151,3 +151,20 @@ def test_gpt_learning_rate_zero_picks_one_for_the_model_at_hand(tmp_path):
     assert resolve_auto(cfg, ["a text"] * 10).model.gpt.lr == 1e-4  # a given, larger pretrained model
     cfg.model.gpt.lr = 5e-4
     assert resolve_auto(cfg, ["a text"] * 10).model.gpt.lr == 5e-4
+
+
+def test_time_plan_considers_the_in_domain_gpt_with_unlabeled_text_or_when_asked(tmp_path):
+    from lmforge.classify.run import plan_run
+
+    texts = ["a rather long review of a film that was good or bad " * 2] * 1000  # about 20,000 words
+    cfg = ClassifyConfig()
+    cfg.train.run_budget_s = 1200
+    plain, plan = plan_run(cfg, texts)
+    assert "gpt" not in plain.model.member_kinds()
+    assert dict(plan.rows)["in-domain gpt"].startswith("not considered without --unlabeled")
+    cfg.model.gpt.unlabeled = str(tmp_path / "more.txt")  # read only when pretraining starts
+    with_text, plan = plan_run(cfg, texts)
+    assert with_text.model.member_kinds()[-1] == "gpt" and dict(plan.rows)["in-domain gpt"].startswith("added")
+    assert 0 < with_text.model.gpt.pretrain_time_s == plan.pretrain_s
+    cfg.model.gpt.unlabeled, cfg.model.gpt.pretrain = "", "on"
+    assert plan_run(cfg, texts)[0].model.member_kinds()[-1] == "gpt"

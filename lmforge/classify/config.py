@@ -179,7 +179,7 @@ class GPTHeadConfig:
     unfreeze: float = 0.3
     """Gradual unfreezing (ULMFiT): the head (and final norm) trains alone at first, then the blocks join one at a time from the top, the embeddings last, at even intervals, all training after this share of the steps; 0: everything trains from the first step."""
     pretrain: Literal["auto", "on", "off"] = "auto"
-    """In-domain pretraining: first train an lmforge GPT on the training texts (never the validation or test texts) plus model.gpt.unlabeled, in RUN/pretrain, then fine-tune it. 'auto': when model.gpt.run is not given (and, with --time, the plan adds this member when the budget allows); 'on': also continue pretraining a given model.gpt.run on the task's texts (ULMFiT's second stage); 'off': never (the gpt model then needs model.gpt.run)."""
+    """In-domain pretraining: first train an lmforge GPT on the training texts (never the validation or test texts) plus model.gpt.unlabeled, in RUN/pretrain, then fine-tune it. 'auto': when model.gpt.run is not given (and, with --time and --unlabeled text, the plan adds this member when the budget allows); 'on': also continue pretraining a given model.gpt.run on the task's texts (ULMFiT's second stage), and --time considers the member without unlabeled text too; 'off': never (the gpt model then needs model.gpt.run)."""
     pretrain_time_s: float = 0.0
     """Seconds of in-domain pretraining at most; 0: no time limit (pretrain_epochs passes), or the plan's share with --time."""
     pretrain_epochs: float = 10.0

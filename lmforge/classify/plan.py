@@ -29,7 +29,8 @@ plus MIN_EPOCHS['gpt'] epochs of fine-tuning per training, at conservative rates
 about 1,000 words per second fine-tuning, evaluations included), plus a fixed PRETRAIN_FIXED_S for
 preparing the corpus, the tokenizer, the run folder and the language model's report. When added, it gets
 PRETRAIN_SHARE of the training time for pretraining (at most PRETRAIN_MAX_PASSES passes); the gpt
-member's fine-tuning then takes its slot from the clock like any neural model.
+member's fine-tuning then takes its slot from the clock like any neural model. The caller decides
+whether it is considered at all (run.plan_run: with --unlabeled text or model.gpt.pretrain 'on').
 """
 
 from __future__ import annotations
