@@ -8,6 +8,7 @@ Each (dataset, model) trains in its own process, so its time and peak RSS are it
 one JSON line: dataset, model, accuracy, macro_f1, roc_auc, train_s, peak_rss_mb (and a few more),
 and `baseline_accuracy`: a scikit-learn TF-IDF + logistic regression trained in the same run on the
 same training texts and scored on the same split (`margin`: accuracy minus it, in points).
+`--models gpt-indomain,default+gpt` runs the opt-in in-domain GPT rows (see OPT_IN).
 `--time 10m` adds a row `time-10m`: `lmforge classify train --time 10m`. `--max-train N` trains
 every row and the baseline on a seeded random sample of N training texts (quick checks; the
 figures are then not the datasets' own).
@@ -81,6 +82,16 @@ PLAN: dict[str, list[tuple[str, str | None, dict]]] = {
         ("best", "chinese-sentiment.yaml", {"eval.folds": "5"}),
     ],
 }
+
+
+# Opt-in rows, run only when --models names them: a GPT pretrained on the training texts (in-domain
+# pretraining, lmforge.classify.pretrain), fine-tuned alone ("gpt-indomain") or added to the members
+# 'auto' picks for small sets ("default+gpt": linear, fastText, BiLSTM on vectors from the texts).
+OPT_IN = [
+    ("gpt-indomain", None, {"model.kind": "gpt"}),
+    ("default+gpt", None, {"model.kind": "ensemble", "model.members": "linear,fasttext,bilstm,gpt",
+                           "text.vectors": "train"}),
+]
 
 
 def baseline(train: Path, test: Path, language: str) -> dict:
@@ -202,7 +213,7 @@ def main() -> None:
                         "zh" if name == "chnsenticorp" else "en")
         print(f"{name}: TF-IDF + logistic regression baseline {base['baseline_accuracy']:.4f} "
               f"({base['baseline_s']}s)", file=sys.stderr, flush=True)
-        rows = list(PLAN[name])
+        rows = list(PLAN[name]) + [row for row in OPT_IN if row[0] in wanted]
         if args.time:
             rows.append((f"time-{args.time}", None, {"train.run_budget_s": str(parse_duration(args.time))}))
         for model, preset, over in rows:

@@ -223,6 +223,18 @@ CONFIG = [
          "--model.gpt.run d.jsonl", "d.jsonl", files={"d.jsonl": jsonl(RECS)}),
     case("config", "classify-gpt-run-is-classifier", "classify train --data d.jsonl --model gpt --out run "
          "--model.gpt.run clf", "clf holds an lmforge classify run", files={"d.jsonl": jsonl(RECS)}, runs=("clf",)),
+    case("config", "classify-gpt-unfreeze-one", "classify train --data d.jsonl --model gpt --model.gpt.unfreeze 1",
+         "model.gpt.unfreeze", "[0, 1)"),
+    case("config", "classify-gpt-lr-decay-below-one", "classify train --data d.jsonl --model gpt "
+         "--model.gpt.layer_lr_decay 0.5", "model.gpt.layer_lr_decay"),
+    case("config", "classify-gpt-pretrain-unknown", "classify train --data d.jsonl --model gpt "
+         "--model.gpt.pretrain maybe", "model.gpt.pretrain"),
+    case("config", "classify-gpt-pretrain-off-no-run", "classify train --data d.jsonl --model gpt --out run "
+         "--model.gpt.pretrain off", "model.gpt.run", "pretrain", files={"d.jsonl": jsonl(RECS)}),
+    case("config", "classify-unlabeled-missing", "classify train --data d.jsonl --model gpt --out run "
+         "--unlabeled nope.txt", "nope.txt", "no such file", files={"d.jsonl": jsonl(RECS)}),
+    case("config", "classify-unlabeled-without-gpt", CLF + " --unlabeled u.txt", "model.gpt.unlabeled",
+         "members are linear", files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
     case("config", "classify-yaml-is-lm-config", "classify train --config c.yaml --data d.jsonl", "c.yaml",
          "'tokenizer'", files={"c.yaml": "tokenizer:\n  kind: char\n", "d.jsonl": jsonl(RECS)}),
 ]

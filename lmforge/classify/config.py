@@ -229,13 +229,49 @@ class GPTHeadConfig:
     """Dropout on the pooled features."""
     freeze: bool = False
     """Train only the classification head (a linear probe), keeping the GPT's weights fixed."""
-    lr: float = 1e-4
-    """Peak learning rate of this model (AdamW); it decays to min(schedule.min_lr, lr/10) on schedule.kind."""
+    lr: float = 0.0
+    """Peak learning rate of the classification head (AdamW; the layers below train at lower rates, see layer_lr_decay); it decays to min(schedule.min_lr, lr/10) on schedule.kind. 0: 1e-4 for a given model.gpt.run (a large pretrained model), 1e-3 for a GPT pretrained here (small, from scratch; not tuned)."""
+    layer_lr_decay: float = 2.6
+    """Discriminative learning rates (ULMFiT): the top transformer block trains at lr / this, each block below at a further / this, the embeddings last; 1: one rate for all."""
+    unfreeze: float = 0.3
+    """Gradual unfreezing (ULMFiT): the head (and final norm) trains alone at first, then the blocks join one at a time from the top, the embeddings last, at even intervals, all training after this share of the steps; 0: everything trains from the first step."""
+    pretrain: Literal["auto", "on", "off"] = "auto"
+    """In-domain pretraining: first train an lmforge GPT on the training texts (never the validation or test texts) plus model.gpt.unlabeled, in RUN/pretrain, then fine-tune it. 'auto': when model.gpt.run is not given (and, with --time and --unlabeled text, the plan adds this member when the budget allows); 'on': also continue pretraining a given model.gpt.run on the task's texts (ULMFiT's second stage), and --time considers the member without unlabeled text too; 'off': never (the gpt model then needs model.gpt.run)."""
+    pretrain_time_s: float = 0.0
+    """Seconds of in-domain pretraining at most; 0: no time limit (pretrain_epochs passes), or the plan's share with --time."""
+    pretrain_epochs: float = 10.0
+    """Passes over the pretraining text (fewer when pretrain_time_s ends it first)."""
+    pretrain_d_model: int = 128
+    """Width of the GPT pretrained in-domain (ignored when continuing a given model.gpt.run)."""
+    pretrain_n_layer: int = 4
+    """Transformer blocks of the GPT pretrained in-domain (ignored when continuing a given model.gpt.run)."""
+    unlabeled: str = ""
+    """Extra unlabeled text for in-domain pretraining (`--unlabeled FILE`, repeatable): comma-separated files, .txt/.md one text per line or records with data.text_field."""
 
     def validate(self) -> None:
-        check(0 < self.lr <= MAX_LR, "model.gpt.lr", f"must be in (0, {MAX_LR}]")
+        check(0 <= self.lr <= MAX_LR, "model.gpt.lr", f"must be in [0, {MAX_LR}] (0: chosen, see the help)")
         check(self.run is None or bool(self.run.strip()), "model.gpt.run", "is blank; give a run folder or leave it out")
         check(0.0 <= self.dropout < 1.0, "model.gpt.dropout", "must be in [0, 1)")
+        check(1.0 <= self.layer_lr_decay <= 100 and math.isfinite(self.layer_lr_decay), "model.gpt.layer_lr_decay",
+              "must be in [1, 100] (1: one learning rate for every layer; ULMFiT used 2.6)")
+        check(0.0 <= self.unfreeze < 1.0, "model.gpt.unfreeze",
+              "must be in [0, 1): the share of the steps over which layers are unfrozen (0: none frozen)")
+        check(self.pretrain_time_s >= 0 and math.isfinite(self.pretrain_time_s), "model.gpt.pretrain_time_s",
+              "must be a finite number of seconds >= 0 (0: no limit)")
+        check(0 < self.pretrain_epochs <= 10**4 and math.isfinite(self.pretrain_epochs), "model.gpt.pretrain_epochs",
+              "must be a number in (0, 10000]")
+        check(8 <= self.pretrain_d_model <= MAX_DIM and self.pretrain_d_model % 8 == 0, "model.gpt.pretrain_d_model",
+              f"must be a multiple of 8 in [8, {MAX_DIM:,}] (heads 32 wide, or 8 when it is no multiple of 32)")
+        check(1 <= self.pretrain_n_layer <= MAX_LAYERS, "model.gpt.pretrain_n_layer", f"must be in [1, {MAX_LAYERS}]")
+        check(self.pretrain != "off" or self.unlabeled == "", "model.gpt.unlabeled",
+              "is unlabeled text for in-domain pretraining, which model.gpt.pretrain 'off' turns off; drop one")
+
+    def unlabeled_paths(self) -> list[str]:
+        return [p.strip() for p in self.unlabeled.split(",") if p.strip()]
+
+    def pretrains(self) -> bool:
+        """Whether the gpt member is first pretrained in-domain."""
+        return self.pretrain == "on" or (self.pretrain == "auto" and not self.run)
 
 
 @dataclass

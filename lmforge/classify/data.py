@@ -302,3 +302,25 @@ def contamination(train: Labeled, held: Labeled, n: int, role: str) -> dict:
     examples = [{"where": _at(held, i), "text": held.texts[i][:160]} for i in bad[:3]]
     return {"role": role, "file": held.path, "records": len(held), "contaminated": len(bad), "exact_copies": len(exact),
             "ngram_words": n, "examples": examples, "indices": bad}
+
+
+def read_unlabeled(paths: Sequence[str], text_field: str, encoding: str = "auto") -> list[str]:
+    """The texts of `--unlabeled` files: .txt/.md one text per non-blank line, else records with
+    `text_field` (any format read_labeled reads; labels, if any, are ignored)."""
+    texts: list[str] = []
+    for p in paths:
+        path = Path(p)
+        if path.suffix.lower() in (".txt", ".md"):
+            if not path.is_file():
+                raise DataError(f"{p}: no such file (--unlabeled); give a .txt file or records with a "
+                                f"{text_field!r} field")
+            try:
+                lines = path.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise DataError(f"{p}: cannot be read as UTF-8 text ({type(e).__name__}); convert it to UTF-8") from None
+            texts += [line.strip() for line in lines if line.strip()]
+        else:
+            texts += read_labeled(p, text_field, "", need_labels=False, encoding=encoding).texts
+    if paths and not texts:
+        raise DataError(f"{', '.join(paths)}: no texts found (--unlabeled)")
+    return texts

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from lmforge.atomic import atomic_write_json
-from lmforge.classify.config import ClassifyConfig
+from lmforge.classify.config import ClassifyConfig, GPTHeadConfig
 from lmforge.classify.data import balanced_class_weights, oversample_indices
 from lmforge.classify.task import ClassifyTask, predict_proba
 from lmforge.classify.text import (Encoded, NgramIndex, TextEncoder, UnitIds, load_vectors, normalize, split_chars,
@@ -29,6 +29,7 @@ from lmforge.errors import ConfigError
 from lmforge.lm.model import read_quant_spec, rebuild_quantized
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.loop import fit, seed_everything
+from lmforge.trainer.optim import LrGroup
 from lmforge.trainer.precision import decide_precision, step_probe
 from lmforge.trainer.runtime import Runtime
 from lmforge.trainer.step import plan_batches
@@ -213,6 +214,14 @@ def model_spec(kind: str, cfg: ClassifyConfig, vocab_size: int, n_classes: int, 
     raise ConfigError(f"config field 'model.kind': {kind!r} is not a neural model")
 
 
+def gpt_lr_groups(model, g: GPTHeadConfig) -> list[LrGroup]:
+    """ULMFiT's fine-tuning of a GPT classifier: layer group i from the top (0: the head) trains at
+    lr / layer_lr_decay**i, and only after the share i / (groups - 1) * unfreeze of the steps."""
+    groups = model.layer_groups()
+    last = max(1, len(groups) - 1)
+    return [LrGroup(params, g.layer_lr_decay ** -i, g.unfreeze * i / last) for i, params in enumerate(groups)]
+
+
 def member_vectors(cfg: ClassifyConfig, texts: Sequence[str], vocab, cache: dict | None, log: Log):
     """(embedding matrix for `vocab`, words found): from cfg.text.vectors, a file or 'train'.
 
@@ -274,7 +283,8 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     if kind == "gpt":
         if not cfg.model.gpt.run:
             raise ConfigError("config field 'model.gpt.run': the gpt model fine-tunes a run folder trained by "
-                              "`lmforge train`; give its path")
+                              "`lmforge train`; give its path, or leave model.gpt.pretrain at 'auto' to pretrain "
+                              "one on the training texts")
         from lmforge.lm.model import load_run_model
 
         gpt_model, gpt_tok, info = load_run_model(Path(cfg.model.gpt.run))
@@ -321,6 +331,8 @@ def train_neural(kind: str, cfg: ClassifyConfig, texts: Sequence[str], y: np.nda
     task = ClassifyTask(model, enc.ids, y, val_enc.ids, val_y, cfg.train.batch_size, seed, sample, cw, n_classes)
     if wrap_task is not None:
         task = wrap_task(task)
+    if kind == "gpt":
+        task.lr_groups = gpt_lr_groups(model, cfg.model.gpt)
     lr = cfg.optim.lr or getattr(cfg.model, kind).lr
     optim_cfg = replace(cfg.optim, lr=lr)
     schedule_cfg = replace(cfg.schedule, min_lr=min(cfg.schedule.min_lr, lr / 10))

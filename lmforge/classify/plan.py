@@ -19,6 +19,18 @@ the members' measured prediction speed says it will take.
 Speeds are rough rates read from `lmforge classify train` on a 5,000-text SST-2 sample on a busy
 2-core CPU (word tokens per second for one epoch, or one linear fit); they only decide membership
 and stacking, never the training time itself.
+
+In-domain pretraining (a GPT pretrained on the training texts, then fine-tuned as a member; see
+classify.pretrain) is added last, and only when the budget still pays for it after the richest
+members and stacking have been chosen: its minimum is PRETRAIN_MIN_PASSES passes of pretraining
+plus MIN_EPOCHS['gpt'] epochs of fine-tuning per training, at conservative rates read from
+`benchmarks/classify.py --max-train 1000 --models gpt-indomain --threads 1` on the busy 2-core CPU
+(the default 4 x 128 GPT: about 2,200 BPE tokens, about as many words, per second pretraining;
+about 1,000 words per second fine-tuning, evaluations included), plus a fixed PRETRAIN_FIXED_S for
+preparing the corpus, the tokenizer, the run folder and the language model's report. When added, it gets
+PRETRAIN_SHARE of the training time for pretraining (at most PRETRAIN_MAX_PASSES passes); the gpt
+member's fine-tuning then takes its slot from the clock like any neural model. The caller decides
+whether it is considered at all (run.plan_run: with --unlabeled text or model.gpt.pretrain 'on').
 """
 
 from __future__ import annotations
@@ -27,10 +39,15 @@ import time
 from dataclasses import dataclass, field
 
 # Rough rates on a 2-core CPU, tokens x epochs per second (see the module docstring).
-TOKENS_PER_S = {"linear": 15_000.0, "fasttext": 100_000.0, "bilstm": 4_000.0}
+TOKENS_PER_S = {"linear": 15_000.0, "fasttext": 100_000.0, "bilstm": 4_000.0, "gpt": 1_000.0}
+PRETRAIN_WORDS_PER_S = 2_000.0  # the in-domain GPT's pretraining (see the module docstring)
+PRETRAIN_MIN_PASSES = 3.0
+PRETRAIN_MAX_PASSES = 30.0
+PRETRAIN_FIXED_S = 15.0  # corpus, tokenizer, model, first step, final evaluation and report
+PRETRAIN_SHARE = 0.3  # of the training time, when the in-domain GPT is added
 LINEAR_C_SEARCH_FITS = 13  # 3-fold cross-validation over 4 values of C, then the fit itself
 VECTORS_S = 15.0  # word vectors from the training texts (PPMI + SVD): mostly the SVD, about fixed
-MIN_EPOCHS = {"fasttext": 3.0, "bilstm": 2.0}
+MIN_EPOCHS = {"fasttext": 3.0, "bilstm": 2.0, "gpt": 2.0}
 # Share of neural training time: a BiLSTM learns more per extra second than the n-gram bag.
 TIME_WEIGHT = {"fasttext": 1.0, "bilstm": 3.0, "transformer": 3.0, "gpt": 3.0}
 SCORING_SHARE = 0.05  # of the budget, kept for scoring validation and test texts and saving
@@ -53,6 +70,7 @@ class ClassifyPlan:
     folds: int
     epochs: float
     rows: list[tuple[str, str]] = field(default_factory=list)
+    pretrain_s: float = 0.0  # in-domain pretraining time of the gpt member (0: none)
 
 
 def scoring_reserve_s(budget_s: float) -> float:
@@ -70,15 +88,24 @@ def _cost(members: list[str], folds: int, tokens: int) -> float:
     s += FIRST_NEURAL_S if neural else 0.0
     if "bilstm" in members:
         s += VECTORS_S
+    if "gpt" in members:
+        s += pretrain_min_s(tokens)
     return s
 
 
+def pretrain_min_s(tokens: int) -> float:
+    """Least seconds of in-domain pretraining worth doing on `tokens` words."""
+    return PRETRAIN_FIXED_S + PRETRAIN_MIN_PASSES * tokens / PRETRAIN_WORDS_PER_S
+
+
 def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: bool, members: str,
-                choose_stacking: bool, stacking: str, folds: int) -> ClassifyPlan:
+                choose_stacking: bool, stacking: str, folds: int, in_domain_gpt: bool = False) -> ClassifyPlan:
     """Members and stacking for a budget of `budget_s` seconds, `elapsed_s` of them already spent.
 
     `tokens` is the training texts' rough word count. Members given by the user (choose_members
     False) and a stacking they chose are kept; only what was left 'auto' is decided here.
+    `in_domain_gpt`: the members may gain a GPT pretrained on the training texts (model.gpt.pretrain
+    not 'off'), added when what is left after the other choices pays for its minimum.
     """
     train_s = max(0.0, budget_s - scoring_reserve_s(budget_s) - elapsed_s)
     member_options = [["linear", "fasttext", "bilstm"], ["linear", "fasttext"], ["linear"]] if choose_members \
@@ -98,6 +125,16 @@ def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: 
     if chosen is None:
         chosen = (member_options[-1], 0 if choose_stacking else fold_options[0])
     ms, k = chosen
+    gpt_row = None
+    if choose_members and in_domain_gpt:
+        with_gpt = _cost([*ms, "gpt"], k, tokens)
+        if with_gpt <= train_s:
+            ms = [*ms, "gpt"]
+            gpt_row = (f"added: its minimum ({with_gpt - _cost(ms[:-1], k, tokens):.0f}s: {PRETRAIN_MIN_PASSES:.0f} "
+                       f"passes of pretraining, {MIN_EPOCHS['gpt']:.0f} epochs of fine-tuning per training) fits")
+        else:
+            gpt_row = (f"left out: with it the minimum training is {with_gpt:.0f}s, more than the {train_s:.0f}s "
+                       "to train (give more --time)")
     need = _cost(ms, k, tokens)
     rows = [("budget", f"{budget_s:.0f}s: {elapsed_s:.0f}s spent reading, {scoring_reserve_s(budget_s):.0f}s kept for "
                        f"scoring, {train_s:.0f}s to train"),
@@ -107,7 +144,15 @@ def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: 
              + (" (chosen)" if choose_stacking else " (given)")),
             ("minimum training", f"{need:.0f}s of {train_s:.0f}s (rough rates); the rest extends the neural models, "
                                  f"up to {MAX_EPOCHS:.0f} epochs")]
-    return ClassifyPlan(",".join(ms), "oof" if k else "split", k or folds, MAX_EPOCHS, rows)
+    pretrain_s = 0.0
+    if "gpt" in ms:
+        pretrain_s = max(pretrain_min_s(tokens), min(PRETRAIN_SHARE * train_s,
+                                                     PRETRAIN_FIXED_S + PRETRAIN_MAX_PASSES * tokens / PRETRAIN_WORDS_PER_S))
+        if gpt_row:
+            gpt_row += f"; {pretrain_s:.0f}s of in-domain pretraining"
+    if gpt_row:
+        rows.insert(2, ("in-domain gpt", gpt_row))
+    return ClassifyPlan(",".join(ms), "oof" if k else "split", k or folds, MAX_EPOCHS, rows, pretrain_s)
 
 
 class BudgetClock:

@@ -109,10 +109,19 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
     plan = None
     if cfg.train.run_budget_s > 0:
         m = cfg.model
+        # Pretrained on the training texts alone, the in-domain GPT was measured to get weight 0 (README,
+        # SST-2 sample); with much more unlabeled text it helped. So 'auto' considers it only then.
+        consider_gpt = m.gpt.pretrain == "on" or (m.gpt.pretrain == "auto" and bool(m.gpt.unlabeled))
         plan = plan_budget(cfg.train.run_budget_s, elapsed_s, tokens, choose_members, m.members,
-                           m.stacking == "auto", m.stacking, m.stack_folds)
+                           m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt)
+        if choose_members and not consider_gpt and m.gpt.pretrain == "auto":
+            plan.rows.insert(2, ("in-domain gpt", "not considered without --unlabeled text (from the training texts "
+                                                  "alone it was measured not to help); --model.gpt.pretrain on "
+                                                  "considers it anyway"))
         if choose_members:
             m.kind, m.members = "ensemble", plan.members
+        if plan.pretrain_s and m.gpt.pretrains():
+            m.gpt.pretrain_time_s = min(m.gpt.pretrain_time_s or plan.pretrain_s, plan.pretrain_s)
         m.stacking, m.stack_folds = plan.stacking, plan.folds
         cfg.train.epochs = plan.epochs  # the time budget, not the epochs, ends each neural model
     elif choose_members:
@@ -127,6 +136,19 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
         cfg.model.stacking = "oof" if small else "split"
     if len(cfg.model.member_kinds()) == 1:
         cfg.model.stacking = "split"  # one model: nothing to weigh
+    g = cfg.model.gpt
+    if g.lr == 0:
+        g.lr = 1e-3 if g.pretrains() and not g.run else 1e-4
+    if g.unlabeled and not ("gpt" in cfg.model.member_kinds() and g.pretrains()):
+        why = ("the gpt model is pretrained only when model.gpt.run is not given, or with model.gpt.pretrain on"
+               if "gpt" in cfg.model.member_kinds() else
+               f"the members are {', '.join(cfg.model.member_kinds())} (add gpt, or give --time for the plan to add it "
+               "when the budget allows)")
+        if plan is None or "gpt" in cfg.model.member_kinds():
+            raise ConfigError(f"config field 'model.gpt.unlabeled': the unlabeled text is for the gpt model's in-domain "
+                              f"pretraining, and {why}")
+        warn_msg = "the run budget leaves no time for the in-domain gpt model; --unlabeled is not used"
+        plan.rows.append(("unlabeled text", warn_msg))
     lin = cfg.model.linear
     if lin.features == "auto":
         lin.features = "tfidf" if zh else "nb"
@@ -499,6 +521,26 @@ def _warm_imports(cfg: ClassifyConfig) -> None:
         import torch.utils.tensorboard  # noqa: F401
 
 
+def _pretrain(cfg: ClassifyConfig, texts: list[str], run_dir: Path, rt: Runtime, resume: bool,
+              progress: bool) -> tuple[ClassifyConfig, dict | None]:
+    """In-domain pretraining for the gpt member when it asks for it (see classify.pretrain): on the
+    texts the members train on, never the validation texts. Returns the config with model.gpt.run
+    set to the pretrained run (what every gpt member, in the folds too, fine-tunes) and its facts."""
+    g = cfg.model.gpt
+    if "gpt" not in cfg.model.member_kinds() or not g.pretrains():
+        return cfg, None
+    if rt.distributed:
+        raise ConfigError("config field 'model.gpt.pretrain': in-domain pretraining runs in one process; pretrain "
+                          "with `lmforge train` first and give it as --model.gpt.run (with --model.gpt.pretrain off)")
+    from lmforge.classify.data import read_unlabeled
+    from lmforge.classify.pretrain import pretrain_gpt
+
+    extra = read_unlabeled(g.unlabeled_paths(), cfg.data.text_field, cfg.data.encoding)
+    folder, facts = pretrain_gpt(cfg, texts, extra, run_dir, g.pretrain_time_s, resume, progress,
+                                 _say(progress, rt))
+    return replace(cfg, model=replace(cfg.model, gpt=replace(g, run=str(folder)))), facts
+
+
 def _budget_clock(cfg: ClassifyConfig, t_start: float, scored_texts: int, refit: bool) -> BudgetClock | None:
     """The clock that shares out a run budget's training time (None without train.run_budget_s)."""
     if cfg.train.run_budget_s <= 0:
@@ -556,12 +598,6 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         if plan is not None:
             print_summary("time plan", plan.rows)
 
-    cv = None
-    if cfg.eval.folds:
-        cv = _cross_validate(cfg, train, y, labels, rt, progress)
-        if rt.is_main:
-            atomic_write_json(run_dir / "cv.json", cv)
-
     if valid is None:
         if cfg.data.val_fraction <= 0:
             if any(k in NEURAL_KINDS for k in cfg.model.member_kinds()) or len(cfg.model.member_kinds()) > 1:
@@ -576,6 +612,13 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         refit = (train.texts, y) if len(val_idx) else None
     else:
         fit_set, fit_y, val_set, val_y, refit = train, y, valid, valid_y, None
+    cfg, pretrain_facts = _pretrain(cfg, fit_set.texts, run_dir, rt, resume, progress)
+    cv = None
+    if cfg.eval.folds:
+        cv = _cross_validate(cfg, train, y, labels, rt, progress)
+        if rt.is_main:
+            atomic_write_json(run_dir / "cv.json", cv)
+
     vectors_cache: dict = {}
     # Validation texts are predicted as each member finishes; the test texts at the end.
     clock = _budget_clock(cfg, t_start, len(test_y) if test_y is not None else 0, refit is not None)
@@ -583,6 +626,8 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
         members, val_probas, weights, facts = _fit_members(cfg, fit_set, fit_y, val_set, val_y, len(labels),
                                                            run_dir, rt, resume, progress, refit, on_eval, run_id,
                                                            clock, vectors_cache)
+        if pretrain_facts and rt.is_main:
+            facts["pretrain"] = pretrain_facts
         stacking = {"method": "split", "weights": weights}
         if cfg.model.stacking == "oof" and len(members if rt.is_main else cfg.model.member_kinds()) > 1:
             oof_w, stacking = _oof_weights(cfg, train, y, len(labels), run_dir, rt, progress, clock, vectors_cache,

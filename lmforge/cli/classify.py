@@ -52,6 +52,9 @@ def add_commands(sub) -> None:
                    help="add altered copies of the training texts, made by these comma-separated methods: swap, "
                         "delete, insert, synonym (needs --data.augment.vectors), noise; for the neural members (the linear "
                         "model too with --data.augment.linear true) (data.augment.methods)")
+    t.add_argument("--unlabeled", metavar="FILE", action="append",
+                   help="extra unlabeled text for the gpt model's in-domain pretraining: .txt/.md (one text per "
+                        "line) or records with the text field (repeatable; model.gpt.unlabeled)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
@@ -104,6 +107,8 @@ def config_from_args(args: argparse.Namespace) -> ClassifyConfig:
         value = getattr(args, attr, None)
         if value is not None:
             overrides[dotted] = value
+    if getattr(args, "unlabeled", None):
+        overrides["model.gpt.unlabeled"] = ",".join(args.unlabeled)
     if getattr(args, "time", None):
         from lmforge.durations import parse_duration
 

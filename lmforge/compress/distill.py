@@ -267,20 +267,6 @@ class SoftTargetTask:
         return self.alpha * kl + (1 - self.alpha) * ce
 
 
-def _read_unlabeled(paths: list[str], text_field: str) -> list[str]:
-    from lmforge.classify.data import read_labeled
-
-    texts: list[str] = []
-    for p in paths:
-        if Path(p).suffix.lower() in (".txt", ".md"):
-            texts += [line.strip() for line in Path(p).read_text(encoding="utf-8").splitlines() if line.strip()]
-        else:
-            texts += read_labeled(p, text_field, "", need_labels=False).texts
-    if paths and not texts:
-        raise DataError(f"{', '.join(paths)}: no texts found")
-    return texts
-
-
 def _classifier_config(tcfg, out: str | Path | None, kind: str, time_s: float, overrides: dict):
     from lmforge.classify.config import ClassifyConfig
 
@@ -320,7 +306,9 @@ def distill_classifier(teacher: Path, out: str | Path | None, kind: str, alpha: 
         val_texts, val_y = [train.texts[i] for i in val_idx], y[val_idx]
     else:
         fit_texts, fit_y, val_texts, val_y = train.texts, y, valid.texts, clf.labels.encode(valid)
-    extra = _read_unlabeled(unlabeled, cfg.data.text_field)
+    from lmforge.classify.data import read_unlabeled
+
+    extra = read_unlabeled(unlabeled, cfg.data.text_field)
     texts = list(fit_texts) + extra
     hard = np.concatenate([fit_y, -np.ones(len(extra), dtype=np.int64)])
     t_label = time.perf_counter()

@@ -162,6 +162,16 @@ class GPTClassifier(nn.Module):
         nn.init.normal_(self.head.weight, 0, 0.02)
         nn.init.zeros_(self.head.bias)
 
+    def layer_groups(self) -> list[list[nn.Parameter]]:
+        """Parameters from the top down: the head with the final norm, each block from the last to
+        the first, then the embeddings (with the tied output layer): the order in which ULMFiT's
+        gradual unfreezing lets them train, each at a lower rate than the one above."""
+        g = self.gpt
+        top = [*self.head.parameters(), *g.norm.parameters()]
+        blocks = [list(b.parameters()) for b in reversed(g.blocks)]
+        bottom = [*g.embed.parameters(), *(g.pos_embed.parameters() if g.pos_embed is not None else [])]
+        return [top, *blocks, bottom]
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         ids = ids[:, : self.gpt.cfg.context_len]  # batches may be padded past the context
         B, T = ids.shape

@@ -25,7 +25,7 @@ from lmforge.errors import TrainingError
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.budget import fit_to_budget
 from lmforge.trainer.metrics import MetricsLog
-from lmforge.trainer.optim import build_optimizer, lr_at, set_lr
+from lmforge.trainer.optim import build_optimizer, drop_frozen_grads, lr_at, set_lr
 from lmforge.trainer.parallelize import Layout, is_sharded, sharded_state, whole_weights
 from lmforge.trainer.runtime import Runtime, Watchdog, all_reduce_mean, on_main, wrap_model
 from lmforge.trainer.step import (backoff_micro_batch, forward_backward, is_oom_error, make_scaler, optimizer_step,
@@ -118,7 +118,9 @@ class _Fit:
         self.layout = layout or Layout("ddp" if rt.distributed else "single")
         self.model = task.model
         self.micro_bs, self.accum = plan_batches(task.examples_per_step, cfg.micro_batch_size, rt.dp_size)
-        self.optimizer = build_optimizer(self.model, optim_cfg, rt.device.type)
+        # A task may give parts of its model their own rate and start (optim.LrGroup): the GPT classifier does.
+        self.optimizer = build_optimizer(self.model, optim_cfg, rt.device.type,
+                                         getattr(task, "lr_groups", None))
         self.scaler = make_scaler(rt.precision)
         tracker = make_tracker(cfg.track, self.run_dir) if rt.is_main else None
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", enabled=rt.is_main, tracker=tracker)
@@ -283,12 +285,13 @@ class _Fit:
     def train_step(self, step_model: torch.nn.Module, bar) -> tuple[float, float, float | None]:
         """One optimizer step at the schedule's learning rate: (loss, learning rate, gradient norm)."""
         lr = lr_at(self.state.step, self.schedule_cfg, self.optim_cfg.lr, self.total_steps)
-        set_lr(self.optimizer, lr)
+        set_lr(self.optimizer, lr, self.state.step, self.total_steps)
         with StepTimer() as timed:
             loss = float(self.gradients(step_model, bar))  # float() waits for the device: part of the step
         if self.rt.distributed:
             loss = all_reduce_mean(loss, self.rt)
         self.check_finite(loss)
+        drop_frozen_grads(self.optimizer)
         grad_norm = optimizer_step(self.model, self.optimizer, self.optim_cfg.grad_clip, self.scaler)
         message = self.threads.observe(timed.wall_s, timed.cpu_s)
         if message and self.progress:
