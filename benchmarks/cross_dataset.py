@@ -276,7 +276,8 @@ def main() -> None:
     # Setting-major: an interrupted run still has every dataset for the settings it finished.
     for setting in settings:
         for name in datasets:
-            if (name, setting) in rows:
+            if (name, setting) in rows:  # reused: printed again so that this run's output is the whole table
+                print(json.dumps(rows[(name, setting)], ensure_ascii=False), flush=True)
                 continue
             if name not in bases:
                 bases[name] = prepare(name, out / name, args)
