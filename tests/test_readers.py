@@ -463,3 +463,22 @@ def test_big_jsonl_file_is_streamed_into_the_same_records(tmp_path: Path, monkey
     path.write_text('{"text": "ok"}\n\n{"text": broken}\n', encoding="utf-8")
     with pytest.raises(DataError, match=r"t\.jsonl:3: invalid JSON"):
         list(read_documents(path))
+
+
+def test_a_file_named_directly_is_plain_text_whatever_its_extension(tmp_path: Path) -> None:
+    # WikiText's wiki.train.tokens, a log or a file without an extension: named on purpose, read as
+    # text. In a folder they are still left out, and binaries or markup named directly are refused.
+    tokens = write(tmp_path / "wiki.train.tokens", "First paragraph here.\n\nSecond one.\n")
+    bare = write(tmp_path / "corpus", "Only one.\n")
+    assert read_texts(tokens) == ["First paragraph here.", "Second one."]
+    assert read_texts(bare) == ["Only one."]
+    blob = write(tmp_path / "weights.dat", b"\x00\x01binary")
+    page = write(tmp_path / "page.html", "<p>hello</p>\n")
+    for refused in (blob, page):
+        with pytest.raises(DataError, match="unsupported file type"):
+            read_texts(refused)
+    write(tmp_path / "notes.txt", "Read.\n")
+    folder_report = read_documents(tmp_path).report
+    assert folder_report.files == [tmp_path / "notes.txt"]
+    assert {(p.name, reason) for p, reason in folder_report.skipped} >= {
+        ("corpus", "no file extension"), ("wiki.train.tokens", "unsupported extension .tokens")}

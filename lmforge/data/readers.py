@@ -62,12 +62,36 @@ def _format_of(path: Path) -> tuple[str, bool] | None:
     return (ext, gzipped) if ext in SUPPORTED_EXTENSIONS else None
 
 
+# Formats that hold text only after conversion (markup, documents, archives, binaries): a file named
+# directly with one of these is refused rather than read as plain text.
+NOT_PLAIN_TEXT = frozenset(
+    ".xml .html .htm .xhtml .pdf .doc .docx .odt .rtf .epub .xls .xlsx .ppt .pptx .zip .tar .tgz .7z .rar .bz2 "
+    ".xz .zst .lz4 .bin .pt .pth .ckpt .npy .npz .safetensors .arrow .feather .pkl .pickle .h5 .db .sqlite "
+    ".exe .dll .so .png .jpg .jpeg .gif .webp .mp3 .mp4 .wav .flac".split())
+
+
+def _named_plain_text(path: Path) -> bool:
+    """True for a file named directly whose extension lmforge does not know (WikiText's .tokens, a
+    log, no extension at all) but whose start is text (no NUL byte): users name such files on
+    purpose, and they are plain text."""
+    if os.path.splitext(path.name.lower())[1] in NOT_PLAIN_TEXT or path.name.lower().endswith(".gz"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16)
+    except OSError:
+        return False
+    return bool(head) and b"\x00" not in head
+
+
 def _require_format(path: Path) -> tuple[str, bool]:
     fmt = _format_of(path)
+    if fmt is None and _named_plain_text(path):  # only a file named directly gets here (folders skip it)
+        return ".txt", False
     if fmt is None:
         raise DataError(
-            f"{path}: unsupported file type. Supported extensions: {_supported_text()}. "
-            "Rename or convert the file, or point the data path at the supported files only."
+            f"{path}: unsupported file type. Supported extensions: {_supported_text()}, and any other file of "
+            "plain text named directly. Rename or convert the file, or point the data path at the supported files only."
         )
     return fmt
 
