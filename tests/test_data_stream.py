@@ -258,6 +258,17 @@ def test_peak_memory_does_not_grow_with_one_huge_file(tmp_path: Path) -> None:
     assert peaks[1] - peaks[0] < limit_mb, peaks
 
 
+def _kill_after_four_shards(proc, out: Path) -> Path:
+    """SIGKILL a running prepare once four shards are cleaned (or it ended); its work folder."""
+    work = out / "data" / pipeline.WORK_DIR
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(work.glob("train-*.done"))) < 4 and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return work
+
+
 @pytest.mark.slow
 def test_datatrove_engine_resumes_and_gives_the_local_engines_output(planted, tmp_path: Path) -> None:
     """A datatrove prepare killed while its workers clean, run again with two datatrove workers (its
@@ -266,12 +277,7 @@ def test_datatrove_engine_resumes_and_gives_the_local_engines_output(planted, tm
     path, _ = planted
     out = tmp_path / "dt"
     proc = _prepare_process(tmp_path, path, out, 2, 0.02, True, 13, {"LMFORGE_TEST_ENGINE": "datatrove"})
-    work = out / "data" / pipeline.WORK_DIR
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(work.glob("train-*.done"))) < 4 and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    work = _kill_after_four_shards(proc, out)
     finished = len(list(work.glob("train-*.done")))
     assert finished and not (work / "train.clean.done").exists(), "prepare finished before it could be killed"
     fields = {"clean__near_dedup": True, "clean__decontam_ngram": 13, "data__shard_mb": 0.02}
@@ -368,12 +374,7 @@ def test_killed_prepare_resumes_where_it_stopped(planted, tmp_path: Path, monkey
     path, _ = planted
     out = tmp_path / "killed"
     proc = _prepare_process(tmp_path, path, out, 1, 0.02, True)
-    work = out / "data" / pipeline.WORK_DIR
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(work.glob("train-*.done"))) < 4 and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    work = _kill_after_four_shards(proc, out)
     finished = {p: p.stat().st_mtime_ns for p in work.glob("train-*.done")}
     assert finished and not (work / "train.clean.done").exists(), "prepare finished before it could be killed"
     calls: list[Path] = []
