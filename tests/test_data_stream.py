@@ -199,7 +199,7 @@ def _prepare_process(tmp_path: Path, data: Path, out: Path, workers: int, shard_
     script.write_text(RUN_PREPARE, encoding="utf-8")
     return subprocess.Popen([sys.executable, str(script), str(data), str(out), str(workers), str(shard_mb),
                              "1" if near else "0", str(decontam_ngram)], stdout=subprocess.PIPE, text=True, cwd=REPO,
-                            env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}))
+                            env=os.environ | {"PYTHONPATH": str(REPO)} | (env or {}), start_new_session=True)
 
 
 def _big_corpus(folder: Path, megabytes: int) -> Path:
@@ -259,12 +259,13 @@ def test_peak_memory_does_not_grow_with_one_huge_file(tmp_path: Path) -> None:
 
 
 def _kill_after_four_shards(proc, out: Path) -> Path:
-    """SIGKILL a running prepare once four shards are cleaned (or it ended); its work folder."""
+    """SIGKILL a running prepare and its workers at once (as a crash would) once four shards are cleaned (or
+    it ended); its work folder. Killing the parent alone let a worker finish one more shard now and then."""
     work = out / "data" / pipeline.WORK_DIR
     deadline = time.time() + 120
     while time.time() < deadline and len(list(work.glob("train-*.done"))) < 4 and proc.poll() is None:
         time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return work
 
