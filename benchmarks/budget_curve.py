@@ -15,6 +15,7 @@ every run within 5% of its budget.
     python benchmarks/budget_curve.py                                   # all of it: hours on a CPU
     python benchmarks/budget_curve.py --budgets 1m,2m,5m --corpora tinyshakespeare
     python benchmarks/budget_curve.py --budgets 20s --corpora tinyshakespeare --repeats 1   # a smoke run
+    python benchmarks/budget_curve.py --corpora tang_poems --with-rows shakespeare.out     # one PNG for both
 
 The data is read where it lies (default ../shared/data beside the repository), never copied into it.
 """
@@ -135,6 +136,9 @@ def main() -> int:
     ap.add_argument("--corpora", default=",".join(CORPORA), help=f"comma-separated, from {', '.join(CORPORA)}")
     ap.add_argument("--repeats", type=int, default=3, help="runs at the 2-minute budget (the spread)")
     ap.add_argument("--out", default=str(ROOT / "runs" / "budget_curve"), help="folder for the runs and the PNG")
+    ap.add_argument("--with-rows", action="append", default=[], metavar="FILE",
+                    help="also plot and check the runs printed by an earlier invocation (its output saved to "
+                         "FILE), so a curve measured corpus by corpus ends in one PNG; repeatable")
     args = ap.parse_args()
 
     root, out = Path(args.data_root), Path(args.out)
@@ -145,6 +149,9 @@ def main() -> int:
         raise SystemExit(f"unknown corpora {unknown}; choose from {', '.join(CORPORA)}")
     out.mkdir(parents=True, exist_ok=True)
     rows = []
+    for earlier in args.with_rows:
+        lines = Path(earlier).read_text(encoding="utf-8").splitlines()
+        rows += [r for r in map(json.loads, (x for x in lines if x.startswith("{"))) if "corpus" in r]
     for corpus in names:
         rel, options = CORPORA[corpus]
         data = root / rel

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from lmforge.auto.choices import global_batch
 from lmforge.auto.hysteresis import PreviousPlan, load_previous, plan_inputs
 from lmforge.auto.inputs import DataFacts, PlanOptions
 from lmforge.auto.plan import make_plan
@@ -157,3 +158,18 @@ def test_the_machine_remembers_a_plan_for_a_new_run_folder(corpus, tmp_path, mon
     monkeypatch.delenv("LMFORGE_PLAN_MEMORY")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     assert memory_dir() == tmp_path / "cache" / "lmforge" / "plans"
+
+
+def test_a_batch_of_a_few_sequences_keeps_the_earlier_plans_size():
+    # One micro-batch of about 8 sequences of 128 tokens: one sequence is 12.5% of the batch, so a
+    # 2% change in the measured speed must not move it once a plan for the same inputs exists.
+    opt, micro, T = PlanOptions(), 16, 128
+    sizes = {}
+    for tokens in (7.9 * 1000 * T, 8.1 * 1000 * T, 7.4 * 1000 * T):
+        fresh = global_batch(tokens, 1000, micro, T, opt)[0]
+        kept, _, why = global_batch(tokens, 1000, micro, T, opt, keep_seqs=8)
+        sizes[tokens / (1000 * T)] = (fresh, kept)
+        assert kept == 8 and (fresh == 8 or "kept from the earlier plan" in why)
+    assert sizes[7.4] == (7, 8)  # rounded to the nearest sequence without memory, kept with it
+    # Far from the earlier size (here twice the wanted batch) the batch follows the measurement.
+    assert global_batch(16 * 1000 * T, 1000, micro, T, opt, keep_seqs=8)[0] == 16

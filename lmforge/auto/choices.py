@@ -141,7 +141,7 @@ def compile_with_dropout_why(dropout: float) -> str:
 
 
 def global_batch(tokens: float, target_steps: int, micro: int, context_len: int, opt: PlanOptions,
-                 on_gpu: bool = False, keep_accum: int = 0) -> tuple[int, int, str]:
+                 on_gpu: bool = False, keep_accum: int = 0, keep_seqs: int = 0) -> tuple[int, int, str]:
     """(sequences per optimizer step, micro-batch, why): about `target_steps` optimizer steps in the
     budget, in equal micro-batches near the measured knee `micro`.
 
@@ -153,14 +153,21 @@ def global_batch(tokens: float, target_steps: int, micro: int, context_len: int,
     step held one or two micro-batches). So the micro-batch moves around the knee: on a CPU between
     3/4 and 3/2 of it (throughput is flat above the knee), on a GPU up to it (the knee is what fits).
     `keep_accum` (an earlier plan's accumulation for the same inputs) is kept while its micro-batch
-    stays between 0.6 and 1.7 times the knee on a CPU.
+    stays between 0.6 and 1.7 times the knee on a CPU. A batch of one micro-batch is a handful of
+    sequences, where one sequence more or less is a step of 10-15%: an earlier plan's `keep_seqs`
+    is kept while the wanted batch stays within 15% of it (tiny Shakespeare, 2 minutes: a batch
+    wanted near 8 sequences was cut to 7 in one run of three, 8 in the others).
     """
     T = context_len
     want = tokens / target_steps / T  # sequences per step
     if want <= micro:
-        seqs = min(micro, max(opt.min_batch_tokens // T, 1, int(want)))
+        seqs = min(micro, max(opt.min_batch_tokens // T, 1, round(want)))
+        kept = ""
+        if keep_seqs and keep_seqs != seqs and keep_seqs <= micro and 0.85 <= want / keep_seqs <= 1.15:
+            seqs = max(opt.min_batch_tokens // T, 1, keep_seqs)
+            kept = f"; {keep_seqs} sequences kept from the earlier plan ({want:.2f} wanted now)"
         return seqs, seqs, (f"about {target_steps} optimizer steps in the budget (many small steps beat few large "
-                            f"ones in a short run), at least {opt.min_batch_tokens} tokens")
+                            f"ones in a short run), at least {opt.min_batch_tokens} tokens{kept}")
     accum = math.ceil(want / micro) if on_gpu else max(1, round(want / micro))
     if keep_accum and not on_gpu and 0.6 * micro <= want / keep_accum <= 1.7 * micro:
         accum = keep_accum

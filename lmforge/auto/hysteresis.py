@@ -44,6 +44,7 @@ class PreviousPlan:
     source: str  # the plan file, for the reasons printed
     micro_knee: int = 0  # the micro-batch the throughput curve's knee was found at (0: unknown)
     accumulation: int = 0  # micro-batches per optimizer step
+    sequences: int = 0  # sequences per optimizer step (the global batch)
 
     @classmethod
     def from_dict(cls, d: dict, source: str) -> PreviousPlan:
@@ -55,7 +56,8 @@ class PreviousPlan:
                    tokenizer=(tok["kind"], int(tok["vocab_size"]) if tok["kind"] == "bpe" else 0), source=source,
                    micro_knee=int(d.get("estimates", {}).get("micro_knee") or 0),
                    accumulation=cfg["train"]["global_batch_tokens"] // (cfg["train"]["micro_batch_size"]
-                                                                       * m["context_len"]))
+                                                                       * m["context_len"]),
+                   sequences=cfg["train"]["global_batch_tokens"] // m["context_len"])
 
 
 def plan_inputs(budget_s: float, hardware: dict, fixed, corpus: dict[str, Any]) -> dict:

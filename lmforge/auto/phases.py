@@ -354,8 +354,10 @@ def choose_global_batch(ctx: PlanContext, d: Draft) -> None:
     else:
         target = ctx.opt.target_steps_muon if d.optimizer == "muon" else ctx.opt.target_steps
         keep = ctx.previous.accumulation if ctx.previous is not None else 0
+        same_context = ctx.previous is not None and ctx.previous.shape.context_len == T
+        keep_seqs = ctx.previous.sequences if same_context else 0
         d.seqs, d.micro, d.batch_why = global_batch(d.tokens(ctx.split), target, d.micro, T, ctx.opt, ctx.on_gpu,
-                                                    keep)
+                                                    keep, keep_seqs)
     if d.micro != micro_before and not (ctx.is_fixed("train.micro_batch_size") and ctx.cfg.train.micro_batch_size):
         # A micro-batch below the knee runs slower per token (small matrices): time the one the run
         # will use, or the plan promises steps the run cannot make (tiny Shakespeare, 2 minutes:
