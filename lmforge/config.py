@@ -352,11 +352,14 @@ class ScheduleConfig:
     """Learning rate at the end of the decay (a classifier's model uses at most a tenth of its own peak)."""
     decay_fraction: float = 0.2
     """wsd only: share of the steps spent in the final decay."""
+    decay_on_plateau: int = 0
+    """wsd only: after this many evaluations in a row without a better validation loss before the decay, start the decay at once and end the run when it is done (more steps at the peak rate would only overfit); 0: off. --auto sets 2."""
 
     def validate(self) -> None:
         check(self.warmup_steps >= 0, "schedule.warmup_steps", "must be >= 0")
         check(self.min_lr >= 0, "schedule.min_lr", "must be >= 0")
         check(0 < self.decay_fraction <= 1, "schedule.decay_fraction", "must be in (0, 1]")
+        check(0 <= self.decay_on_plateau <= 1000, "schedule.decay_on_plateau", "must be in [0, 1000] (0: off)")
 
 
 @dataclass

@@ -276,3 +276,21 @@ def test_real_timer_times_the_compiled_step_of_the_run():
     assert eager > 0 and compiled > 0
     assert timer.last_compile_s > compiled  # the first compiled call paid the compile
     assert timer.calls[-1]["compiled"] and timer.calls[-1]["optimizer"] == "muon"
+
+
+def test_light_dropout_gives_way_only_to_a_compile_that_pays_and_few_passes():
+    rows = lambda p: dict((k, w) for k, _v, w in p.rows)  # noqa: E731
+    fast, slow = FakeTimer(), FakeTimer()
+    slow.compiled_speedup = 1.05
+    # 4.4 passes uncompiled: compiling's 1.6x tokens stay fresh enough to be worth more than dropout ...
+    compiled = plan(600, train_tokens=2_000_000, timer=fast)
+    assert (compiled.config.runtime.compile, compiled.config.model.dropout) == ("on", 0.0)
+    # ... unless the compiled step measures slow: then the run keeps its dropout (it had neither before).
+    eager = plan(600, train_tokens=2_000_000, timer=slow)
+    assert (eager.config.runtime.compile, eager.config.model.dropout) == ("off", 0.05)
+    assert "kept, as compiling was measured not worth it" in rows(eager)["dropout"]
+    # 7.5 passes, 12 if compiled: the extra tokens would be repeats, so light dropout wins.
+    many = plan(600, train_tokens=1_200_000, timer=fast)
+    assert (many.config.runtime.compile, many.config.model.dropout) == ("off", 0.05)
+    assert "repeats" in rows(many)["compile"]
+    assert all(p.config.schedule.decay_on_plateau == 2 for p in (compiled, eager, many))

@@ -1,4 +1,5 @@
-"""fit_to_budget: how many steps the schedule spans under a time budget, and when the run stops."""
+"""fit_to_budget: how many steps the schedule spans under a time budget, and when the run stops; and the
+early decay that ends a run whose validation stalls at the peak rate."""
 
 from __future__ import annotations
 
@@ -52,3 +53,82 @@ def test_capped_at_max_steps():
 def test_the_schedule_always_spans_past_the_current_step(step):
     total, _ = fit_to_budget(step, step * 0.5, (1, 0.5), budget_s=30.0, reserve_s=2.0, max_steps=100)
     assert step + 1 <= total <= 100
+
+
+class _ScriptedValidation:
+    """A tiny regression task whose validation losses are given: better until the third evaluation,
+    then never better again (a run that starts to overfit at its peak rate)."""
+
+    examples_per_step, tokens_per_example = 4, 1
+    losses = [1.0, 0.9, 0.8, 0.85, 0.84, 0.86, 0.9, 0.95, 1.0, 1.1]
+
+    def __init__(self, evaluations_done: int = 0):
+        import torch
+
+        torch.manual_seed(0)
+        self.model, self.done = torch.nn.Linear(4, 1), evaluations_done
+
+    def micro_batch(self, step, micro, micro_batch_size, rt):
+        import torch
+
+        g = torch.Generator().manual_seed(step * 100 + micro)
+        return torch.randn(micro_batch_size, 4, generator=g)
+
+    def loss(self, model, batch):
+        return ((model(batch).squeeze(-1) - batch.sum(-1)) ** 2).mean()
+
+    def evaluate(self, model, rt):
+        self.done += 1
+        return {"val_loss": self.losses[self.done - 1]}
+
+
+def test_a_stalled_validation_at_the_peak_rate_starts_the_decay_and_a_resume_keeps_it(tmp_path):
+    import json
+
+    import torch
+
+    from lmforge.config import EvalConfig, OptimConfig, ScheduleConfig, TrainConfig
+    from lmforge.trainer.loop import fit
+    from lmforge.trainer.optim import lr_at
+    from lmforge.trainer.runtime import Runtime
+
+    rt = Runtime(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"), precision="fp32")
+    train = TrainConfig(max_steps=100, micro_batch_size=4, log_interval=1)
+    sched = ScheduleConfig(kind="wsd", warmup_steps=0, min_lr=1e-4, decay_fraction=0.25, decay_on_plateau=2)
+    optim, evals = OptimConfig(kind="adamw", lr=1e-2), EvalConfig(interval=5)
+
+    def lrs(run_dir):
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        return [r["lr"] for r in rows if "lr" in r]
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "cut").mkdir()
+    whole = fit(_ScriptedValidation(), train, optim, sched, evals, rt, tmp_path / "whole", progress=False)
+    # Best at step 15, no better at 20 and 25: the decay starts at step 25 and takes a quarter of the
+    # run it now is (33 steps: 25 at the peak, 8 decaying), not the 25 of 100 planned.
+    assert whole.steps == 33 and "decayed early" in whole.stop_reason
+    expected = [lr_at(step, sched, 1e-2, 33) for step in range(33)]
+    assert lrs(tmp_path / "whole") == pytest.approx(expected)
+    assert expected[24] == 1e-2 and expected[25] == 1e-2 and expected[32] < 2e-3
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_30(step, record):
+        if step == 30:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(_ScriptedValidation(), train, optim, sched, evals, rt, tmp_path / "cut", progress=False,
+            on_eval=stop_at_30)
+    resumed = fit(_ScriptedValidation(evaluations_done=6), train, optim, sched, evals, rt, tmp_path / "cut",
+                  progress=False, resume=True)
+    assert resumed.steps == 33 and lrs(tmp_path / "cut") == lrs(tmp_path / "whole")
+    assert torch.equal(_weights(tmp_path / "cut"), _weights(tmp_path / "whole"))
+
+
+def _weights(run_dir):
+    from lmforge.trainer import checkpoint as ckpt
+
+    latest = max((run_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    return ckpt.load_verified(latest / "model.safetensors")["weight"]

@@ -73,6 +73,11 @@ class PlanOptions:
     compile_speedup: float = 0.0
     """Expected speed-up of a compiled step; 0: 1.6 on CPU, 1.5 on GPU (small CPU models are bound by
     per-operation overhead, which compiling fuses away: 1.8x measured at 2 layers x 128)."""
+    compile_over_dropout_max_passes: float = 10.0
+    """Light dropout gives way to compiling (on a CPU, where compiled dropout is slow) only while the
+    compiled run would make at most this many passes over the corpus; beyond, its extra tokens are
+    repeats worth less than the dropout (tiny Shakespeare, 20 minutes: 17 compiled passes without
+    dropout overfit from the middle of the run)."""
     compile_min_speedup: float = 1.15
     """A measured compiled step must be at least this much faster, or the plan does not compile."""
     optimizer: str = "muon"

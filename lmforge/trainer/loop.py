@@ -87,6 +87,7 @@ class TrainState:
     bad_evals: int = 0
     tokens_seen: int = 0
     elapsed_s: float = 0.0
+    decay_end: int = 0  # the step an early decay ends at (schedule.decay_on_plateau); 0: none began
 
 
 def seed_everything(seed: int) -> None:
@@ -156,7 +157,9 @@ class _Fit:
         _set_rng_state(saved["rng"])
         self.state = TrainState(step=int(saved["step"]), best_val=float(saved["best_val"]),
                                 bad_evals=int(saved["bad_evals"]), tokens_seen=int(saved["tokens_seen"]),
-                                elapsed_s=float(saved["elapsed_s"]))
+                                elapsed_s=float(saved["elapsed_s"]), decay_end=int(saved.get("decay_end", 0)))
+        if self.state.decay_end:  # the next step's rate already follows the early decay
+            self.total_steps = min(self.total_steps, self.state.decay_end)
         self.log.truncate_after(self.state.step)
 
     def _load(self, path: Path) -> None:
@@ -182,7 +185,7 @@ class _Fit:
         s = self.state
         saved = {"rng": _rng_state(), "step": torch.tensor(s.step),
                  "best_val": torch.tensor(s.best_val, dtype=torch.float64), "bad_evals": torch.tensor(s.bad_evals),
-                 "tokens_seen": torch.tensor(s.tokens_seen),
+                 "tokens_seen": torch.tensor(s.tokens_seen), "decay_end": torch.tensor(s.decay_end),
                  "elapsed_s": torch.tensor(self.elapsed(), dtype=torch.float64)}
         if self.scaler is not None:
             saved["scaler"] = self.scaler.state_dict()
@@ -253,8 +256,27 @@ class _Fit:
             # Ranks' clocks differ slightly; all must agree or DDP hangs or diverges.
             over = all_reduce_mean(float(over), self.rt) > 0
             total = max(self.state.step + 1, int(all_reduce_mean(float(total), self.rt)))
+        if self.state.decay_end:  # an early decay fixed the schedule's end (the budget may still end it sooner)
+            total = min(total, self.state.decay_end)
         self.total_steps = total
         return over
+
+    def decay_now(self) -> int:
+        """wsd with schedule.decay_on_plateau: when validation has not improved for that many evaluations
+        while the rate is still at its peak, fix the schedule's end so that its decay starts at this
+        step; the step it ends at, or 0. Every process sees the same (all-reduced) validation losses,
+        so all decide alike."""
+        sc, s = self.schedule_cfg, self.state
+        if sc.kind != "wsd" or not sc.decay_on_plateau or s.decay_end or s.bad_evals < sc.decay_on_plateau:
+            return 0
+        decay_start = self.total_steps - max(1, int(round(sc.decay_fraction * self.total_steps)))
+        if s.step >= decay_start:
+            return 0
+        end = s.step + 1
+        while end - max(1, int(round(sc.decay_fraction * end))) < s.step:
+            end += 1
+        s.decay_end = self.total_steps = end
+        return end
 
     def evaluate(self) -> dict[str, float]:
         t = time.perf_counter()
@@ -319,7 +341,7 @@ class _Fit:
             if grad_norm is not None:
                 record["grad_norm"] = grad_norm
         over_budget = self.keep_time()
-        last = s.step == cfg.max_steps or over_budget
+        last = s.step == cfg.max_steps or over_budget or bool(s.decay_end and s.step >= s.decay_end)
         if s.step % self.eval_cfg.interval == 0 or last:
             metrics = self.last_metrics = self.evaluate()
             record.update({"step": s.step, "train_loss": loss, "tokens": s.tokens_seen,
@@ -327,10 +349,16 @@ class _Fit:
             if self.record_eval(metrics, hooks["on_best"]):
                 self.stop_reason = f"early stop: no better validation loss in {s.bad_evals} evaluations"
                 last = True
+            elif (end := self.decay_now()) and self.progress:
+                bar.console.print(f"no better validation loss in {s.bad_evals} evaluations at the peak rate: "
+                                  f"decaying the learning rate now, ending at step {end}")
             if self.progress:
                 bpb = f"  bpb {fmt(metrics['val_bpb'])}" if "val_bpb" in metrics else ""
                 bar.console.print(f"step {s.step:>6}  train {fmt(loss)}  val {fmt(metrics['val_loss'])}{bpb}"
                                   f"  {self.tokens_per_s:,.0f} tok/s")
+        if s.decay_end and s.step >= s.decay_end and self.stop_reason == "max_steps":
+            self.stop_reason = (f"validation loss stopped improving at the peak rate: the learning rate decayed early "
+                                f"and the run ended at step {s.decay_end}")
         if over_budget and self.stop_reason == "max_steps":
             self.stop_reason = f"time budget of {cfg.time_budget_s:.0f}s reached"
         if record:
