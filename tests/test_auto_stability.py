@@ -162,14 +162,14 @@ def test_the_machine_remembers_a_plan_for_a_new_run_folder(corpus, tmp_path, mon
 
 def test_a_batch_of_a_few_sequences_keeps_the_earlier_plans_size():
     # One micro-batch of about 8 sequences of 128 tokens: one sequence is 12.5% of the batch, so a
-    # change of up to a quarter in the measured speed must not move it once a plan for the same inputs exists.
+    # change of up to a third in the measured speed must not move it once a plan for the same inputs exists.
     opt, micro, T = PlanOptions(), 16, 128
     sizes = {}
-    for tokens in (7.9 * 1000 * T, 8.1 * 1000 * T, 7.4 * 1000 * T, 6.2 * 1000 * T, 10.5 * 1000 * T):
+    for tokens in (7.9 * 1000 * T, 8.1 * 1000 * T, 7.4 * 1000 * T, 5.5 * 1000 * T, 11.5 * 1000 * T):
         fresh = global_batch(tokens, 1000, micro, T, opt)[0]
         kept, _, why = global_batch(tokens, 1000, micro, T, opt, keep_seqs=8)
         sizes[tokens / (1000 * T)] = (fresh, kept)
         assert kept == 8 and (fresh == 8 or "kept from the earlier plan" in why)
-    assert sizes[7.4] == (7, 8) and sizes[6.2] == (6, 8)  # rounded to the nearest without memory, kept with it
+    assert sizes[7.4] == (7, 8) and sizes[5.5] == (6, 8)  # rounded to the nearest without memory, kept with it
     # Far from the earlier size (here twice the wanted batch) the batch follows the measurement.
     assert global_batch(16 * 1000 * T, 1000, micro, T, opt, keep_seqs=8)[0] == 16

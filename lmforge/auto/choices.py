@@ -155,16 +155,17 @@ def global_batch(tokens: float, target_steps: int, micro: int, context_len: int,
     `keep_accum` (an earlier plan's accumulation for the same inputs) is kept while its micro-batch
     stays between 0.6 and 1.7 times the knee on a CPU. A batch of one micro-batch is a handful of
     sequences, where one sequence more or less is a step of 10-15%: an earlier plan's `keep_seqs`
-    is kept while the wanted batch stays within a third of it: the throughput measured while planning
-    moves by 15-20% from run to run on a shared 2-core machine (tiny Shakespeare, 2 minutes: a batch
-    wanted near 8 sequences was cut to 7 in one run of three, 8 in the others; Tang poems: 6 then 7).
+    is kept while the wanted batch stays between 2/3 and 3/2 of it: the throughput measured in a few
+    seconds of planning moves by 15-30% from run to run on a 2-core machine (tiny Shakespeare, 2
+    minutes: a batch wanted near 8 sequences was cut to 7 in one run of three; Tang poems: 6, 7 and
+    5 sequences in three runs), while the loss is flat over such a range of batch sizes.
     """
     T = context_len
     want = tokens / target_steps / T  # sequences per step
     if want <= micro:
         seqs = min(micro, max(opt.min_batch_tokens // T, 1, round(want)))
         kept = ""
-        if keep_seqs and keep_seqs != seqs and keep_seqs <= micro and 0.75 <= want / keep_seqs <= 1.33:
+        if keep_seqs and keep_seqs != seqs and keep_seqs <= micro and 2 / 3 <= want / keep_seqs <= 1.5:
             seqs = max(opt.min_batch_tokens // T, 1, keep_seqs)
             kept = f"; {keep_seqs} sequences kept from the earlier plan ({want:.2f} wanted now)"
         return seqs, seqs, (f"about {target_steps} optimizer steps in the budget (many small steps beat few large "
