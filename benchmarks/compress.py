@@ -262,7 +262,8 @@ def classifier_subject(name: str, train: Path, test: Path, work: Path, opt) -> l
     log = work / "log.txt"
     if opt.quick:
         train = subsample_jsonl(train, 3000, work / "train.jsonl")
-        test = subsample_jsonl(test, 1000, work / "test.jsonl")
+    if opt.test_max:
+        test = subsample_jsonl(test, opt.test_max, work / "test.jsonl")
     args = ["classify", "train", "--data", str(train), "--test", str(test), "--out", str(work / "teacher"), "--json"]
     lmforge(args + (["--train.epochs", "1"] if opt.quick else []), log)
     rows = []
@@ -294,11 +295,20 @@ def main() -> int:
     p.add_argument("--teacher-s", type=float, default=0.0,
                    help="the LM teachers' --time in seconds (default 600; quick 60, which planning alone can use up "
                         "on a loaded machine)")
+    p.add_argument("--distill-s", type=float, default=0.0,
+                   help="the LM student's distillation time T in seconds (default 600; quick 30); its from-scratch "
+                        "rival trains for T plus the teacher's time")
+    p.add_argument("--recover-s", type=float, default=0.0,
+                   help="recovery training after each pruning, in seconds (default 300; quick 15)")
+    p.add_argument("--keeps", default="", help="kept fractions to prune to (default 0.75,0.5,0.25; quick 0.5)")
+    p.add_argument("--test-max", type=int, default=0,
+                   help="score classifiers on this many test texts (a fixed random sample; default all, quick 1000)")
     opt = p.parse_args()
     opt.budget = opt.teacher_s or (60.0 if opt.quick else 600.0)  # the teacher: `train --auto --time`
-    opt.distill_s = 30.0 if opt.quick else 600.0
-    opt.recover_s = 15.0 if opt.quick else 300.0
-    opt.keeps = [0.5] if opt.quick else [0.75, 0.5, 0.25]
+    opt.distill_s = opt.distill_s or (30.0 if opt.quick else 600.0)
+    opt.recover_s = opt.recover_s or (15.0 if opt.quick else 300.0)
+    opt.keeps = [float(k) for k in opt.keeps.split(",")] if opt.keeps else ([0.5] if opt.quick else [0.75, 0.5, 0.25])
+    opt.test_max = opt.test_max or (1000 if opt.quick else 0)
     opt.eval_tokens = 32768 if opt.quick else 262144
     root, work = Path(opt.data_root), Path(opt.out or tempfile.mkdtemp(prefix="lmforge_compress_"))
     print(f"work folder: {work}", file=sys.stderr)
