@@ -23,7 +23,7 @@ from lmforge.models import quant
 from lmforge.models.gpt import GPT
 from lmforge.trainer.checkpoint import load_weights, save_weights
 
-from classify_synth import sentiment_records
+from classify_synth import chinese_records, sentiment_records, write_jsonl
 
 
 def tiny_gpt(seed=0, **shape) -> GPT:
@@ -325,6 +325,21 @@ def test_classifier_distillation_with_unlabeled_text(tmp_path, capsys):
     assert report["unlabeled_texts"] == 300
     assert student["quality"] >= teacher["quality"] - 0.1 and student["quality"] > 0.85
     assert main(["classify", "eval", str(tmp_path / "s"), "--data", str(test), "--json"]) == 0
+
+
+def test_a_chinese_fasttext_student_reads_characters_unless_told(tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", chinese_records(300, 0))
+    test = write_jsonl(tmp_path / "test.jsonl", chinese_records(100, 1))
+    run = tmp_path / "clf"
+    assert main(["classify", "train", "--data", str(train), "--test", str(test), "--out", str(run), "--model",
+                 "linear"]) == 0
+    for extra, unit in (([], "char"), (["--text.tokenizer", "word"], "word")):
+        out = tmp_path / f"s_{unit}"
+        assert main(["distill", "--teacher", str(run), "--out", str(out), "--train.epochs", "20", "--json",
+                     *extra]) == 0
+        teacher, student = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]
+        assert json.loads((out / "fasttext" / "inputs.json").read_text(encoding="utf-8"))["unit"] == unit
+        assert student["quality"] >= teacher["quality"] - 0.1 and student["quality"] > 0.85
 
 
 # --- pruning ----------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def add_commands(sub) -> None:
     p.add_argument("--temperature", type=float, help="softmax temperature of the KL term (default: 2 for language "
                                                       "models, 1 for classifiers)")
     p.add_argument("--student", choices=("fasttext", "bilstm"), default="fasttext",
-                   help="classifiers: the student model (default fasttext)")
+                   help="classifiers: the student model (default fasttext; for Chinese it reads character "
+                        "n-grams unless --text.tokenizer says otherwise)")
     p.add_argument("--unlabeled", metavar="FILE", action="append", default=[],
                    help="classifiers: extra texts (records with the run's text field, or .txt lines) labeled by "
                         "the teacher (repeatable)")

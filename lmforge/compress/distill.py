@@ -29,8 +29,8 @@ from lmforge import runs
 from lmforge.atomic import atomic_write_json
 from lmforge.compress.prune import non_embedding_params
 from lmforge.compress.quantize import run_kind
-from lmforge.compress.report import Row, file_mb, link_or_copy, lm_row, claim_output, predictions_per_s, \
-    save_and_print
+from lmforge.compress.report import Row, claim_output, classifier_params, file_mb, link_or_copy, lm_row, \
+    predictions_per_s, save_and_print
 from lmforge.config import Config, ModelConfig, default_d_ff, from_dict, set_dotted, to_dict
 from lmforge.errors import ConfigError, DataError
 
@@ -276,6 +276,10 @@ def _classifier_config(tcfg, out: str | Path | None, kind: str, time_s: float, o
     tree["data"]["oversample"] = False  # the task's labels are row numbers: resampling is done by the teacher
     tree["data"]["class_weights"] = False
     tree["out"] = str(out or "")
+    if kind == "fasttext" and tree["text"]["language"] == "zh":
+        # Measured on ChnSentiCorp: a character n-gram student matched the ensemble's accuracy at 34x its
+        # speed, a jieba word student lost 0.13 points at 6x (segmenting is most of its time).
+        tree["text"]["tokenizer"] = "char"
     for key, value in overrides.items():
         set_dotted(tree, key, value, ClassifyConfig)
     cfg = from_dict(ClassifyConfig, tree)
@@ -341,17 +345,6 @@ def distill_classifier(teacher: Path, out: str | Path | None, kind: str, alpha: 
         texts_y = (val_texts, val_y)
         facts["scored_on"] = "held-out validation part of the training data"
     return classifier_report(clf, Classifier(out), teacher, out, texts_y, facts, progress)
-
-
-def classifier_params(clf) -> int:
-    """Weights of a classifier run's members (the linear model's coefficients included)."""
-    from lmforge.models.quant import count_weights
-
-    n = 0
-    for m in clf.members:
-        model = m.model
-        n += count_weights(model) if isinstance(model, torch.nn.Module) else int(np.size(getattr(model, "coef", 0)))
-    return n
 
 
 def classifier_report(teacher, student, t_dir: Path, s_dir: Path, texts_y, facts: dict, progress: bool,

@@ -18,8 +18,8 @@ import torch
 
 from lmforge import runs
 from lmforge.atomic import atomic_write_json
-from lmforge.compress.report import Row, file_mb, link_or_copy, lm_row, claim_output, predictions_per_s, \
-    save_and_print
+from lmforge.compress.report import Row, claim_output, classifier_params, file_mb, link_or_copy, lm_row, \
+    predictions_per_s, save_and_print
 from lmforge.console import console
 from lmforge.errors import ConfigError, DataError
 from lmforge.models import quant as q
@@ -159,8 +159,7 @@ def _quantize_classifier(run: Path, method: str, out: str | Path | None, group_s
     texts, y, source = _labeled_for_quality(original, data)
     rows = []
     for label, c, folder in (("original", original, run), (method, quantized, out)):
-        params = sum(q.count_weights(m.model) for m in c.members if isinstance(m, NeuralMember))
-        row = Row(label, params, file_mb(folder))
+        row = Row(label, classifier_params(c), file_mb(folder))
         if texts is not None:
             row.speed_b1 = predictions_per_s(c.predict_proba, texts[:2000])
             row.quality = float(np.mean(c.predict_proba(texts).argmax(1) == y))

@@ -92,6 +92,17 @@ def lm_row(name: str, model: GPT, weights: Path, val_tokens: np.ndarray | None, 
     return row
 
 
+def classifier_params(clf) -> int:
+    """Weights of a classifier run's members (the linear model's coefficients included)."""
+    from lmforge.models.quant import count_weights
+
+    n = 0
+    for m in clf.members:
+        model = m.model
+        n += count_weights(model) if isinstance(model, torch.nn.Module) else int(np.size(getattr(model, "coef", 0)))
+    return n
+
+
 def predictions_per_s(predict, texts: list[str], repeats: int = 2) -> float:
     """Texts classified per second by `predict(texts)` (the best of a few passes)."""
     best = float("inf")
