@@ -286,6 +286,27 @@ def classifier_subject(name: str, train: Path, test: Path, work: Path, opt) -> l
     return rows
 
 
+def fractions(text: str) -> list[float]:
+    """--keeps: comma-separated kept fractions, each in (0, 1]."""
+    try:
+        keeps = [float(k) for k in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers, e.g. 0.75,0.5") from None
+    if not all(0 < k <= 1 for k in keeps):
+        raise argparse.ArgumentTypeError(f"{text!r}: each kept fraction must be in (0, 1]")
+    return keeps
+
+
+def not_negative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"{text} is below 0")
+        return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid float value"
+    return parse
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
@@ -295,19 +316,19 @@ def main() -> int:
     p.add_argument("--teacher-s", type=float, default=0.0,
                    help="the LM teachers' --time in seconds (default 600; quick 60, which planning alone can use up "
                         "on a loaded machine)")
-    p.add_argument("--distill-s", type=float, default=0.0,
+    p.add_argument("--distill-s", type=not_negative(float), default=0.0,
                    help="the LM student's distillation time T in seconds (default 600; quick 30); its from-scratch "
                         "rival trains for T plus the teacher's time")
-    p.add_argument("--recover-s", type=float, default=0.0,
+    p.add_argument("--recover-s", type=not_negative(float), default=0.0,
                    help="recovery training after each pruning, in seconds (default 300; quick 15)")
-    p.add_argument("--keeps", default="", help="kept fractions to prune to (default 0.75,0.5,0.25; quick 0.5)")
-    p.add_argument("--test-max", type=int, default=0,
+    p.add_argument("--keeps", type=fractions, default=None, help="kept fractions to prune to (default 0.75,0.5,0.25; quick 0.5)")
+    p.add_argument("--test-max", type=not_negative(int), default=0,
                    help="score classifiers on this many test texts (a fixed random sample; default all, quick 1000)")
     opt = p.parse_args()
     opt.budget = opt.teacher_s or (60.0 if opt.quick else 600.0)  # the teacher: `train --auto --time`
     opt.distill_s = opt.distill_s or (30.0 if opt.quick else 600.0)
     opt.recover_s = opt.recover_s or (15.0 if opt.quick else 300.0)
-    opt.keeps = [float(k) for k in opt.keeps.split(",")] if opt.keeps else ([0.5] if opt.quick else [0.75, 0.5, 0.25])
+    opt.keeps = opt.keeps or ([0.5] if opt.quick else [0.75, 0.5, 0.25])
     opt.test_max = opt.test_max or (1000 if opt.quick else 0)
     opt.eval_tokens = 32768 if opt.quick else 262144
     root, work = Path(opt.data_root), Path(opt.out or tempfile.mkdtemp(prefix="lmforge_compress_"))
