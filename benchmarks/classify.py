@@ -9,6 +9,8 @@ one JSON line: dataset, model, accuracy, macro_f1, roc_auc, train_s, peak_rss_mb
 and `baseline_accuracy`: a scikit-learn TF-IDF + logistic regression trained in the same run on the
 same training texts and scored on the same split (`margin`: accuracy minus it, in points).
 `--models gpt-indomain,default+gpt` runs the opt-in in-domain GPT rows (see OPT_IN).
+`--models self-train` (with `--max-train N`) runs the default with one round of self-training
+(`--self_train.rounds 1`), the training texts left out of the sample as its unlabeled text.
 `--time 10m` adds a row `time-10m`: `lmforge classify train --time 10m`. `--max-train N` trains
 every row and the baseline on a seeded random sample of N training texts (quick checks; the
 figures are then not the datasets' own).
@@ -114,7 +116,9 @@ def baseline(train: Path, test: Path, language: str) -> dict:
 
 
 def subsample(path: Path, n: int, out: Path, seed: int = 0) -> Path:
-    """A seeded random sample of n records of a jsonl(.gz) file, written to out."""
+    """A seeded random sample of n records of a jsonl(.gz) file, written to out; the texts of the
+    other records, without their labels, one per line to out's name with .rest.txt (the
+    unlabeled text of the `self-train` row)."""
     import gzip
     import random
 
@@ -124,6 +128,8 @@ def subsample(path: Path, n: int, out: Path, seed: int = 0) -> Path:
     random.Random(seed).shuffle(lines)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(lines[:n]), encoding="utf-8")
+    rest = [" ".join(json.loads(line)["text"].split()) for line in lines[n:]]
+    out.with_suffix(".rest.txt").write_text("".join(t + "\n" for t in rest if t), encoding="utf-8")
     return out
 
 
@@ -157,6 +163,10 @@ def run_one(spec: dict) -> dict:
     }
     if "members" in m:
         line["member_accuracy"] = {k: round(v["accuracy"], 4) for k, v in m["members"].items()}
+    st = (result.member_facts or {}).get("self_train")
+    if st:
+        line["self_train"] = [{k: r[k] for k in ("unlabeled", "above_threshold", "taken", "teacher_valid_accuracy", "s")}
+                              for r in st["rounds"]]
     if result.cv:
         line["cv_folds"] = result.cv["folds"]
         for key in ("accuracy", "macro_f1", "roc_auc"):
@@ -190,6 +200,7 @@ def main() -> None:
     ap.add_argument("--time", help="also run `classify train --time DURATION` (a row named time-DURATION)")
     ap.add_argument("--max-train", type=int, default=0,
                     help="train on a seeded random sample of this many training texts (quick checks)")
+    ap.add_argument("--self-train-rounds", type=int, default=1, help="rounds of the self-train row (default 1)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -214,6 +225,11 @@ def main() -> None:
         print(f"{name}: TF-IDF + logistic regression baseline {base['baseline_accuracy']:.4f} "
               f"({base['baseline_s']}s)", file=sys.stderr, flush=True)
         rows = list(PLAN[name]) + [row for row in OPT_IN if row[0] in wanted]
+        if "self-train" in wanted:
+            if not args.max_train:
+                ap.error("the self-train row needs --max-train N: the other training texts are its unlabeled text")
+            rows.append(("self-train", None, {"self_train.rounds": str(args.self_train_rounds),
+                                              "data.unlabeled": str(Path(paths["data.path"]).with_suffix(".rest.txt"))}))
         if args.time:
             rows.append((f"time-{args.time}", None, {"train.run_budget_s": str(parse_duration(args.time))}))
         for model, preset, over in rows:

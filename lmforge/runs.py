@@ -52,7 +52,7 @@ OWN_NAMES = {
     + _REPORT_NAMES + _COMPRESS_NAMES,
     "classify": ("run.json", "config.yaml", "labels.json", "ensemble.json", "metrics.json", "cv.json",
                  "confusion_test.png", "confusion_valid.png", "folds", "eval_valid.npz", "eval_test.npz",
-                 "errors_valid.json", "errors_test.json", "pretrain") + _REPORT_NAMES + _COMPRESS_NAMES,
+                 "errors_valid.json", "errors_test.json", "pretrain", "self_train") + _REPORT_NAMES + _COMPRESS_NAMES,
 }
 # A classifier's member folders (linear/, bilstm_2/, ...), recognised by name and by lmforge's files in them.
 _MEMBER_DIR = re.compile(r"(linear|bilstm|fasttext|transformer|gpt)(_\d+)?")

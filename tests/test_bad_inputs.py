@@ -236,8 +236,13 @@ CONFIG = [
          "--model.gpt.pretrain off", "model.gpt.run", "pretrain", files={"d.jsonl": jsonl(RECS)}),
     case("config", "classify-unlabeled-missing", "classify train --data d.jsonl --model gpt --out run "
          "--unlabeled nope.txt", "nope.txt", "no such file", files={"d.jsonl": jsonl(RECS)}),
-    case("config", "classify-unlabeled-without-gpt", CLF + " --unlabeled u.txt", "model.gpt.unlabeled",
+    case("config", "classify-unlabeled-without-gpt", CLF + " --unlabeled u.txt", "data.unlabeled",
          "members are linear", files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
+    case("config", "classify-self-train-without-unlabeled", CLF + " --self_train.rounds 1", "self_train.rounds",
+         "--unlabeled", files={"d.jsonl": jsonl(RECS)}),
+    case("config", "classify-self-train-threshold", CLF + " --self_train.rounds 1 --unlabeled u.txt "
+         "--self_train.threshold 1.5", "self_train.threshold", "[0.5, 1)",
+         files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
     case("config", "classify-yaml-is-lm-config", "classify train --config c.yaml --data d.jsonl", "c.yaml",
          "'tokenizer'", files={"c.yaml": "tokenizer:\n  kind: char\n", "d.jsonl": jsonl(RECS)}),
 ]

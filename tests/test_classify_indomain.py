@@ -36,7 +36,7 @@ def test_pretrain_then_finetune_end_to_end(tmp_path):
     extra.write_text("\n".join(r["text"] for r in sentiment_records(100, seed=5)) + "\n", encoding="utf-8")
     over = tiny_overrides(tmp_path / "run", **{
         "model.kind": "gpt", "model.gpt.lr": "3e-2", "model.gpt.dropout": "0.0", "model.gpt.pretrain_d_model": "32",
-        "model.gpt.pretrain_n_layer": "2", "model.gpt.pretrain_epochs": "6", "model.gpt.unlabeled": str(extra),
+        "model.gpt.pretrain_n_layer": "2", "model.gpt.pretrain_epochs": "6", "data.unlabeled": str(extra),
         "train.epochs": "6", "train.track": "none"})
     cfg = load_config(None, {"data.path": str(train), "data.test_path": str(test), **over}, cls=ClassifyConfig)
     result = train_classifier(cfg, progress=False)
@@ -131,14 +131,19 @@ def test_unlabeled_text_without_a_pretrained_gpt_is_refused(tmp_path):
     from lmforge.errors import ConfigError
 
     cfg = ClassifyConfig()
-    cfg.model.gpt.unlabeled = str(tmp_path / "u.txt")
-    with pytest.raises(ConfigError, match="model.gpt.unlabeled.*members are linear, fasttext"):
+    cfg.data.unlabeled = str(tmp_path / "u.txt")
+    with pytest.raises(ConfigError, match="data.unlabeled.*self-training is off.*members are linear, fasttext"):
         resolve_auto(cfg, ["a text"] * 10)
     cfg.model.kind, cfg.model.gpt.run = "gpt", str(tmp_path)
-    with pytest.raises(ConfigError, match="model.gpt.unlabeled.*pretrained only when"):
+    with pytest.raises(ConfigError, match="data.unlabeled.*pretrained only when"):
         resolve_auto(cfg, ["a text"] * 10)
     cfg.model.gpt.pretrain = "on"
-    assert resolve_auto(cfg, ["a text"] * 10).model.gpt.unlabeled
+    assert resolve_auto(cfg, ["a text"] * 10).data.unlabeled
+    # Run folders written before data.unlabeled keep it under model.gpt: read as if given there.
+    old = ClassifyConfig()
+    old.model.kind, old.model.gpt.unlabeled = "gpt", str(tmp_path / "u.txt")
+    resolved = resolve_auto(old, ["a text"] * 10)
+    assert resolved.data.unlabeled == str(tmp_path / "u.txt") and resolved.model.gpt.unlabeled == ""
 
 
 def test_gpt_learning_rate_zero_picks_one_for_the_model_at_hand(tmp_path):

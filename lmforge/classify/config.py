@@ -1,4 +1,4 @@
-"""Typed configuration of `lmforge classify`: data, text, model, optim, schedule, runtime, train, eval.
+"""Typed configuration of `lmforge classify`: data, text, model, optim, schedule, runtime, train, eval, self_train.
 
 Each field's docstring becomes its `--section.field` help. The optimizer, schedule and runtime
 sections are the language model's; `train` is the classifier's own (its batch is counted in
@@ -101,6 +101,11 @@ class ClassifyDataConfig:
     CJK character a word) with a training text; 0: off."""
     decontam_remove: bool = False
     """Also leave those records out of validation and scoring (otherwise only count them)."""
+    unlabeled: str = ""
+    """Unlabeled texts of the task's kind (`--unlabeled FILE`, repeatable): comma-separated files, .txt/.md one text per line or records with data.text_field. Read by the gpt member's in-domain pretraining and by self-training (self_train.rounds); never scored."""
+
+    def unlabeled_paths(self) -> list[str]:
+        return [p.strip() for p in self.unlabeled.split(",") if p.strip()]
 
     def validate(self) -> None:
         check(0.0 <= self.val_fraction < 1.0, "data.val_fraction", "must be in [0, 1)")
@@ -236,7 +241,7 @@ class GPTHeadConfig:
     unfreeze: float = 0.3
     """Gradual unfreezing (ULMFiT): the head (and final norm) trains alone at first, then the blocks join one at a time from the top, the embeddings last, at even intervals, all training after this share of the steps; 0: everything trains from the first step."""
     pretrain: Literal["auto", "on", "off"] = "auto"
-    """In-domain pretraining: first train an lmforge GPT on the training texts (never the validation or test texts) plus model.gpt.unlabeled, in RUN/pretrain, then fine-tune it. 'auto': when model.gpt.run is not given (and, with --time and --unlabeled text, the plan adds this member when the budget allows); 'on': also continue pretraining a given model.gpt.run on the task's texts (ULMFiT's second stage), and --time considers the member without unlabeled text too; 'off': never (the gpt model then needs model.gpt.run)."""
+    """In-domain pretraining: first train an lmforge GPT on the training texts (never the validation or test texts) plus data.unlabeled, in RUN/pretrain, then fine-tune it. 'auto': when model.gpt.run is not given (and, with --time and --unlabeled text, the plan adds this member when the budget allows); 'on': also continue pretraining a given model.gpt.run on the task's texts (ULMFiT's second stage), and --time considers the member without unlabeled text too; 'off': never (the gpt model then needs model.gpt.run)."""
     pretrain_time_s: float = 0.0
     """Seconds of in-domain pretraining at most; 0: no time limit (pretrain_epochs passes), or the plan's share with --time."""
     pretrain_epochs: float = 10.0
@@ -246,7 +251,7 @@ class GPTHeadConfig:
     pretrain_n_layer: int = 4
     """Transformer blocks of the GPT pretrained in-domain (ignored when continuing a given model.gpt.run)."""
     unlabeled: str = ""
-    """Extra unlabeled text for in-domain pretraining (`--unlabeled FILE`, repeatable): comma-separated files, .txt/.md one text per line or records with data.text_field."""
+    """The former place of data.unlabeled (kept so that run folders written before it still load): read as if given there."""
 
     def validate(self) -> None:
         check(0 <= self.lr <= MAX_LR, "model.gpt.lr", f"must be in [0, {MAX_LR}] (0: chosen, see the help)")
@@ -263,11 +268,6 @@ class GPTHeadConfig:
         check(8 <= self.pretrain_d_model <= MAX_DIM and self.pretrain_d_model % 8 == 0, "model.gpt.pretrain_d_model",
               f"must be a multiple of 8 in [8, {MAX_DIM:,}] (heads 32 wide, or 8 when it is no multiple of 32)")
         check(1 <= self.pretrain_n_layer <= MAX_LAYERS, "model.gpt.pretrain_n_layer", f"must be in [1, {MAX_LAYERS}]")
-        check(self.pretrain != "off" or self.unlabeled == "", "model.gpt.unlabeled",
-              "is unlabeled text for in-domain pretraining, which model.gpt.pretrain 'off' turns off; drop one")
-
-    def unlabeled_paths(self) -> list[str]:
-        return [p.strip() for p in self.unlabeled.split(",") if p.strip()]
 
     def pretrains(self) -> bool:
         """Whether the gpt member is first pretrained in-domain."""
@@ -396,6 +396,27 @@ class ClassifyEvalConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    """Self-training on data.unlabeled: the classifier trained on the labeled texts labels the unlabeled ones, those
+    it is sure of join the training texts with the predicted label, and the members train again."""
+
+    rounds: int = 0
+    """Rounds of pseudo-labelling (each trains the members once more, on the labeled texts plus the last round's
+    pseudo-labeled ones); 0: off (the default; see the README for what it measured)."""
+    threshold: float = 0.9
+    """Least probability of the predicted class for an unlabeled text to be taken."""
+    max_ratio: float = 1.0
+    """At most this many pseudo-labeled texts per labeled training text, the most confident first, each class
+    keeping its share of the labeled texts (so one class cannot take over)."""
+
+    def validate(self) -> None:
+        check(0 <= self.rounds <= 10, "self_train.rounds", "must be in [0, 10] (0: off)")
+        check(0.5 <= self.threshold < 1.0, "self_train.threshold", "must be in [0.5, 1)")
+        check(0 < self.max_ratio <= 100 and math.isfinite(self.max_ratio), "self_train.max_ratio",
+              "must be a number in (0, 100]")
+
+
+@dataclass
 class ClassifyConfig:
     out: str = ""
     """Run folder: config, label map, vocabulary, weights, metrics and plots go here; empty: a new dated folder under runs/ (runs/latest-classify links to it)."""
@@ -409,6 +430,7 @@ class ClassifyConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     train: ClassifyTrainConfig = field(default_factory=ClassifyTrainConfig)
     eval: ClassifyEvalConfig = field(default_factory=ClassifyEvalConfig)
+    self_train: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     def validate(self) -> ClassifyConfig:
         validate_sections(self)

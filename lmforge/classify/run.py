@@ -104,6 +104,9 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
         # Measured on ChnSentiCorp: jieba words match characters for the n-gram bag and beat them
         # for the BiLSTM (89.7% against 85.6%); the linear model uses both anyway.
         cfg.text.tokenizer = "word"
+    if cfg.model.gpt.unlabeled:  # its former place, in run folders written before data.unlabeled
+        cfg.data.unlabeled = ",".join(p for p in (cfg.data.unlabeled, cfg.model.gpt.unlabeled) if p)
+        cfg.model.gpt.unlabeled = ""
     tokens = estimate_tokens(texts, cfg.text.language)
     choose_members = cfg.model.kind == "auto"
     plan = None
@@ -111,7 +114,7 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
         m = cfg.model
         # Pretrained on the training texts alone, the in-domain GPT was measured to get weight 0 (README,
         # SST-2 sample); with much more unlabeled text it helped. So 'auto' considers it only then.
-        consider_gpt = m.gpt.pretrain == "on" or (m.gpt.pretrain == "auto" and bool(m.gpt.unlabeled))
+        consider_gpt = m.gpt.pretrain == "on" or (m.gpt.pretrain == "auto" and bool(cfg.data.unlabeled))
         plan = plan_budget(cfg.train.run_budget_s, elapsed_s, tokens, choose_members, m.members,
                            m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt)
         if choose_members and not consider_gpt and m.gpt.pretrain == "auto":
@@ -139,14 +142,25 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
     g = cfg.model.gpt
     if g.lr == 0:
         g.lr = 1e-3 if g.pretrains() and not g.run else 1e-4
-    if g.unlabeled and not ("gpt" in cfg.model.member_kinds() and g.pretrains()):
+    st = cfg.self_train
+    if st.rounds and not cfg.data.unlabeled:
+        raise ConfigError("config field 'self_train.rounds': self-training labels unlabeled texts; give them with "
+                          "--unlabeled FILE (data.unlabeled)")
+    if st.rounds and cfg.eval.folds:
+        raise ConfigError("config field 'self_train.rounds': k-fold cross-validation (eval.folds) does not self-train "
+                          "its fold models yet, so it would not measure this run; drop one of them")
+    if st.rounds and cfg.train.run_budget_s > 0:
+        raise ConfigError("config field 'self_train.rounds': self-training is not planned within a --time budget yet; "
+                          "drop one of them")
+    if cfg.data.unlabeled and not st.rounds and not ("gpt" in cfg.model.member_kinds() and g.pretrains()):
         why = ("the gpt model is pretrained only when model.gpt.run is not given, or with model.gpt.pretrain on"
                if "gpt" in cfg.model.member_kinds() else
                f"the members are {', '.join(cfg.model.member_kinds())} (add gpt, or give --time for the plan to add it "
                "when the budget allows)")
         if plan is None or "gpt" in cfg.model.member_kinds():
-            raise ConfigError(f"config field 'model.gpt.unlabeled': the unlabeled text is for the gpt model's in-domain "
-                              f"pretraining, and {why}")
+            raise ConfigError(f"config field 'data.unlabeled': unlabeled text is read by self-training "
+                              f"(--self_train.rounds N) and by the gpt model's in-domain pretraining; self-training is "
+                              f"off, and {why}")
         warn_msg = "the run budget leaves no time for the in-domain gpt model; --unlabeled is not used"
         plan.rows.append(("unlabeled text", warn_msg))
     lin = cfg.model.linear
@@ -421,7 +435,8 @@ def input_signature(cfg: ClassifyConfig) -> dict:
     """Size and modification time of every training and validation file, to notice changes on resume."""
     d = cfg.data
     return {"data.path": file_signature(d.path),
-            "data.valid_path": file_signature(d.valid_path) if d.valid_path else None}
+            "data.valid_path": file_signature(d.valid_path) if d.valid_path else None,
+            "data.unlabeled": [e for p in d.unlabeled_paths() for e in file_signature(p)] or None}
 
 
 def _check_resume(r: _Resumed, cfg: ClassifyConfig, labels: LabelMap) -> tuple[list, str]:
@@ -438,7 +453,8 @@ def _check_resume(r: _Resumed, cfg: ClassifyConfig, labels: LabelMap) -> tuple[l
     old = r.info.get("inputs")
     if isinstance(old, dict):
         now = input_signature(cfg)
-        changed = [c for key in ("data.path", "data.valid_path")
+        changed = [c for key in ("data.path", "data.valid_path", "data.unlabeled")
+                   if key in old  # runs started before data.unlabeled existed did not sign it
                    for c in signature_changes(old.get(key), now[key], key)]
         if changed and not r.accept_changed_data:
             raise DataError(
@@ -535,10 +551,84 @@ def _pretrain(cfg: ClassifyConfig, texts: list[str], run_dir: Path, rt: Runtime,
     from lmforge.classify.data import read_unlabeled
     from lmforge.classify.pretrain import pretrain_gpt
 
-    extra = read_unlabeled(g.unlabeled_paths(), cfg.data.text_field, cfg.data.encoding)
+    extra = read_unlabeled(cfg.data.unlabeled_paths(), cfg.data.text_field, cfg.data.encoding)
     folder, facts = pretrain_gpt(cfg, texts, extra, run_dir, g.pretrain_time_s, resume, progress,
                                  _say(progress, rt))
     return replace(cfg, model=replace(cfg.model, gpt=replace(g, run=str(folder)))), facts
+
+
+def _self_train(cfg: ClassifyConfig, fit_set: Labeled, fit_y: np.ndarray, val_set: Labeled, val_y: np.ndarray,
+                refit: tuple[list[str], np.ndarray] | None, test: Labeled | None, labels: LabelMap, run_dir: Path,
+                rt: Runtime, resume: bool, progress: bool):
+    """Self-training (self_train.rounds; see classify.selftrain): (training texts, their labels, the linear
+    model's refit data, facts), each with the last round's pseudo-labeled texts added.
+
+    Round r trains the members on the labeled texts plus round r-1's pseudo-labeled ones in
+    RUN/self_train/round_r, weighed on the validation part (never trained on, never pseudo-labeled),
+    labels the unlabeled texts and keeps the confident ones in RUN/self_train/round_r/pseudo.jsonl
+    (written last, so a resumed run redoes only an unfinished round). Out-of-fold stacking weighs the
+    final members on the labeled texts alone: a pseudo-label was made by a model that saw every fold.
+    """
+    if rt.distributed:
+        raise ConfigError("config field 'self_train.rounds': self-training runs in one process; drop torchrun or "
+                          "set it to 0")
+    from lmforge.classify.data import read_unlabeled
+    from lmforge.classify.selftrain import held_out_texts, select_pseudo
+
+    log = _say(progress, rt)
+    st = cfg.self_train
+    unlabeled = read_unlabeled(cfg.data.unlabeled_paths(), cfg.data.text_field, cfg.data.encoding)
+    held = held_out_texts(val_set.texts, test.texts if test is not None else [])
+    pool = [t for t in unlabeled if t.strip() not in held]
+    max_texts = int(st.max_ratio * len(fit_y))
+    teacher_cfg = replace(cfg, model=replace(cfg.model, stacking="split"), eval=replace(cfg.eval, folds=0))
+    pseudo_texts: list[str] = []
+    pseudo_y = np.zeros(0, dtype=np.int64)
+    rounds = []
+    for r in range(1, st.rounds + 1):
+        folder = run_dir / "self_train" / f"round_{r}"
+        saved = folder / "pseudo.jsonl"
+        t0 = time.perf_counter()
+        if resume and saved.is_file():
+            rows = [json.loads(line) for line in saved.read_text(encoding="utf-8").splitlines() if line.strip()]
+            pseudo_texts, pseudo_y = [row["text"] for row in rows], np.array([row["class"] for row in rows], np.int64)
+            rounds.append(json.loads((folder / "round.json").read_text(encoding="utf-8")))
+            log(f"self-training round {r}: {len(pseudo_texts):,} pseudo-labeled texts, kept from the interrupted run")
+            continue
+        texts = fit_set.texts + pseudo_texts
+        y = np.concatenate([fit_y, pseudo_y])
+        log(f"self-training round {r}/{st.rounds}: members on {len(fit_y):,} labeled + {len(pseudo_texts):,} "
+            f"pseudo-labeled texts, then labelling {len(pool):,} unlabeled")
+        members, val_probas, weights, _ = _fit_members(teacher_cfg, Labeled(texts, [None] * len(texts)), y,
+                                                       val_set, val_y, len(labels), folder, rt, resume, False)
+        proba = combine([m.predict_proba(pool, rt) for m in members], weights)
+        idx, cls = select_pseudo(proba, fit_y, len(labels), st.threshold, max_texts)
+        pseudo_texts, pseudo_y = [pool[i] for i in idx], cls
+        conf = proba.max(axis=1)
+        facts = {"round": r, "unlabeled": len(unlabeled), "held_out_copies_left_out": len(unlabeled) - len(pool),
+                 "above_threshold": int((conf >= st.threshold).sum()), "taken": len(idx),
+                 "taken_per_class": {str(labels.names[c]): int((cls == c).sum()) for c in range(len(labels))},
+                 "teacher_valid_accuracy": float((combine(val_probas, weights).argmax(1) == val_y).mean())
+                 if len(val_y) else None,
+                 "teacher_weights": weights, "s": time.perf_counter() - t0}
+        for member_dir in runs.member_dirs(folder):  # the round's models served only to label
+            shutil.rmtree(member_dir, ignore_errors=True)
+        atomic_write_json(folder / "round.json", facts)
+        atomic_write_text(saved, "".join(json.dumps({"text": t, "label": labels.names[int(c)], "class": int(c),
+                                                     "probability": round(float(proba[i].max()), 4)},
+                                                    ensure_ascii=False) + "\n"
+                                         for t, c, i in zip(pseudo_texts, pseudo_y, idx)))
+        rounds.append(facts)
+        log(f"self-training round {r}: {facts['above_threshold']:,} of {len(pool):,} unlabeled texts at probability "
+            f">= {st.threshold:g}; {len(idx):,} taken ({', '.join(f'{k} {v:,}' for k, v in facts['taken_per_class'].items())})"
+            + (f"; the round's validation accuracy {facts['teacher_valid_accuracy']:.4f}"
+               if facts["teacher_valid_accuracy"] is not None else ""))
+    texts = fit_set.texts + pseudo_texts
+    out_set = Labeled(texts, [None] * len(texts))
+    out_y = np.concatenate([fit_y, pseudo_y])
+    if refit is not None:
+        refit = (refit[0] + pseudo_texts, np.concatenate([refit[1], pseudo_y]))
+    return out_set, out_y, refit, {"rounds": rounds, "threshold": st.threshold, "max_ratio": st.max_ratio}
 
 
 def _budget_clock(cfg: ClassifyConfig, t_start: float, scored_texts: int, refit: bool) -> BudgetClock | None:
@@ -613,6 +703,10 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
     else:
         fit_set, fit_y, val_set, val_y, refit = train, y, valid, valid_y, None
     cfg, pretrain_facts = _pretrain(cfg, fit_set.texts, run_dir, rt, resume, progress)
+    self_train_facts = None
+    if cfg.self_train.rounds:
+        fit_set, fit_y, refit, self_train_facts = _self_train(cfg, fit_set, fit_y, val_set, val_y, refit, test,
+                                                              labels, run_dir, rt, resume, progress)
     cv = None
     if cfg.eval.folds:
         cv = _cross_validate(cfg, train, y, labels, rt, progress)
@@ -628,6 +722,8 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
                                                            clock, vectors_cache)
         if pretrain_facts and rt.is_main:
             facts["pretrain"] = pretrain_facts
+        if self_train_facts and rt.is_main:
+            facts["self_train"] = self_train_facts
         stacking = {"method": "split", "weights": weights}
         if cfg.model.stacking == "oof" and len(members if rt.is_main else cfg.model.member_kinds()) > 1:
             oof_w, stacking = _oof_weights(cfg, train, y, len(labels), run_dir, rt, progress, clock, vectors_cache,

@@ -53,8 +53,9 @@ def add_commands(sub) -> None:
                         "delete, insert, synonym (needs --data.augment.vectors), noise; for the neural members (the linear "
                         "model too with --data.augment.linear true) (data.augment.methods)")
     t.add_argument("--unlabeled", metavar="FILE", action="append",
-                   help="extra unlabeled text for the gpt model's in-domain pretraining: .txt/.md (one text per "
-                        "line) or records with the text field (repeatable; model.gpt.unlabeled)")
+                   help="unlabeled texts of the task's kind, for self-training (--self_train.rounds) and the gpt "
+                        "model's in-domain pretraining: .txt/.md (one text per line) or records with the text field "
+                        "(repeatable; data.unlabeled)")
     add_config_options(t, ClassifyConfig)
 
     e = csub.add_parser("eval", help="every metric of a trained classifier on labeled data")
@@ -108,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> ClassifyConfig:
         if value is not None:
             overrides[dotted] = value
     if getattr(args, "unlabeled", None):
-        overrides["model.gpt.unlabeled"] = ",".join(args.unlabeled)
+        overrides["data.unlabeled"] = ",".join(args.unlabeled)
     if getattr(args, "time", None):
         from lmforge.durations import parse_duration
 
