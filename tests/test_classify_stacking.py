@@ -95,6 +95,9 @@ def test_budget_plan_fits_members_and_stacking_to_the_time():
     # of IMDB's and SST-2's training sets): they trained in 275 s and 315 s on a quiet 2-core CPU.
     assert plan_budget(600, 10, 5_844_680, True, "", True, "auto", 5).members == "linear,fasttext"
     assert plan_budget(600, 10, 633_724, True, "", True, "auto", 5).members == "linear,fasttext,bilstm"
+    # Spare time does not stretch the neural models past train.epochs (longer over-fit when measured).
+    assert rich.epochs == 3.0 and plan_budget(600, 5, 20_000, True, "", True, "auto", 5, epochs=7).epochs == 7
+    assert "up to 3 epochs" in dict(rich.rows)["minimum training"]
 
 
 def test_budget_clock_shares_what_is_left():

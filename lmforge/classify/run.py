@@ -116,7 +116,7 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
         # SST-2 sample); with much more unlabeled text it helped. So 'auto' considers it only then.
         consider_gpt = m.gpt.pretrain == "on" or (m.gpt.pretrain == "auto" and bool(cfg.data.unlabeled))
         plan = plan_budget(cfg.train.run_budget_s, elapsed_s, tokens, choose_members, m.members,
-                           m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt)
+                           m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt, cfg.train.epochs)
         if choose_members and not consider_gpt and m.gpt.pretrain == "auto":
             plan.rows.insert(2, ("in-domain gpt", "not considered without --unlabeled text (from the training texts "
                                                   "alone it was measured not to help); --model.gpt.pretrain on "
@@ -126,7 +126,7 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
         if plan.pretrain_s and m.gpt.pretrains():
             m.gpt.pretrain_time_s = min(m.gpt.pretrain_time_s or plan.pretrain_s, plan.pretrain_s)
         m.stacking, m.stack_folds = plan.stacking, plan.folds
-        cfg.train.epochs = plan.epochs  # the time budget, not the epochs, ends each neural model
+        cfg.train.epochs = plan.epochs  # each neural model ends at these epochs or its time, the first reached
     elif choose_members:
         cfg.model.kind = "ensemble"
         cfg.model.members = AUTO_MEMBERS
