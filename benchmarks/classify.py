@@ -226,6 +226,8 @@ def main() -> None:
               f"({base['baseline_s']}s)", file=sys.stderr, flush=True)
         rows = list(PLAN[name]) + [row for row in OPT_IN if row[0] in wanted]
         if "self-train" in wanted:
+            if not 1 <= args.self_train_rounds <= 10:
+                ap.error("--self-train-rounds must be in [1, 10]")
             if not args.max_train:
                 ap.error("the self-train row needs --max-train N: the other training texts are its unlabeled text")
             rows.append(("self-train", None, {"self_train.rounds": str(args.self_train_rounds),

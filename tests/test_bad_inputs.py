@@ -240,6 +240,8 @@ CONFIG = [
          "members are linear", files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
     case("config", "classify-self-train-without-unlabeled", CLF + " --self_train.rounds 1", "self_train.rounds",
          "--unlabeled", files={"d.jsonl": jsonl(RECS)}),
+    case("config", "classify-self-train-with-time", CLF + " --self_train.rounds 1 --unlabeled u.txt --time 1m",
+         "self_train.rounds", "--time", files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
     case("config", "classify-self-train-threshold", CLF + " --self_train.rounds 1 --unlabeled u.txt "
          "--self_train.threshold 1.5", "self_train.threshold", "[0.5, 1)",
          files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),

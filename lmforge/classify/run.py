@@ -8,6 +8,7 @@ A run folder:
     <member>/            one folder per model (linear/, fasttext/, bilstm/, ...): weights, vocabulary,
                          and for neural models the loop's checkpoints and metrics.jsonl
     metrics.json         validation and test metrics (cv.json too with eval.folds)
+    self_train/round_N/  with self_train.rounds: each round's pseudo-labels (pseudo.jsonl) and facts
     confusion_test.png   (or confusion_valid.png) the confusion matrix
 """
 
