@@ -3,7 +3,7 @@ the task's own texts before it is fine-tuned as a classifier.
 
 The language model is trained by `lmforge.lm.pretrain.train` (the one training loop) into
 RUN/pretrain, a language-model run folder of its own inside the classifier's run folder, on the
-training texts plus any unlabeled text the user gives (`model.gpt.unlabeled`). It never sees the
+training texts plus any unlabeled text the user gives (`data.unlabeled`). It never sees the
 validation or test texts. It sees no labels either, so with out-of-fold stacking every fold's gpt
 member fine-tunes this same model although it was pretrained on the fold's held-out texts too:
 the held-out labels stay unseen, which is all the out-of-fold weights need (the same holds for the
