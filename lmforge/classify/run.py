@@ -685,6 +685,9 @@ def _train(cfg: ClassifyConfig, rt: Runtime, resumed: _Resumed | None, progress:
             ("weights", f"out-of-fold, {cfg.model.stack_folds} folds" if cfg.model.stacking == "oof"
              else "validation split"),
             *_augment_rows(cfg), *_decontam_rows(cfg, decontam),
+            *([("self-training", f"{cfg.self_train.rounds} round(s) on {cfg.data.unlabeled}: texts at probability "
+                                 f">= {cfg.self_train.threshold:g}, at most {cfg.self_train.max_ratio:g} per labeled "
+                                 "text")] if cfg.self_train.rounds else []),
         ])
         if plan is not None:
             print_summary("time plan", plan.rows)
