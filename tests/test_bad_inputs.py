@@ -242,6 +242,11 @@ CONFIG = [
          "--unlabeled", files={"d.jsonl": jsonl(RECS)}),
     case("config", "classify-self-train-with-time", CLF + " --self_train.rounds 1 --unlabeled u.txt --time 1m",
          "self_train.rounds", "--time", files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
+    case("config", "classify-self-train-rounds", CLF + " --self_train.rounds 11 --unlabeled u.txt",
+         "self_train.rounds", "[0, 10]", files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
+    case("config", "classify-self-train-max-ratio", CLF + " --self_train.rounds 1 --unlabeled u.txt "
+         "--self_train.max_ratio 0", "self_train.max_ratio", "(0, 100]",
+         files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),
     case("config", "classify-self-train-threshold", CLF + " --self_train.rounds 1 --unlabeled u.txt "
          "--self_train.threshold 1.5", "self_train.threshold", "[0.5, 1)",
          files={"d.jsonl": jsonl(RECS), "u.txt": "more text\n"}),

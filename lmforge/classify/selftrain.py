@@ -25,8 +25,8 @@ def select_pseudo(proba: np.ndarray, labeled_y: np.ndarray, n_classes: int, thre
         rows = np.flatnonzero((pred == c) & (conf >= threshold))
         rows = rows[np.argsort(-conf[rows], kind="stable")]
         taken.append(rows[: int(round(share[c] * max_texts))])
-    idx = np.sort(np.concatenate(taken)) if taken else np.zeros(0, dtype=np.int64)
-    return idx.astype(np.int64), pred[idx]
+    idx = np.sort(np.concatenate(taken)).astype(np.int64)
+    return idx, pred[idx]
 
 
 def held_out_texts(*texts: list[str]) -> set[str]:
