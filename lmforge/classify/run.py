@@ -117,7 +117,8 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
         # SST-2 sample); with much more unlabeled text it helped. So 'auto' considers it only then.
         consider_gpt = m.gpt.pretrain == "on" or (m.gpt.pretrain == "auto" and bool(cfg.data.unlabeled))
         plan = plan_budget(cfg.train.run_budget_s, elapsed_s, tokens, choose_members, m.members,
-                           m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt, cfg.train.epochs)
+                           m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt, cfg.train.epochs,
+                           texts=len(texts))
         if choose_members and not consider_gpt and m.gpt.pretrain == "auto":
             plan.rows.insert(2, ("in-domain gpt", "not considered without --unlabeled text (from the training texts "
                                                   "alone it was measured not to help); --model.gpt.pretrain on "
@@ -266,7 +267,7 @@ def _fit_members(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, val: Labele
         if rt.is_main:
             members.append(member)
             val_probas.append(val_p)
-    weights = tune_weights(val_probas, val_y) if rt.is_main else []
+    weights = tune_weights(val_probas, val_y, kinds=cfg.model.member_kinds()) if rt.is_main else []
     return members, val_probas, weights, facts
 
 
@@ -370,7 +371,7 @@ def _oof_weights(cfg: ClassifyConfig, train: Labeled, y: np.ndarray, n_classes: 
         log("stacking: no fold fits in the run budget; the validation split weighs the members")
         return None, {"method": "split", "folds_done": 0, "note": "no out-of-fold fold fitted in the run budget"}
     oof, yc = [p[covered] for p in oof], y[covered]
-    weights = tune_weights(oof, yc)
+    weights = tune_weights(oof, yc, kinds=cfg.model.member_kinds())
     facts = {"method": "oof", "folds": k, "folds_done": done, "texts": int(covered.sum()), "weights": weights,
              "stack_s": time.perf_counter() - t0,
              "oof_accuracy": {n: float((p.argmax(1) == yc).mean()) for n, p in zip(names, oof)},

@@ -25,8 +25,19 @@ def combine(probas: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarra
     return p / p.sum(axis=1, keepdims=True)
 
 
-def tune_weights(probas: Sequence[np.ndarray], y: np.ndarray, steps: int = 10) -> list[float]:
-    """Weights on a grid over the simplex (steps of 1/steps), minimizing log-loss (ties: the first found)."""
+def tune_weights(probas: Sequence[np.ndarray], y: np.ndarray, steps: int = 10,
+                 kinds: Sequence[str] | None = None) -> list[float]:
+    """Weights on a grid over the simplex (steps of 1/steps), minimizing log-loss (ties: the first found).
+
+    With `kinds`, members of the same kind (copies trained with other seeds) are averaged first and
+    share their kind's weight equally: only one weight per kind is tuned, so extra seeds add no free
+    parameter for a small validation part to over-fit.
+    """
+    if kinds is not None and len(set(kinds)) < len(kinds):
+        order = list(dict.fromkeys(kinds))
+        grouped = [np.mean([p for p, k in zip(probas, kinds) if k == kind], axis=0) for kind in order]
+        by_kind = dict(zip(order, tune_weights(grouped, y, steps)))
+        return [by_kind[k] / kinds.count(k) for k in kinds]
     k = len(probas)
     if k == 1:
         return [1.0]
