@@ -302,7 +302,7 @@ class ClassifierConfig:
     kind: Literal["auto", "bilstm", "fasttext", "transformer", "gpt", "linear", "ensemble"] = "auto"
     """Model: 'bilstm', 'fasttext' (bag of n-grams), 'transformer' (small encoder), 'gpt' (fine-tune an lmforge GPT), 'linear' (scikit-learn), 'ensemble' (see members), or 'auto': linear + fasttext, plus a BiLSTM on vectors from the training texts when the data is small (measured strongest)."""
     members: str = "linear,fasttext"
-    """kind='ensemble' only: comma-separated models whose class probabilities are averaged (weights: see stacking); a neural model may repeat, each copy with another seed."""
+    """kind='ensemble' only: comma-separated models whose class probabilities are averaged (weights: see stacking); a neural model may repeat, each copy with another seed (the copies are averaged and share one tuned weight)."""
     stacking: Literal["auto", "oof", "split"] = "auto"
     """How ensemble weights are tuned: 'oof' on out-of-fold predictions of the whole training set (each member also trained stack_folds times, on k-1 folds), 'split' on the validation split only (fast, but the weights swing with the split); 'auto': oof when the data is small enough for the extra training to take about as long as the members themselves (or as train.run_budget_s allows), else split."""
     stack_folds: int = 5

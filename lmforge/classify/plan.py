@@ -46,19 +46,6 @@ from dataclasses import dataclass, field
 
 # Rough rates on a 2-core CPU, tokens x epochs per second (see the module docstring).
 TOKENS_PER_S = {"linear": 300_000.0, "fasttext": 100_000.0, "bilstm": 4_000.0, "gpt": 1_000.0}
-# Expected rates (tokens x epochs per second on a quiet 2-core CPU), read from the full-set runs of
-# `benchmarks/classify.py --models time --time 10m`: they size the extra seeds (below), which only
-# fill time the plan has left over. fastText's time on short texts goes to the texts, not their
-# words (SST-2: 66,000 words/s; IMDB: 410,000), hence its second term per text x epoch.
-EXPECTED_TOKENS_PER_S = {"linear": 300_000.0, "fasttext": 600_000.0, "bilstm": 9_000.0}
-EXPECTED_TEXTS_PER_S = {"fasttext": 9_000.0}
-WORDS_PER_TEXT = 25.0  # when the plan is not told how many texts there are
-# Left-over time buys more copies of the neural members, each with its own seed (the BiLSTM first:
-# the strongest and most seed-dependent), at most this many of a kind; copies of a kind are averaged
-# and share its one tuned weight (stacking.tune_weights), so the validation part weighs no more
-# numbers than before.
-MAX_COPIES = 3
-SEED_ORDER = ("bilstm", "fasttext")
 PRETRAIN_WORDS_PER_S = 2_000.0  # the in-domain GPT's pretraining (see the module docstring)
 PRETRAIN_MIN_PASSES = 3.0
 PRETRAIN_MAX_PASSES = 30.0
@@ -86,6 +73,12 @@ LINEAR_SEARCH_SHARE = 0.2  # of the training time left, at most, for the linear 
 # from an early, unannealed epoch, and the 10-minute runs scored below the no-option default (SST-2
 # 83.72% against 85.32%, IMDB 92.14% against 92.34%). Time the members cannot use is left unspent.
 MAX_EPOCHS = 60.0
+# Nor do more seeds use the spare time well. Tried: the time the members were expected to leave (at
+# rates read from these runs) bought copies of the neural members with other seeds, the BiLSTM first,
+# at most three of a kind, each kind's copies averaged under one weight. `--time 10m`, full sets,
+# quiet 2-core CPU: IMDB 92.30% with three fastText seeds (92.34% with one) in 430 s; SST-2 84.75%
+# with two BiLSTMs and three fastTexts (85.32%) in 588 s; ChnSentiCorp 90.73% with three of each
+# (90.66%) in 517 s. No change beyond one test set's noise, for up to twice the time: not planned.
 
 
 @dataclass
@@ -118,48 +111,6 @@ def _cost(members: list[str], folds: int, tokens: int) -> float:
     return s
 
 
-def expected_s(members: list[str], folds: int, tokens: int, texts: int, epochs: float) -> float:
-    """Seconds the plan expects the members to train, each neural model for `epochs` epochs, at
-    EXPECTED_TOKENS_PER_S (the in-domain gpt member, when there, at its minimum: it takes a share)."""
-    trainings = 1 + folds
-    s = tokens / EXPECTED_TOKENS_PER_S["linear"] * (LINEAR_C_SEARCH_FITS + 1 + 2 * folds)
-    for m in members:
-        if m in EXPECTED_TOKENS_PER_S and m != "linear":
-            per_epoch = tokens / EXPECTED_TOKENS_PER_S[m] + texts / EXPECTED_TEXTS_PER_S.get(m, float("inf"))
-            s += trainings * (epochs * per_epoch + PER_NEURAL_S)
-    if any(m in MIN_EPOCHS for m in members):
-        s += FIRST_NEURAL_S
-    if "bilstm" in members:
-        s += VECTORS_S
-    if "gpt" in members:
-        s += pretrain_min_s(tokens) + trainings * (MIN_EPOCHS["gpt"] * tokens / TOKENS_PER_S["gpt"] + PER_NEURAL_S)
-    return s
-
-
-def _add_seeds(members: list[str], folds: int, tokens: int, texts: int, epochs: float,
-               train_s: float) -> tuple[list[str], str | None]:
-    """`members` with copies of its neural models (other seeds) while the expected time fits in `train_s`."""
-    ms = list(members)
-    added: list[str] = []
-    while True:
-        for kind in SEED_ORDER:
-            if kind in ms and ms.count(kind) < MAX_COPIES and \
-                    expected_s([*ms, kind], folds, tokens, texts, epochs) <= train_s:
-                ms.insert(max(i for i, m in enumerate(ms) if m == kind) + 1, kind)
-                added.append(kind)
-                break
-        else:
-            break
-    if not any(m in SEED_ORDER for m in ms):
-        return ms, None
-    expect = expected_s(ms, folds, tokens, texts, epochs)
-    if not added:
-        return ms, f"none added: another copy of a neural model would not end in the {train_s:.0f}s to train"
-    counts = ", ".join(f"{added.count(k)} more {k}" for k in SEED_ORDER if k in added)
-    return ms, (f"{counts} (other seeds; copies of a kind are averaged and share one weight): the members are "
-                f"expected to train {expect:.0f}s of {train_s:.0f}s")
-
-
 def pretrain_min_s(tokens: int) -> float:
     """Least seconds of in-domain pretraining worth doing on `tokens` words."""
     return PRETRAIN_FIXED_S + PRETRAIN_MIN_PASSES * tokens / PRETRAIN_WORDS_PER_S
@@ -167,7 +118,7 @@ def pretrain_min_s(tokens: int) -> float:
 
 def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: bool, members: str,
                 choose_stacking: bool, stacking: str, folds: int, in_domain_gpt: bool = False,
-                epochs: float = 3.0, texts: int = 0) -> ClassifyPlan:
+                epochs: float = 3.0) -> ClassifyPlan:
     """Members and stacking for a budget of `budget_s` seconds, `elapsed_s` of them already spent.
 
     `tokens` is the training texts' rough word count. Members given by the user (choose_members
@@ -175,9 +126,6 @@ def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: 
     `in_domain_gpt`: the members may gain a GPT pretrained on the training texts (model.gpt.pretrain
     not 'off'), added when what is left after the other choices pays for its minimum. `epochs`
     (train.epochs; 0: MAX_EPOCHS) is the most each neural model trains, however much time is left.
-    When the members were chosen here and the time left after all this still pays, at the expected
-    rates, for whole further trainings of a neural member, copies of it with other seeds are added
-    (`texts`, the number of training texts, refines fastText's estimate).
     """
     epochs = epochs if epochs > 0 else MAX_EPOCHS
     train_s = max(0.0, budget_s - scoring_reserve_s(budget_s) - elapsed_s)
@@ -208,9 +156,6 @@ def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: 
         else:
             gpt_row = (f"left out: with it the minimum training is {with_gpt:.0f}s, more than the {train_s:.0f}s "
                        "to train (give more --time)")
-    seeds_row = None
-    if choose_members:
-        ms, seeds_row = _add_seeds(ms, k, tokens, texts or int(tokens / WORDS_PER_TEXT), epochs, train_s)
     need = _cost(ms, k, tokens)
     rows = [("budget", f"{budget_s:.0f}s: {elapsed_s:.0f}s spent reading, {scoring_reserve_s(budget_s):.0f}s kept for "
                        f"scoring, {train_s:.0f}s to train"),
@@ -229,8 +174,6 @@ def plan_budget(budget_s: float, elapsed_s: float, tokens: int, choose_members: 
             gpt_row += f"; {pretrain_s:.0f}s of in-domain pretraining"
     if gpt_row:
         rows.insert(2, ("in-domain gpt", gpt_row))
-    if seeds_row:
-        rows.insert(2, ("seeds", seeds_row))
     return ClassifyPlan(",".join(ms), "oof" if k else "split", k or folds, epochs, rows, pretrain_s)
 
 

@@ -117,8 +117,7 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
         # SST-2 sample); with much more unlabeled text it helped. So 'auto' considers it only then.
         consider_gpt = m.gpt.pretrain == "on" or (m.gpt.pretrain == "auto" and bool(cfg.data.unlabeled))
         plan = plan_budget(cfg.train.run_budget_s, elapsed_s, tokens, choose_members, m.members,
-                           m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt, cfg.train.epochs,
-                           texts=len(texts))
+                           m.stacking == "auto", m.stacking, m.stack_folds, consider_gpt, cfg.train.epochs)
         if choose_members and not consider_gpt and m.gpt.pretrain == "auto":
             plan.rows.insert(2, ("in-domain gpt", "not considered without --unlabeled text (from the training texts "
                                                   "alone it was measured not to help); --model.gpt.pretrain on "
