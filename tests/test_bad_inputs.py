@@ -625,3 +625,35 @@ def test_tiny_lm_settings_train():
 
     pairs = TINY_LM.split()
     load_config(None, {k[2:]: v for k, v in zip(pairs[::2], pairs[1::2])})
+
+
+def test_a_mistyped_data_path_leaves_no_run_folder(tmp_path, monkeypatch, capsys):
+    """The data paths are checked before the run folder is claimed: fixing the typo and running the
+    same command again then starts cleanly, and no empty run folder is left to puzzle over."""
+    from lmforge.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.jsonl").write_text(jsonl(RECS), encoding="utf-8")
+    commands = ["train --data nope.txt --out run", "train --data d.txt --data.valid_path nope.txt --out run",
+                "classify train --data nope.jsonl --out run",
+                "classify train --data d.jsonl --test nope.jsonl --model linear --out run"]
+    (tmp_path / "d.txt").write_text(TEXT, encoding="utf-8")
+    for command in commands:
+        capsys.readouterr()
+        assert main(command.split()) == 2, command
+        err = capsys.readouterr().err
+        line = err.strip().splitlines()[-1]  # `train` first says which budget it plans for
+        assert line.startswith("lmforge: error: nope.") and "no such file or folder" in line, err
+        assert "Traceback" not in err
+        assert not (tmp_path / "run").exists(), command
+
+
+def test_a_suggested_option_belongs_to_the_command_given(capsys):
+    """`--valid` is an option of `classify train`, not of `train`: it is not offered back as its own fix."""
+    from lmforge.cli import main
+
+    assert main(["train", "--valid", "v.txt"]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == "lmforge: error: unrecognized arguments: --valid", line  # v.txt: read as the data path
+    assert main(["classify", "train", "--vaild", "v.jsonl"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith("Did you mean --valid?")

@@ -15,6 +15,7 @@ from lmforge.auto.plan import Plan, make_plan
 from lmforge.auto.timer import LMStepTimer
 from lmforge.config import Config, SampleConfig, from_dict, save_config, to_dict
 from lmforge.errors import ConfigError
+from lmforge.data.readers import check_inputs
 from lmforge.runs import claim
 
 
@@ -42,6 +43,7 @@ def plan_run(
         raise ConfigError("automatic planning runs in one process; run `lmforge plan` first and launch its "
                           "plan.yaml with torchrun (`lmforge train --config RUN/plan.yaml`)")
     t_start = time.perf_counter() if t_start is None else t_start
+    check_inputs(cfg.data.path, cfg.data.valid_path)  # a mistyped path leaves no run folder behind
     earlier_doc = read_plan(cfg.out)  # before claim: --overwrite removes the earlier plan
     # The plan, its prepared data and the run that follows share one run folder (see lmforge.runs).
     run_dir = claim(cfg.out, "lm", overwrite=overwrite, quiet=not progress)

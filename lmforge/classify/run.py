@@ -36,6 +36,7 @@ from lmforge.classify.stacking import combine, out_of_fold, tune_weights
 from lmforge.classify.text import detect_language
 from lmforge.config import from_dict, read_run_config, save_config, to_dict
 from lmforge.data.prepare import file_signature, signature_changes
+from lmforge.data.readers import check_inputs
 from lmforge.errors import ConfigError, DataError
 from lmforge.classify.metrics import (check_threshold, classification_metrics, confusion_table, flat_metrics, format_metrics,
                                       predict_labels, save_confusion_png, summarize_folds)
@@ -419,6 +420,8 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
         raise ConfigError("train_classifier() needs a config or resume=RUN_DIR")
     cfg.validate()
     check_vectors(cfg.data.augment, cfg.text.vectors)  # before the run folder is claimed
+    if resumed is None:
+        check_inputs(cfg.data.path, cfg.data.valid_path, cfg.data.test_path)
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
         if resumed is None:

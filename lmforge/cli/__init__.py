@@ -18,17 +18,32 @@ from lmforge.errors import LmforgeError
 class _Parser(argparse.ArgumentParser):
     """argparse, suggesting the nearest option for a misspelt one (--optim.lrr -> --optim.lr)."""
 
+    argv: list[str] = []
+
+    def parse_known_args(self, args=None, namespace=None):
+        self.argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str):
         if message.startswith("unrecognized arguments:"):
             import difflib
 
-            known = sorted(_option_strings(self))
+            known = sorted(_option_strings(_command_parser(self, self.argv)))
             for token in message.split(":", 1)[1].split():
-                close = difflib.get_close_matches(token.split("=")[0], known, n=1, cutoff=0.6)
+                close = difflib.get_close_matches(token.split("=")[0], known, n=1, cutoff=0.7)
                 if token.startswith("--") and close:
                     message += f". Did you mean {close[0]}?"
                     break
         super().error(message)
+
+
+def _command_parser(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.ArgumentParser:
+    """The parser of the (sub)command `argv` names: suggestions come from its options, not another command's."""
+    for token in argv:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if subs and token in subs[0].choices:
+            parser = subs[0].choices[token]
+    return parser
 
 
 def _option_strings(parser: argparse.ArgumentParser) -> set[str]:

@@ -193,6 +193,14 @@ def scan(path: str | Path) -> tuple[list[Path], list[Skipped]]:
     )
 
 
+def check_inputs(*paths: str | Path | None) -> None:
+    """The one-line error a read of each given path would end with when it names no usable file; run
+    before a run folder is claimed, so that a mistyped path leaves no folder behind."""
+    for path in paths:
+        if path:
+            scan(path)
+
+
 def find_files(path: str | Path) -> list[Path]:
     """Data files for a file, folder (recursive) or glob pattern (``**`` allowed)."""
     return scan(path)[0]

@@ -17,6 +17,7 @@ from lmforge.errors import ConfigError, DataError
 from lmforge.lm.model import apply_init_weights, build_model, check_init, init_weights, save_shape
 from lmforge.lm.task import LMTask, token_byte_lengths
 from lmforge.data.prepare import input_changes, load_prepared, prepare
+from lmforge.data.readers import check_inputs
 from lmforge.trainer import checkpoint as ckpt
 from lmforge.trainer.loop import FitResult, fit, seed_everything
 from lmforge.trainer import parallelize
@@ -245,6 +246,8 @@ def train(cfg: Config | None = None, resume: str | Path | None = None, progress:
     elif cfg is None:
         raise ConfigError("train() needs a config or resume=RUN_DIR")
     cfg.validate()
+    if plan is None and not claimed and not use_prepared_data:
+        check_inputs(cfg.data.path, cfg.data.valid_path)  # before the run folder is claimed
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads, cfg.runtime.timeout_s)
     try:
         def open_folder() -> tuple[str, str]:
