@@ -635,6 +635,7 @@ def test_a_mistyped_data_path_leaves_no_run_folder(tmp_path, monkeypatch, capsys
     monkeypatch.chdir(tmp_path)
     (tmp_path / "d.jsonl").write_text(jsonl(RECS), encoding="utf-8")
     commands = ["train --data nope.txt --out run", "train --data d.txt --data.valid_path nope.txt --out run",
+                "prepare nope.txt --out run",
                 "classify train --data nope.jsonl --out run",
                 "classify train --data d.jsonl --test nope.jsonl --model linear --out run"]
     (tmp_path / "d.txt").write_text(TEXT, encoding="utf-8")

@@ -210,6 +210,7 @@ def _record_resume(plan: _Resume, progress: bool) -> str:
 
 def prepare_run(cfg: Config, overwrite: bool = False, quiet: bool = False):
     """`lmforge prepare`: claim the run folder (see lmforge.runs), then clean and tokenize into it."""
+    check_inputs(cfg.data.path, cfg.data.valid_path)  # before the claim: a mistyped path leaves no folder
     cfg.out = str(runs.claim(cfg.out, "lm", overwrite=overwrite, quiet=quiet))
     return prepare(cfg, quiet=quiet)
 
