@@ -637,8 +637,10 @@ def test_a_mistyped_data_path_leaves_no_run_folder(tmp_path, monkeypatch, capsys
     commands = ["train --data nope.txt --out run", "train --data d.txt --data.valid_path nope.txt --out run",
                 "prepare nope.txt --out run",
                 "classify train --data nope.jsonl --out run",
-                "classify train --data d.jsonl --test nope.jsonl --model linear --out run"]
+                "classify train --data d.jsonl --test nope.jsonl --model linear --out run",
+                "classify train --data d.jsonl --unlabeled nope.txt --self_train.rounds 1 --out run"]
     (tmp_path / "d.txt").write_text(TEXT, encoding="utf-8")
+    (tmp_path / "u.txt").write_text("an unlabeled text\n", encoding="utf-8")
     for command in commands:
         capsys.readouterr()
         assert main(command.split()) == 2, command
@@ -646,6 +648,16 @@ def test_a_mistyped_data_path_leaves_no_run_folder(tmp_path, monkeypatch, capsys
         line = err.strip().splitlines()[-1]  # `train` first says which budget it plans for
         assert line.startswith("lmforge: error: nope.") and "no such file or folder" in line, err
         assert "Traceback" not in err
+        assert not (tmp_path / "run").exists(), command
+    # Unlabeled text that the run would not read, or self-training without it: refused before the
+    # claim too (the members 'auto' picks without --time never read it).
+    for command, field in [("classify train --data d.jsonl --unlabeled u.txt --out run", "data.unlabeled"),
+                           ("classify train --data d.jsonl --model fasttext --unlabeled u.txt --out run",
+                            "data.unlabeled"),
+                           ("classify train --data d.jsonl --self_train.rounds 1 --out run", "self_train.rounds")]:
+        assert main(command.split()) == 2, command
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        assert line.startswith(f"lmforge: error: config field '{field}'"), line
         assert not (tmp_path / "run").exists(), command
 
 

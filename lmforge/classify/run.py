@@ -73,6 +73,47 @@ def estimate_tokens(texts: list[str], language: str) -> int:
     return sum(len(t.split()) for t in texts)
 
 
+def check_unlabeled_use(cfg: ClassifyConfig, kinds: list[str] | None = None, planned: bool | None = None) -> bool:
+    """Refuse self-training and unlabeled text that this run would not use (ConfigError, naming the field).
+
+    `kinds`: the members; None before 'auto' has chosen them (without a budget it never chooses gpt).
+    `planned`: whether a --time plan chooses the members (default: whether a budget is given).
+    True when the unlabeled text may go unused only because the plan leaves no time for the gpt
+    member: a note in the plan, not an error. Run before the run folder is claimed, and again once
+    'auto' is resolved.
+    """
+    st, g = cfg.self_train, cfg.model.gpt
+    planned = cfg.train.run_budget_s > 0 if planned is None else planned
+    if st.rounds and not cfg.data.unlabeled:
+        raise ConfigError("config field 'self_train.rounds': self-training labels unlabeled texts; give them with "
+                          "--unlabeled FILE (data.unlabeled)")
+    if st.rounds and cfg.eval.folds:
+        raise ConfigError("config field 'self_train.rounds': k-fold cross-validation (eval.folds) does not self-train "
+                          "its fold models yet, so it would not measure this run; drop one of them")
+    if st.rounds and cfg.train.run_budget_s > 0:
+        raise ConfigError("config field 'self_train.rounds': self-training is not planned within a --time budget yet; "
+                          "drop one of them")
+    if not cfg.data.unlabeled or st.rounds:
+        return False
+    if kinds is None:
+        if cfg.model.kind == "auto":
+            if planned:
+                return False  # the plan may add the gpt member
+            kinds = AUTO_MEMBERS.split(",") + ["bilstm (on small data)"]
+        else:
+            kinds = cfg.model.member_kinds()
+    if "gpt" in kinds and g.pretrains():
+        return False
+    if planned and "gpt" not in kinds:
+        return True
+    why = ("the gpt model is pretrained only when model.gpt.run is not given, or with model.gpt.pretrain on"
+           if "gpt" in kinds else
+           f"the members are {', '.join(kinds)} (add gpt, or give --time for the plan to add it when the budget "
+           "allows)")
+    raise ConfigError("config field 'data.unlabeled': unlabeled text is read by self-training (--self_train.rounds N) "
+                      f"and by the gpt model's in-domain pretraining; self-training is off, and {why}")
+
+
 @dataclass
 class ClassifyResult:
     run_dir: Path
@@ -144,27 +185,9 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
     g = cfg.model.gpt
     if g.lr == 0:
         g.lr = 1e-3 if g.pretrains() and not g.run else 1e-4
-    st = cfg.self_train
-    if st.rounds and not cfg.data.unlabeled:
-        raise ConfigError("config field 'self_train.rounds': self-training labels unlabeled texts; give them with "
-                          "--unlabeled FILE (data.unlabeled)")
-    if st.rounds and cfg.eval.folds:
-        raise ConfigError("config field 'self_train.rounds': k-fold cross-validation (eval.folds) does not self-train "
-                          "its fold models yet, so it would not measure this run; drop one of them")
-    if st.rounds and cfg.train.run_budget_s > 0:
-        raise ConfigError("config field 'self_train.rounds': self-training is not planned within a --time budget yet; "
-                          "drop one of them")
-    if cfg.data.unlabeled and not st.rounds and not ("gpt" in cfg.model.member_kinds() and g.pretrains()):
-        why = ("the gpt model is pretrained only when model.gpt.run is not given, or with model.gpt.pretrain on"
-               if "gpt" in cfg.model.member_kinds() else
-               f"the members are {', '.join(cfg.model.member_kinds())} (add gpt, or give --time for the plan to add it "
-               "when the budget allows)")
-        if plan is None or "gpt" in cfg.model.member_kinds():
-            raise ConfigError(f"config field 'data.unlabeled': unlabeled text is read by self-training "
-                              f"(--self_train.rounds N) and by the gpt model's in-domain pretraining; self-training is "
-                              f"off, and {why}")
-        warn_msg = "the run budget leaves no time for the in-domain gpt model; --unlabeled is not used"
-        plan.rows.append(("unlabeled text", warn_msg))
+    if check_unlabeled_use(cfg, cfg.model.member_kinds(), planned=plan is not None):
+        plan.rows.append(("unlabeled text", "the run budget leaves no time for the in-domain gpt model; --unlabeled is "
+                                            "not used"))
     lin = cfg.model.linear
     if lin.features == "auto":
         lin.features = "tfidf" if zh else "nb"
@@ -420,8 +443,9 @@ def train_classifier(cfg: ClassifyConfig | None = None, resume: str | Path | Non
         raise ConfigError("train_classifier() needs a config or resume=RUN_DIR")
     cfg.validate()
     check_vectors(cfg.data.augment, cfg.text.vectors)  # before the run folder is claimed
-    if resumed is None:
-        check_inputs(cfg.data.path, cfg.data.valid_path, cfg.data.test_path)
+    if resumed is None:  # before the claim: a mistyped path or an unused --unlabeled leaves no folder
+        check_unlabeled_use(cfg)
+        check_inputs(cfg.data.path, cfg.data.valid_path, cfg.data.test_path, *cfg.data.unlabeled_paths())
     rt = init_runtime(cfg.runtime.device, cfg.runtime.threads)
     try:
         if resumed is None:
