@@ -84,7 +84,8 @@ def check_unlabeled_use(cfg: ClassifyConfig, kinds: list[str] | None = None, pla
     """
     st, g = cfg.self_train, cfg.model.gpt
     planned = cfg.train.run_budget_s > 0 if planned is None else planned
-    if st.rounds and not cfg.data.unlabeled:
+    unlabeled = cfg.data.unlabeled or g.unlabeled  # its former place, until plan_run moves it
+    if st.rounds and not unlabeled:
         raise ConfigError("config field 'self_train.rounds': self-training labels unlabeled texts; give them with "
                           "--unlabeled FILE (data.unlabeled)")
     if st.rounds and cfg.eval.folds:
@@ -93,7 +94,7 @@ def check_unlabeled_use(cfg: ClassifyConfig, kinds: list[str] | None = None, pla
     if st.rounds and cfg.train.run_budget_s > 0:
         raise ConfigError("config field 'self_train.rounds': self-training is not planned within a --time budget yet; "
                           "drop one of them")
-    if not cfg.data.unlabeled or st.rounds:
+    if not unlabeled or st.rounds:
         return False
     if kinds is None:
         if cfg.model.kind == "auto":
