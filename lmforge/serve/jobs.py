@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,10 @@ from lmforge.report.runinfo import run_kind
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_FOLDER = ".ui-logs"
+# Stop is Ctrl-C; a run still going this long after it gets SIGTERM. A process that inherited an
+# ignored SIGINT never sees Ctrl-C (Python then installs no handler for it), and a run stopped in
+# the dashboard must stop. Checkpoints are written atomically, so the kill leaves the last intact.
+STOP_GRACE_S = 15.0
 
 
 @dataclass
@@ -124,6 +129,19 @@ class Jobs:
             raise ConfigError(f"{name} is not running from this dashboard")
         job.stop_requested = True
         os.killpg(job.proc.pid, signal.SIGINT)
+        threading.Thread(target=self._terminate_late, args=(job, STOP_GRACE_S), daemon=True).start()
+
+    @staticmethod
+    def _terminate_late(job: Job, grace_s: float) -> None:
+        try:
+            job.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with open(job.log, "a", encoding="utf-8") as f:
+                f.write(f"lmforge dashboard: still running {grace_s:g}s after Stop (Ctrl-C); sent SIGTERM\n")
+            try:
+                os.killpg(job.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def _start(self, name: str, cmd: list[str]) -> Job:
         log = self.runs_dir / LOG_FOLDER / f"{name}.log"
