@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 
 from lmforge.errors import LmforgeError
+
+CTRL_C_ENV = "LMFORGE_CTRL_C"  # set to 1 by a parent that stops this command with SIGINT
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status (0 done, 2 bad input or usage, 1 a bug, 130 interrupted)."""
     t_start = time.perf_counter()  # a --time budget counts from here
+    if os.environ.pop(CTRL_C_ENV, "") == "1" and threading.current_thread() is threading.main_thread():
+        # Started by the dashboard, whose Stop is Ctrl-C: a SIGINT ignored by whoever started the
+        # dashboard (a shell's `lmforge ui &`) is inherited, and Python would never raise it here.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, or a usage error argparse has already printed

@@ -18,9 +18,9 @@ from lmforge.report.runinfo import run_kind
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOG_FOLDER = ".ui-logs"
-# Stop is Ctrl-C; a run still going this long after it gets SIGTERM. A process that inherited an
-# ignored SIGINT never sees Ctrl-C (Python then installs no handler for it), and a run stopped in
-# the dashboard must stop. Checkpoints are written atomically, so the kill leaves the last intact.
+# Stop is Ctrl-C (runs take it back even when the dashboard was started with SIGINT ignored: see
+# cli.main); a run still going this long after it gets SIGTERM, for a child that ignores Ctrl-C or
+# is stuck where Python cannot raise it. Checkpoints are atomic: the kill leaves the last intact.
 STOP_GRACE_S = 15.0
 
 
@@ -146,7 +146,7 @@ class Jobs:
     def _start(self, name: str, cmd: list[str]) -> Job:
         log = self.runs_dir / LOG_FOLDER / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, LMFORGE_NO_PROGRESS="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, LMFORGE_NO_PROGRESS="1", PYTHONUNBUFFERED="1", LMFORGE_CTRL_C="1")  # see cli.main
         with open(log, "a", encoding="utf-8") as f:
             f.write(f"$ {' '.join(cmd[2:])}\n")
             f.flush()
