@@ -73,17 +73,16 @@ def estimate_tokens(texts: list[str], language: str) -> int:
     return sum(len(t.split()) for t in texts)
 
 
-def check_unlabeled_use(cfg: ClassifyConfig, kinds: list[str] | None = None, planned: bool | None = None) -> bool:
+def check_unlabeled_use(cfg: ClassifyConfig, kinds: list[str] | None = None) -> bool:
     """Refuse self-training and unlabeled text that this run would not use (ConfigError, naming the field).
 
-    `kinds`: the members; None before 'auto' has chosen them (without a budget it never chooses gpt).
-    `planned`: whether a --time plan chooses the members (default: whether a budget is given).
-    True when the unlabeled text may go unused only because the plan leaves no time for the gpt
-    member: a note in the plan, not an error. Run before the run folder is claimed, and again once
-    'auto' is resolved.
+    `kinds`: the members; None before 'auto' has chosen them (without a budget it never chooses gpt;
+    with one, the --time plan does). True when the unlabeled text may go unused only because the
+    plan leaves no time for the gpt member: a note in the plan, not an error. Run before the run
+    folder is claimed, and again once 'auto' is resolved.
     """
     st, g = cfg.self_train, cfg.model.gpt
-    planned = cfg.train.run_budget_s > 0 if planned is None else planned
+    planned = cfg.train.run_budget_s > 0
     unlabeled = cfg.data.unlabeled or g.unlabeled  # its former place, until plan_run moves it
     if st.rounds and not unlabeled:
         raise ConfigError("config field 'self_train.rounds': self-training labels unlabeled texts; give them with "
@@ -186,7 +185,7 @@ def plan_run(cfg: ClassifyConfig, texts: list[str], elapsed_s: float = 0.0) -> t
     g = cfg.model.gpt
     if g.lr == 0:
         g.lr = 1e-3 if g.pretrains() and not g.run else 1e-4
-    if check_unlabeled_use(cfg, cfg.model.member_kinds(), planned=plan is not None):
+    if check_unlabeled_use(cfg, cfg.model.member_kinds()):
         plan.rows.append(("unlabeled text", "the run budget leaves no time for the in-domain gpt model; --unlabeled is "
                                             "not used"))
     lin = cfg.model.linear
