@@ -90,7 +90,7 @@ def check_unlabeled_use(cfg: ClassifyConfig, kinds: list[str] | None = None) -> 
     if st.rounds and cfg.eval.folds:
         raise ConfigError("config field 'self_train.rounds': k-fold cross-validation (eval.folds) does not self-train "
                           "its fold models yet, so it would not measure this run; drop one of them")
-    if st.rounds and cfg.train.run_budget_s > 0:
+    if st.rounds and planned:
         raise ConfigError("config field 'self_train.rounds': self-training is not planned within a --time budget yet; "
                           "drop one of them")
     if not unlabeled or st.rounds:
